@@ -1,0 +1,69 @@
+//! Standard multi-head self-attention (DeepSeek-OCR has `use_mla: false`, spec §6.3):
+//! q/k/v/o projections, rotate-half RoPE on q and k, causal softmax(q kᵀ / √d) v.
+
+use burn::prelude::*;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use dsocr_weights::VarBuilder;
+use dsocr_weights::nn::Linear;
+
+use crate::kv_cache::KvCache;
+use crate::rope::Rope;
+use crate::{DecoderConfig, DecoderError};
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    /// Loads `<prefix>.{q,k,v,o}_proj.weight` (biases only if `attention_bias`).
+    pub fn load(vb: &VarBuilder, cfg: &DecoderConfig) -> Result<Self, DecoderError> {
+        let (d, bias) = (cfg.hidden_size, cfg.attention_bias);
+        let heads_dim = cfg.num_attention_heads * cfg.head_dim();
+        let kv_dim = cfg.num_kv_heads() * cfg.head_dim();
+        Ok(Self {
+            q_proj: Linear::load(&vb.pp("q_proj"), d, heads_dim, bias)?,
+            k_proj: Linear::load(&vb.pp("k_proj"), d, kv_dim, bias)?,
+            v_proj: Linear::load(&vb.pp("v_proj"), d, kv_dim, bias)?,
+            o_proj: Linear::load(&vb.pp("o_proj"), heads_dim, d, bias)?,
+            num_heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    /// `x: [batch, t, d]` at positions `cache.len()..cache.len() + t`; `cos`/`sin` are the
+    /// RoPE tables of those positions. Appends this layer's K/V to `cache`.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let split_heads =
+            |y: Tensor<3>| y.reshape([b, t, self.num_heads, self.head_dim]).swap_dims(1, 2);
+        let q = split_heads(self.q_proj.forward(x.clone()));
+        let k = split_heads(self.k_proj.forward(x.clone()));
+        let v = split_heads(self.v_proj.forward(x));
+
+        let q = rope.apply(q, cos, sin);
+        let k = rope.apply(k, cos, sin);
+        let (k, v) = cache.append(layer, k, v);
+
+        // Causal masking is bottom-right aligned (query i sees keys 0..=past + i); a single new
+        // token sees the whole cache, so it needs no mask.
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: t > 1 };
+        let out = attention(q, k, v, None, None, options); // [b, heads, t, head_dim]
+        let out = out.swap_dims(1, 2).reshape([b, t, self.num_heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+}

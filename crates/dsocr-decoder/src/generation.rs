@@ -1,0 +1,380 @@
+//! Greedy generation with the KV cache, EOS stop, length cap and the repeat guards of spec §7.
+//!
+//! Per step exactly one value crosses from the device to the host: the sampled token id. Bans
+//! go the other way as a short list of ids written to `-inf` on the device.
+
+use std::ops::ControlFlow;
+
+use burn::prelude::*;
+use burn::tensor::{DType, IndexingUpdateOp};
+
+use crate::{Decoder, DecoderError};
+
+/// Default `max_new_tokens` (both official paths use 8192).
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 8192;
+
+/// Number of prompt positions whose logits a trace keeps (the golden `prefill_logits_tail`).
+pub const TRACE_PREFILL_TAIL: usize = 8;
+
+/// A no-repeat n-gram rule: ids it bans get `-inf` before the argmax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepeatGuard {
+    /// transformers `no_repeat_ngram_size = n` (the HF `infer` path, n = 20 / 35): over the
+    /// WHOLE sequence, prompt included, no window, no whitelist. With `s` the sequence so far
+    /// (length `L`), bans `s[i + n − 1]` for every `0 ≤ i ≤ L − n` with
+    /// `s[i .. i + n − 1] == s[L − n + 1 .. L]`.
+    Whole { n: usize },
+    /// The official vLLM rule (`NoRepeatNGramLogitsProcessor`, n = 30 / window 90 for images,
+    /// 20 / 50 for PDFs): over the GENERATED ids `g` only (length `L`), nothing while `L < n`,
+    /// else bans `g[i + n − 1]` for every `max(0, L − window) ≤ i ≤ L − n` with
+    /// `g[i .. i + n − 1] == g[L − n + 1 .. L]`, except the whitelisted ids.
+    Window { n: usize, window: usize, whitelist: Vec<u32> },
+}
+
+impl RepeatGuard {
+    pub fn validate(&self) -> Result<(), DecoderError> {
+        match self {
+            RepeatGuard::Whole { n } | RepeatGuard::Window { n, .. } if *n == 0 => {
+                Err(DecoderError::Generation("the repeat guard's n-gram size must be positive".into()))
+            }
+            RepeatGuard::Window { window: 0, .. } => {
+                Err(DecoderError::Generation("the repeat guard's window must be positive".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Ids banned for the next token, sorted and without duplicates. `history` is the prompt
+    /// followed by the generated ids; the first `prompt_len` of them are the prompt.
+    pub fn banned(&self, history: &[u32], prompt_len: usize) -> Vec<u32> {
+        let mut banned = match self {
+            RepeatGuard::Whole { n } => ngram_bans(history, *n, 0),
+            RepeatGuard::Window { n, window, whitelist } => {
+                let generated = &history[prompt_len.min(history.len())..];
+                let mut ids = windowed_bans(generated, *n, *window);
+                ids.retain(|id| !whitelist.contains(id));
+                ids
+            }
+        };
+        banned.sort_unstable();
+        banned.dedup();
+        banned
+    }
+
+    /// How many final steps [`FinishReason::Repetition`] looks back: the window for
+    /// [`Window`](RepeatGuard::Window), `n` for [`Whole`](RepeatGuard::Whole).
+    pub fn lookback(&self) -> usize {
+        match self {
+            RepeatGuard::Whole { n } => *n,
+            RepeatGuard::Window { window, .. } => *window,
+        }
+    }
+}
+
+/// transformers' `_calc_banned_ngram_tokens` on `seq[from..]` (n-grams starting at `i ≥ from`).
+fn ngram_bans(seq: &[u32], n: usize, from: usize) -> Vec<u32> {
+    let len = seq.len();
+    if len < n {
+        // `cur_len + 1 < n` bans nothing, and at `len == n − 1` no complete n-gram exists yet.
+        return Vec::new();
+    }
+    let prefix = &seq[len + 1 - n..];
+    (from..=len - n).filter(|&i| seq[i..i + n - 1] == *prefix).map(|i| seq[i + n - 1]).collect()
+}
+
+/// The official vLLM processor on the generated ids.
+fn windowed_bans(generated: &[u32], n: usize, window: usize) -> Vec<u32> {
+    let len = generated.len();
+    if len < n {
+        return Vec::new();
+    }
+    if n == 1 {
+        // Upstream takes the prefix as `input_ids[-(n - 1):]`, which for n = 1 is `[-0:]`, the
+        // whole list: it never equals an empty (n−1)-gram, so n = 1 bans nothing. Kept as is.
+        return Vec::new();
+    }
+    ngram_bans(generated, n, len.saturating_sub(window))
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The EOS token was generated (it is the last id of [`Generation::ids`]).
+    Stop,
+    /// `max_new_tokens`, or the context limit (`prompt + generated ≤ max_position_embeddings`),
+    /// was reached without EOS, and [`Repetition`](FinishReason::Repetition) does not apply.
+    Length,
+    /// The length limit was reached without EOS AND a repeat guard is configured AND the guard
+    /// banned at least one id (after its whitelist) at one of the last `guard.lookback()`
+    /// steps (`window` for the windowed rule, `n` for the whole-sequence rule), i.e. the model
+    /// was still trying to repeat an n-gram when it ran out of tokens. This is the page the
+    /// official PDF script drops (`SKIP_REPEAT`).
+    Repetition,
+    /// The token callback returned [`ControlFlow::Break`].
+    Cancelled,
+}
+
+/// What [`generate`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationConfig {
+    /// At most this many new tokens (further capped so that prompt + generated ≤
+    /// `max_position_embeddings`).
+    pub max_new_tokens: usize,
+    /// Stop after this token (DeepSeek-OCR: 1); `None` never stops early.
+    pub eos_token_id: Option<u32>,
+    pub repeat_guard: Option<RepeatGuard>,
+    /// `Some(k)`: also return a [`GenerationTrace`] with the prefill hidden trace, the prefill
+    /// logits of the last 8 prompt positions and the logits of the first `k` decode steps
+    /// (extra device→host reads; for parity checks only).
+    pub trace_decode_logits: Option<usize>,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self { max_new_tokens: DEFAULT_MAX_NEW_TOKENS, eos_token_id: Some(1), repeat_guard: None, trace_decode_logits: None }
+    }
+}
+
+/// Host copies of intermediate values, for the parity harness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationTrace {
+    /// `[num_layers + 1, hidden]` at the last prompt position (see [`Decoder::forward_traced`]).
+    pub prefill_hidden_last: Vec<f32>,
+    /// `[prefill_tail_rows, vocab]`: logits of the last `min(8, prompt_len)` prompt positions.
+    pub prefill_logits_tail: Vec<f32>,
+    pub prefill_tail_rows: usize,
+    /// One `[vocab]` row per decode step run (at most `k`): row j after feeding generated token j.
+    pub decode_logits: Vec<Vec<f32>>,
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+}
+
+/// The result of [`generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The generated ids (EOS included when it was produced), prompt excluded.
+    pub ids: Vec<u32>,
+    pub finish: FinishReason,
+    pub prompt_len: usize,
+    /// Index (into `ids`) of the last step at which the repeat guard banned something.
+    pub last_guard_step: Option<usize>,
+    pub trace: Option<GenerationTrace>,
+}
+
+/// Greedy decoding: prefill `prompt_embeds` `[1, L, d]` (whose ids are `prompt_ids`, used by
+/// the repeat guard), then one token at a time through the KV cache.
+///
+/// `on_token` is called with every generated id as soon as it is chosen, EOS included;
+/// returning [`ControlFlow::Break`] stops generation ([`FinishReason::Cancelled`]).
+pub fn generate<F>(
+    decoder: &Decoder,
+    prompt_embeds: Tensor<3>,
+    prompt_ids: &[u32],
+    cfg: &GenerationConfig,
+    mut on_token: F,
+) -> Result<Generation, DecoderError>
+where
+    F: FnMut(u32) -> ControlFlow<()>,
+{
+    let dcfg = decoder.config();
+    let [batch, prompt_len, width] = prompt_embeds.dims();
+    if batch != 1 || prompt_len != prompt_ids.len() || width != dcfg.hidden_size {
+        return Err(DecoderError::Shape(format!(
+            "prompt embeddings are {:?}, expected [1, {}, {}]",
+            [batch, prompt_len, width],
+            prompt_ids.len(),
+            dcfg.hidden_size
+        )));
+    }
+    if prompt_len == 0 {
+        return Err(DecoderError::Generation("the prompt is empty".into()));
+    }
+    if prompt_len > dcfg.max_position_embeddings {
+        return Err(DecoderError::Generation(format!(
+            "the prompt has {prompt_len} tokens, more than max_position_embeddings {}",
+            dcfg.max_position_embeddings
+        )));
+    }
+    decoder.check_ids(prompt_ids)?;
+    if let Some(guard) = &cfg.repeat_guard {
+        guard.validate()?;
+    }
+    let budget = cfg.max_new_tokens.min(dcfg.max_position_embeddings - prompt_len);
+    let tracing = cfg.trace_decode_logits;
+    let vocab = dcfg.vocab_size;
+
+    // Prefill.
+    let mut cache = decoder.new_cache();
+    let mut trace = None;
+    let mut logits = if tracing.is_some() {
+        let (hidden, hidden_trace) = decoder.forward_traced(prompt_embeds, &mut cache);
+        let rows = TRACE_PREFILL_TAIL.min(prompt_len);
+        let tail = decoder.logits(hidden.narrow(1, prompt_len - rows, rows)); // [1, rows, vocab]
+        trace = Some(GenerationTrace {
+            prefill_hidden_last: host_f32(hidden_trace),
+            prefill_logits_tail: host_f32(tail.clone()),
+            prefill_tail_rows: rows,
+            decode_logits: Vec::new(),
+            hidden_size: dcfg.hidden_size,
+            vocab_size: vocab,
+        });
+        tail.narrow(1, rows - 1, 1)
+    } else {
+        let hidden = decoder.forward(prompt_embeds, &mut cache);
+        decoder.logits(hidden.narrow(1, prompt_len - 1, 1))
+    };
+
+    let mut history = prompt_ids.to_vec();
+    let mut ids = Vec::new();
+    let mut last_guard_step = None;
+    let finish = loop {
+        if ids.len() >= budget {
+            // Only reached when the budget is 0.
+            break length_or_repetition(cfg, ids.len(), last_guard_step);
+        }
+        let banned = match &cfg.repeat_guard {
+            Some(guard) => guard.banned(&history, prompt_len),
+            None => Vec::new(),
+        };
+        if !banned.is_empty() {
+            last_guard_step = Some(ids.len());
+        }
+        let token = greedy_token(logits.reshape([1, vocab]), &banned);
+        ids.push(token);
+        history.push(token);
+        let flow = on_token(token);
+        if cfg.eos_token_id == Some(token) {
+            break FinishReason::Stop;
+        }
+        if flow.is_break() {
+            break FinishReason::Cancelled;
+        }
+        if ids.len() >= budget {
+            // The last token is never fed back: its logits would not be used.
+            break length_or_repetition(cfg, ids.len(), last_guard_step);
+        }
+        let hidden = decoder.forward(decoder.embed(&[token]), &mut cache);
+        logits = decoder.logits(hidden);
+        if let (Some(k), Some(trace)) = (tracing, trace.as_mut()) {
+            if trace.decode_logits.len() < k {
+                trace.decode_logits.push(host_f32(logits.clone()));
+            }
+        }
+    };
+    Ok(Generation { ids, finish, prompt_len, last_guard_step, trace })
+}
+
+fn length_or_repetition(cfg: &GenerationConfig, generated: usize, last_guard_step: Option<usize>) -> FinishReason {
+    match (&cfg.repeat_guard, last_guard_step) {
+        (Some(guard), Some(step)) if step >= generated.saturating_sub(guard.lookback()) => FinishReason::Repetition,
+        _ => FinishReason::Length,
+    }
+}
+
+/// Argmax over `logits` `[1, vocab]` after setting the `banned` ids to `-inf`; ties go to the
+/// lowest id (Burn's documented `argmax` contract: "Non-NaN ties also return the lowest
+/// coordinate", which flex and the CubeCL reduce kernels implement; tested here on flex).
+/// The returned id is the only value read back to the host.
+pub fn greedy_token(logits: Tensor<2>, banned: &[u32]) -> u32 {
+    let logits = logits.cast(DType::F32);
+    let logits = if banned.is_empty() {
+        logits
+    } else {
+        let device = logits.device();
+        let n = banned.len();
+        let ids = Tensor::<1, Int>::from_data(
+            TensorData::new(banned.iter().map(|&id| id as i64).collect::<Vec<_>>(), [n]),
+            &device,
+        );
+        let rows = logits.dims()[0];
+        let fill = Tensor::<2>::full([rows, n], f32::NEG_INFINITY, (&device, DType::F32));
+        logits.select_assign(1, ids, fill, IndexingUpdateOp::Assign)
+    };
+    logits.argmax(1).into_scalar::<i64>() as u32
+}
+
+fn host_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dsocr_weights::{Backend, Precision};
+
+    fn whole(n: usize, seq: &[u32]) -> Vec<u32> {
+        RepeatGuard::Whole { n }.banned(seq, 0)
+    }
+
+    #[test]
+    fn whole_sequence_rule() {
+        // n = 3, sequence a b c a b → prefix (a, b) occurred at 0 followed by c → ban c.
+        assert_eq!(whole(3, &[1, 2, 3, 1, 2]), vec![3]);
+        // Several earlier occurrences → every follower banned.
+        assert_eq!(whole(3, &[1, 2, 3, 1, 2, 4, 1, 2]), vec![3, 4]);
+        // No complete n-gram yet.
+        assert_eq!(whole(3, &[1, 2]), Vec::<u32>::new());
+        assert_eq!(whole(3, &[1]), Vec::<u32>::new());
+        // The prompt counts: prompt [7, 8, 9], generated [7, 8] → ban 9.
+        assert_eq!(RepeatGuard::Whole { n: 3 }.banned(&[7, 8, 9, 7, 8], 3), vec![9]);
+        // n = 1 bans every id seen so far (transformers' behaviour).
+        assert_eq!(whole(1, &[5, 3, 5]), vec![3, 5]);
+        // n = 2: a a → prefix (a) followed by a → ban a.
+        assert_eq!(whole(2, &[4, 4]), vec![4]);
+    }
+
+    #[test]
+    fn windowed_rule_scope_whitelist_and_boundary() {
+        let guard = |n, window, whitelist: Vec<u32>| RepeatGuard::Window { n, window, whitelist };
+        // Only generated ids count: the same history with the repeat inside the prompt bans nothing.
+        let history = [1, 2, 3, 1, 2];
+        assert_eq!(guard(3, 100, vec![]).banned(&history, 0), vec![3]);
+        assert_eq!(guard(3, 100, vec![]).banned(&history, 3), Vec::<u32>::new());
+        // Whitelisted ids are never banned.
+        assert_eq!(guard(3, 100, vec![3]).banned(&history, 0), Vec::<u32>::new());
+        let g = [1, 2, 3, 1, 2, 4, 1, 2];
+        assert_eq!(guard(3, 100, vec![4]).banned(&g, 0), vec![3]);
+        // Window boundary: L = 8, prefix (1, 2); n-gram starts i in max(0, L − window)..=L − n = 5.
+        // Matches at i = 0 (1, 2, 3) and i = 3 (1, 2, 4).
+        assert_eq!(guard(3, 8, vec![]).banned(&g, 0), vec![3, 4]);
+        assert_eq!(guard(3, 6, vec![]).banned(&g, 0), vec![4]);
+        assert_eq!(guard(3, 5, vec![]).banned(&g, 0), vec![4]);
+        assert_eq!(guard(3, 4, vec![]).banned(&g, 0), Vec::<u32>::new());
+        assert_eq!(guard(3, 3, vec![]).banned(&g, 0), Vec::<u32>::new());
+        // Fewer than n generated ids: nothing (even if the prompt would match).
+        assert_eq!(guard(3, 10, vec![]).banned(&[1, 2, 3, 1, 2], 3), Vec::<u32>::new());
+        // n = 1: upstream's `[-0:]` prefix quirk → never bans.
+        assert_eq!(guard(1, 10, vec![]).banned(&[5, 5, 5], 0), Vec::<u32>::new());
+        assert!(guard(0, 10, vec![]).validate().is_err());
+        assert!(guard(3, 0, vec![]).validate().is_err());
+    }
+
+    #[test]
+    fn argmax_ties_take_lowest_id_and_bans_apply() {
+        let device = Backend::Cpu.device(Precision::F32).unwrap();
+        // Small rows (scalar path) and a vocabulary-sized row (SIMD path).
+        for vocab in [7usize, 512, 129280] {
+            let mut v = vec![0.0f32; vocab];
+            let (a, b, c) = (vocab / 3, vocab / 2, vocab - 1);
+            v[a] = 5.0;
+            v[b] = 5.0;
+            v[c] = 5.0;
+            let logits = Tensor::<2>::from_data(TensorData::new(v, [1, vocab]), &device);
+            assert_eq!(greedy_token(logits.clone(), &[]) as usize, a, "vocab {vocab}");
+            assert_eq!(greedy_token(logits.clone(), &[a as u32]) as usize, b, "vocab {vocab}");
+            assert_eq!(greedy_token(logits, &[a as u32, b as u32]) as usize, c, "vocab {vocab}");
+        }
+    }
+
+    #[test]
+    fn repetition_is_length_with_recent_guard_activity() {
+        let cfg = |guard| GenerationConfig { repeat_guard: guard, ..GenerationConfig::default() };
+        let window = Some(RepeatGuard::Window { n: 3, window: 8, whitelist: vec![] });
+        assert_eq!(length_or_repetition(&cfg(window.clone()), 24, Some(16)), FinishReason::Repetition);
+        assert_eq!(length_or_repetition(&cfg(window.clone()), 24, Some(15)), FinishReason::Length);
+        assert_eq!(length_or_repetition(&cfg(window), 24, None), FinishReason::Length);
+        assert_eq!(length_or_repetition(&cfg(Some(RepeatGuard::Whole { n: 3 })), 24, Some(21)), FinishReason::Repetition);
+        assert_eq!(length_or_repetition(&cfg(Some(RepeatGuard::Whole { n: 3 })), 24, Some(20)), FinishReason::Length);
+        assert_eq!(length_or_repetition(&cfg(None), 24, Some(23)), FinishReason::Length);
+    }
+}

@@ -1,0 +1,105 @@
+//! Per-layer key/value cache (post-RoPE K and V, `[batch, heads, capacity, head_dim]`).
+//!
+//! Buffers are preallocated and grown in chunks of `chunk` positions (256 by default, vLLM's
+//! block size), so the whole cache is copied only when a chunk boundary is crossed, never per
+//! step. New positions are written by moving the buffer out of its slot (`Option::take`, the
+//! `mem::replace` pattern) and `slice_assign`-ing into it, which reuses the buffer when nothing
+//! else holds it (burn-notes §5: `cache.clone().slice_assign` would copy the whole cache every
+//! step).
+
+use burn::prelude::*;
+
+/// Default growth step, in positions.
+pub const DEFAULT_CHUNK: usize = 256;
+
+#[derive(Debug, Clone, Default)]
+struct LayerCache {
+    k: Option<Tensor<4>>,
+    v: Option<Tensor<4>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+    chunk: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `num_layers` layers that grows by `chunk` positions (min 1).
+    pub fn new(num_layers: usize, chunk: usize) -> Self {
+        Self { layers: vec![LayerCache::default(); num_layers], len: 0, chunk: chunk.max(1) }
+    }
+
+    /// Number of cached positions (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Allocated positions (0 before the first write).
+    pub fn capacity(&self) -> usize {
+        self.layers.first().and_then(|l| l.k.as_ref()).map_or(0, |k| k.dims()[2])
+    }
+
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Forgets the cached positions but keeps the buffers for reuse.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Writes `k`, `v` `[batch, heads, t, head_dim]` of layer `layer` at positions
+    /// `len..len + t` and returns views of positions `0..len + t`. The cache length itself is
+    /// advanced by [`advance`](Self::advance) once every layer has written.
+    pub(crate) fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let [b, h, t, d] = k.dims();
+        let (start, end) = (self.len, self.len + t);
+        let chunk = self.chunk;
+        let entry = &mut self.layers[layer];
+        let k_all = write(&mut entry.k, k, start, end, chunk);
+        let v_all = write(&mut entry.v, v, start, end, chunk);
+        debug_assert_eq!(k_all.dims(), [b, h, end, d]);
+        (k_all, v_all)
+    }
+
+    pub(crate) fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+}
+
+/// Grows `buf` to hold `end` positions if needed, writes `new` at `start..end` in place and
+/// returns a view of `0..end`.
+fn write(buf: &mut Option<Tensor<4>>, new: Tensor<4>, start: usize, end: usize, chunk: usize) -> Tensor<4> {
+    let [b, h, _, d] = new.dims();
+    // Moved out of the slot (not cloned), so the buffer is uniquely owned and `slice_assign`
+    // writes into it instead of copying it.
+    let cache = match buf.take() {
+        Some(old) if old.dims()[2] >= end => old,
+        old => {
+            let grown = end.div_ceil(chunk) * chunk;
+            let fresh = Tensor::<4>::zeros([b, h, grown, d], (&new.device(), new.dtype()));
+            match old {
+                // One copy of the old content per chunk boundary crossed.
+                Some(old) => {
+                    let capacity = old.dims()[2];
+                    fresh.slice_assign([0..b, 0..h, 0..capacity, 0..d], old)
+                }
+                None => fresh,
+            }
+        }
+    };
+    let cache = cache.slice_assign([0..b, 0..h, start..end, 0..d], new);
+    let view = cache.clone().slice([0..b, 0..h, 0..end, 0..d]);
+    *buf = Some(cache);
+    view
+}

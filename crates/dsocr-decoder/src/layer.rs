@@ -1,0 +1,67 @@
+//! One pre-norm decoder layer (spec §6.2):
+//!
+//! ```text
+//! h = x + Attn(RMSNorm_in(x))
+//! x = h + FFN(RMSNorm_post(h))      FFN = dense MLP below first_k_dense_replace, MoE after
+//! ```
+
+use burn::prelude::*;
+use dsocr_weights::VarBuilder;
+
+use crate::attention::Attention;
+use crate::kv_cache::KvCache;
+use crate::mlp::Mlp;
+use crate::moe::Moe;
+use crate::rms_norm::RmsNorm;
+use crate::rope::Rope;
+use crate::{DecoderConfig, DecoderError};
+
+#[derive(Debug, Clone)]
+pub enum FeedForward {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+impl FeedForward {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.forward(x),
+            FeedForward::Moe(moe) => moe.forward(x),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: FeedForward,
+    index: usize,
+}
+
+impl DecoderLayer {
+    /// Loads `model.layers.{index}.*` from `vb` (already at that prefix).
+    pub fn load(vb: &VarBuilder, cfg: &DecoderConfig, index: usize) -> Result<Self, DecoderError> {
+        let d = cfg.hidden_size;
+        let mlp = if cfg.is_moe_layer(index) {
+            FeedForward::Moe(Moe::load(&vb.pp("mlp"), cfg)?)
+        } else {
+            FeedForward::Dense(Mlp::load(&vb.pp("mlp"), d, cfg.intermediate_size)?)
+        };
+        Ok(Self {
+            input_layernorm: RmsNorm::load(&vb.pp("input_layernorm"), d, cfg.rms_norm_eps)?,
+            self_attn: Attention::load(&vb.pp("self_attn"), cfg)?,
+            post_attention_layernorm: RmsNorm::load(&vb.pp("post_attention_layernorm"), d, cfg.rms_norm_eps)?,
+            mlp,
+            index,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cos: &Tensor<2>, sin: &Tensor<2>, cache: &mut KvCache) -> Tensor<3> {
+        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cos, sin, cache, self.index);
+        let h = x + attn;
+        let ffn = self.mlp.forward(self.post_attention_layernorm.forward(h.clone()));
+        h + ffn
+    }
+}

@@ -1,0 +1,39 @@
+//! The DeepSeek-OCR language decoder ("DeepSeek3B-MoE-A570M", a DeepSeek-V2-style MoE with
+//! plain multi-head attention), its KV cache and greedy generation (spec §6, §7).
+//!
+//! ```ignore
+//! let cfg = DecoderConfig::from_hf_config_file(dir.join("config.json"))?;
+//! let decoder = Decoder::load(&vb, &cfg)?;                 // vb at the checkpoint root
+//! let embeds = decoder.embed_with_image(&ids, image_token_id, vision_rows)?;
+//! let out = generate(&decoder, embeds, &ids, &GenerationConfig::default(), |id| {
+//!     print!("{}", tokenizer.decode(id));
+//!     ControlFlow::Continue(())
+//! })?;
+//! ```
+
+mod attention;
+mod config;
+mod error;
+mod generation;
+mod kv_cache;
+mod layer;
+mod mlp;
+mod model;
+mod moe;
+mod rms_norm;
+mod rope;
+
+pub use attention::Attention;
+pub use config::DecoderConfig;
+pub use error::DecoderError;
+pub use generation::{
+    DEFAULT_MAX_NEW_TOKENS, FinishReason, Generation, GenerationConfig, GenerationTrace, RepeatGuard,
+    TRACE_PREFILL_TAIL, generate, greedy_token,
+};
+pub use kv_cache::{DEFAULT_CHUNK, KvCache};
+pub use layer::{DecoderLayer, FeedForward};
+pub use mlp::Mlp;
+pub use model::Decoder;
+pub use moe::Moe;
+pub use rms_norm::RmsNorm;
+pub use rope::Rope;

@@ -1,0 +1,32 @@
+//! SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))` (dense layers and the shared experts, spec §6.4).
+
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+use dsocr_weights::VarBuilder;
+use dsocr_weights::nn::Linear;
+
+use crate::DecoderError;
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    /// Loads `<prefix>.{gate,up}_proj.weight` `[intermediate, hidden]` and
+    /// `<prefix>.down_proj.weight` `[hidden, intermediate]`.
+    pub fn load(vb: &VarBuilder, hidden: usize, intermediate: usize) -> Result<Self, DecoderError> {
+        Ok(Self {
+            gate_proj: Linear::load(&vb.pp("gate_proj"), hidden, intermediate, false)?,
+            up_proj: Linear::load(&vb.pp("up_proj"), hidden, intermediate, false)?,
+            down_proj: Linear::load(&vb.pp("down_proj"), intermediate, hidden, false)?,
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}

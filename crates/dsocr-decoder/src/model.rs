@@ -1,0 +1,171 @@
+//! The whole language decoder: token embedding (with image-row scatter), the layers, the final
+//! RMSNorm and the untied lm_head (spec §6.1, §6.6).
+
+use burn::prelude::*;
+use burn::tensor::{DType, IndexingUpdateOp};
+use dsocr_weights::VarBuilder;
+use dsocr_weights::nn::Linear;
+
+use crate::kv_cache::{DEFAULT_CHUNK, KvCache};
+use crate::layer::DecoderLayer;
+use crate::rms_norm::RmsNorm;
+use crate::rope::Rope;
+use crate::{DecoderConfig, DecoderError};
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    /// `model.embed_tokens.weight` `[vocab, d]`.
+    embed_tokens: Tensor<2>,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    cfg: DecoderConfig,
+}
+
+impl Decoder {
+    /// Loads the language model from the checkpoint root (`model.embed_tokens.weight`,
+    /// `model.layers.{i}.*`, `model.norm.weight`, `lm_head.weight`) in `vb`'s dtype and device.
+    pub fn load(vb: &VarBuilder, cfg: &DecoderConfig) -> Result<Self, DecoderError> {
+        cfg.validate()?;
+        let (vocab, d) = (cfg.vocab_size, cfg.hidden_size);
+        let model = vb.pp("model");
+        let embed_tokens = model.pp("embed_tokens").get("weight", [vocab, d])?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(&model.pp("layers").pp(i), cfg, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = RmsNorm::load(&model.pp("norm"), d, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear { weight: embed_tokens.clone().transpose(), bias: None }
+        } else {
+            Linear::load(&vb.pp("lm_head"), d, vocab, false)?
+        };
+        let rope = Rope::new(cfg.head_dim(), cfg.rope_theta, cfg.max_position_embeddings, vb.device(), vb.dtype());
+        Ok(Self { embed_tokens, layers, norm, lm_head, rope, cfg: cfg.clone() })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.device()
+    }
+
+    /// The activation / weight dtype.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// Token embeddings `[1, L, d]`.
+    ///
+    /// Every id must be `< vocab_size` (checked by [`embed_with_image`](Self::embed_with_image)
+    /// and [`generate`](crate::generate); here an out-of-range id is a caller bug).
+    pub fn embed(&self, ids: &[u32]) -> Tensor<3> {
+        let device = self.device();
+        let ids: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+        let n = ids.len();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
+        self.embed_tokens.clone().select(0, ids).unsqueeze::<3>()
+    }
+
+    /// Token embeddings `[1, L, d]` with the rows at the positions holding `image_token_id`
+    /// replaced, in order, by the `N` rows of `image_embeds` `[N, d]` (spec §6.1).
+    pub fn embed_with_image(
+        &self,
+        ids: &[u32],
+        image_token_id: u32,
+        image_embeds: Tensor<2>,
+    ) -> Result<Tensor<3>, DecoderError> {
+        self.check_ids(ids)?;
+        let [n, d] = image_embeds.dims();
+        if d != self.cfg.hidden_size {
+            return Err(DecoderError::Shape(format!(
+                "image embeddings have width {d}, the decoder expects {}",
+                self.cfg.hidden_size
+            )));
+        }
+        let positions: Vec<i64> =
+            ids.iter().enumerate().filter(|(_, &id)| id == image_token_id).map(|(p, _)| p as i64).collect();
+        if positions.len() != n {
+            return Err(DecoderError::Shape(format!(
+                "the prompt has {} image tokens (id {image_token_id}) but {n} image embeddings were given",
+                positions.len()
+            )));
+        }
+        let embeds = self.embed(ids);
+        if n == 0 {
+            return Ok(embeds);
+        }
+        let [_, len, _] = embeds.dims();
+        let device = self.device();
+        let positions = Tensor::<1, Int>::from_data(TensorData::new(positions, [n]), &device);
+        let rows = embeds.reshape([len, d]).select_assign(
+            0,
+            positions,
+            image_embeds.cast(self.dtype()),
+            IndexingUpdateOp::Assign,
+        );
+        Ok(rows.unsqueeze::<3>())
+    }
+
+    /// Errors if an id is outside the vocabulary.
+    pub fn check_ids(&self, ids: &[u32]) -> Result<(), DecoderError> {
+        match ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            Some(id) => Err(DecoderError::Shape(format!("token id {id} >= vocab_size {}", self.cfg.vocab_size))),
+            None => Ok(()),
+        }
+    }
+
+    /// An empty KV cache growing in chunks of 256 positions.
+    pub fn new_cache(&self) -> KvCache {
+        self.new_cache_with_chunk(DEFAULT_CHUNK)
+    }
+
+    pub fn new_cache_with_chunk(&self, chunk: usize) -> KvCache {
+        KvCache::new(self.layers.len(), chunk)
+    }
+
+    /// Runs `embeds` `[batch, t, d]` at positions `cache.len()..cache.len() + t` (prefill when
+    /// the cache is empty, decode for t = 1) and returns the final-norm hidden states
+    /// `[batch, t, d]` of those positions. Appends their K/V to `cache`.
+    pub fn forward(&self, embeds: Tensor<3>, cache: &mut KvCache) -> Tensor<3> {
+        self.forward_inner(embeds, cache, false).0
+    }
+
+    /// [`forward`](Self::forward), also returning the hidden state at the LAST new position
+    /// (batch 0) before and after every layer, `[num_layers + 1, d]` in f32: row 0 the input
+    /// embeddings, row i the output of layer i−1, row `num_layers` the final-norm output (the
+    /// output of the last layer itself is not included), as HF `output_hidden_states` and the
+    /// golden `prefill_hidden_last`.
+    pub fn forward_traced(&self, embeds: Tensor<3>, cache: &mut KvCache) -> (Tensor<3>, Tensor<2>) {
+        let (hidden, trace) = self.forward_inner(embeds, cache, true);
+        let trace = Tensor::stack::<2>(trace, 0);
+        (hidden, trace)
+    }
+
+    fn forward_inner(&self, embeds: Tensor<3>, cache: &mut KvCache, trace: bool) -> (Tensor<3>, Vec<Tensor<1>>) {
+        let [_, t, d] = embeds.dims();
+        let last = |x: &Tensor<3>| x.clone().narrow(0, 0, 1).narrow(1, t - 1, 1).reshape([d]).cast(DType::F32);
+        let mut states = Vec::new();
+        let (cos, sin) = self.rope.cos_sin(cache.len(), t);
+        let mut x = embeds;
+        for layer in &self.layers {
+            if trace {
+                states.push(last(&x));
+            }
+            x = layer.forward(x, &self.rope, &cos, &sin, cache);
+        }
+        cache.advance(t);
+        let hidden = self.norm.forward(x);
+        if trace {
+            states.push(last(&hidden));
+        }
+        (hidden, states)
+    }
+
+    /// `lm_head` on hidden states `[batch, t, d]` → logits `[batch, t, vocab]` in f32.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.lm_head.forward(hidden).cast(DType::F32)
+    }
+}

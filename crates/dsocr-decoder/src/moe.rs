@@ -1,0 +1,217 @@
+//! DeepSeek-V2 mixture of experts (spec §6.5, pitfalls 24–25):
+//!
+//! ```text
+//! p      = softmax_f32(x · Wgᵀ)                 over all n_routed_experts
+//! (i, w) = top_k(p)                              greedy, no group limit
+//! w      = w / Σw        if norm_topk_prob and k > 1   (DeepSeek-V2 rule: no scaling then)
+//!        = w · routed_scaling_factor   otherwise
+//! y      = Σ_k w_k · Expert_{i_k}(x)             summed in f32, cast back
+//! y      = y + Shared(x)                         one SwiGLU of width n_shared · moe_intermediate
+//! ```
+//!
+//! The routed experts are packed at load into `gate_up: [E, 2I, d]` (each expert's `gate_proj`
+//! rows, then its `up_proj` rows: the stacked PyTorch `[out, in]` layouts) and `down: [E, d, I]`;
+//! the matmuls see them through transposed views (`[E, d, 2I]` and `[E, I, d]`), so no weight is
+//! transposed on the host.
+//!
+//! Two ways of running the experts, with the same math:
+//! - [`Moe::forward_gathered`] (decode, few tokens): `select` the chosen experts' weights on the
+//!   device and run one batched matmul per projection; no host round trip.
+//! - [`Moe::forward_grouped`] (prefill): the top-k indices are read to the host ONCE per layer,
+//!   tokens are grouped per active expert, and each active expert runs one matmul on its rows.
+
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{DType, IndexingUpdateOp};
+use dsocr_weights::VarBuilder;
+use dsocr_weights::nn::Linear;
+
+use crate::mlp::Mlp;
+use crate::{DecoderConfig, DecoderError};
+
+#[derive(Debug, Clone)]
+pub struct Moe {
+    /// Router `gate.weight` `[E, d]` (as a Linear to `E` logits).
+    router: Linear,
+    /// `[E, 2I, d]`: rows `0..I` are `gate_proj`, rows `I..2I` are `up_proj` of each expert.
+    gate_up: Tensor<3>,
+    /// `[E, d, I]`: `down_proj` of each expert.
+    down: Tensor<3>,
+    shared: Option<Mlp>,
+    num_experts: usize,
+    top_k: usize,
+    intermediate: usize,
+    norm_topk_prob: bool,
+    routed_scaling_factor: f64,
+}
+
+impl Moe {
+    /// Loads `<prefix>.gate.weight`, `<prefix>.experts.{e}.{gate,up,down}_proj.weight` and
+    /// `<prefix>.shared_experts.*`.
+    pub fn load(vb: &VarBuilder, cfg: &DecoderConfig) -> Result<Self, DecoderError> {
+        let (d, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
+        let (num_experts, top_k) = match (cfg.n_routed_experts, cfg.num_experts_per_tok) {
+            (Some(e), Some(k)) if k >= 1 && k <= e => (e, k),
+            _ => return Err(DecoderError::Config("MoE layer without valid n_routed_experts / num_experts_per_tok".into())),
+        };
+        let router = Linear::load(&vb.pp("gate"), d, num_experts, false)?;
+
+        // One copy into the packed tensors: [g0, u0, g1, u1, ...] each [1, I, d], concatenated
+        // to [2E, I, d], which is [E, 2I, d] in the same memory.
+        let experts = vb.pp("experts");
+        let mut gate_up = Vec::with_capacity(2 * num_experts);
+        let mut down = Vec::with_capacity(num_experts);
+        for e in 0..num_experts {
+            let ev = experts.pp(e);
+            gate_up.push(ev.pp("gate_proj").get("weight", [i, d])?.unsqueeze::<3>());
+            gate_up.push(ev.pp("up_proj").get("weight", [i, d])?.unsqueeze::<3>());
+            down.push(ev.pp("down_proj").get("weight", [d, i])?.unsqueeze::<3>());
+        }
+        let gate_up = Tensor::cat(gate_up, 0).reshape([num_experts, 2 * i, d]);
+        let down = Tensor::cat(down, 0);
+
+        let shared = match cfg.shared_intermediate_size() {
+            Some(width) => Some(Mlp::load(&vb.pp("shared_experts"), d, width)?),
+            None => None,
+        };
+        Ok(Self {
+            router,
+            gate_up,
+            down,
+            shared,
+            num_experts,
+            top_k,
+            intermediate: i,
+            norm_topk_prob: cfg.norm_topk_prob,
+            routed_scaling_factor: cfg.routed_scaling_factor,
+        })
+    }
+
+    /// `x: [batch, t, d]` → `[batch, t, d]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let x = x.reshape([b * t, d]);
+        let (indices, weights) = self.route(x.clone());
+        // Selecting weights copies k expert matrices per token: worth it only while that is
+        // fewer than all experts (always true for one decode token).
+        let routed = if b * t * self.top_k <= self.num_experts {
+            self.forward_gathered(x.clone(), indices, weights)
+        } else {
+            self.forward_grouped(x.clone(), indices, weights)
+        };
+        let y = match &self.shared {
+            Some(shared) => routed + shared.forward(x),
+            None => routed,
+        };
+        y.reshape([b, t, d])
+    }
+
+    /// Router: top-k expert indices `[n, k]` and their f32 weights `[n, k]`.
+    ///
+    /// The logits come out of the matmul in the activation dtype (HF under autocast gives bf16
+    /// logits too, spec §6.8); the softmax runs in f32.
+    pub fn route(&self, x: Tensor<2>) -> (Tensor<2, Int>, Tensor<2>) {
+        let logits = self.router.forward(x).cast(DType::F32);
+        let scores = softmax(logits, 1);
+        let (weights, indices) = scores.topk_with_indices(self.top_k, 1);
+        let weights = if self.norm_topk_prob && self.top_k > 1 {
+            let denominator = weights.clone().sum_dim(1) + 1e-20;
+            weights / denominator
+        } else {
+            weights * self.routed_scaling_factor
+        };
+        (indices, weights)
+    }
+
+    /// All on the device: gather the chosen experts' weights and run batched matmuls.
+    /// `x: [n, d]`, `indices: [n, k]`, `weights: [n, k]` f32 → `[n, d]`.
+    pub fn forward_gathered(&self, x: Tensor<2>, indices: Tensor<2, Int>, weights: Tensor<2>) -> Tensor<2> {
+        let [n, d] = x.dims();
+        let (k, i) = (self.top_k, self.intermediate);
+        let dtype = x.dtype();
+        let flat = indices.reshape([n * k]);
+
+        // Token j's row repeated for each of its k experts: [n·k, 1, d].
+        let xs = x.unsqueeze_dim::<3>(1).repeat_dim(1, k).reshape([n * k, 1, d]);
+        let gate_up = self.gate_up.clone().select(0, flat.clone()); // [n·k, 2I, d]
+        let h = xs.matmul(gate_up.swap_dims(1, 2)); // [n·k, 1, 2I]
+        let act = silu(h.clone().narrow(2, 0, i)) * h.narrow(2, i, i);
+        let down = self.down.clone().select(0, flat); // [n·k, d, I]
+        let y = act.matmul(down.swap_dims(1, 2)); // [n·k, 1, d]
+
+        let y = y.reshape([n, k, d]).cast(DType::F32) * weights.unsqueeze_dim::<3>(2);
+        y.sum_dim(1).reshape([n, d]).cast(dtype)
+    }
+
+    /// One host read of the top-k indices, then one matmul pair per active expert on the rows
+    /// routed to it. Same inputs and output as [`forward_gathered`](Self::forward_gathered).
+    pub fn forward_grouped(&self, x: Tensor<2>, indices: Tensor<2, Int>, weights: Tensor<2>) -> Tensor<2> {
+        let [n, d] = x.dims();
+        let (k, i) = (self.top_k, self.intermediate);
+        let device = x.device();
+        let dtype = x.dtype();
+
+        // The single device→host transfer of this layer: n·k expert ids.
+        let chosen: Vec<i64> = indices.into_data().iter::<i64>().collect();
+        // Per expert: the token rows routed to it and the flat (token·k + slot) weight positions.
+        let mut rows: Vec<Vec<i64>> = vec![Vec::new(); self.num_experts];
+        let mut slots: Vec<Vec<i64>> = vec![Vec::new(); self.num_experts];
+        for (slot, &expert) in chosen.iter().enumerate() {
+            let expert = expert as usize; // top-k over num_experts scores: always in range
+            rows[expert].push((slot / k) as i64);
+            slots[expert].push(slot as i64);
+        }
+
+        let weights = weights.reshape([n * k]);
+        let mut out = Tensor::<2>::zeros([n, d], (&device, DType::F32));
+        for (expert, (rows, slots)) in rows.into_iter().zip(slots).enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let m = rows.len();
+            let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [m]), &device);
+            let slots = Tensor::<1, Int>::from_data(TensorData::new(slots, [m]), &device);
+
+            let xe = x.clone().select(0, rows.clone()); // [m, d]
+            let gate_up = self.gate_up.clone().narrow(0, expert, 1).reshape([2 * i, d]);
+            let h = xe.matmul(gate_up.transpose()); // [m, 2I]
+            let act = silu(h.clone().narrow(1, 0, i)) * h.narrow(1, i, i);
+            let down = self.down.clone().narrow(0, expert, 1).reshape([d, i]);
+            let ye = act.matmul(down.transpose()); // [m, d]
+
+            let we = weights.clone().select(0, slots).unsqueeze_dim::<2>(1); // [m, 1]
+            out = out.select_assign(0, rows, ye.cast(DType::F32) * we, IndexingUpdateOp::Add);
+        }
+        out.cast(dtype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use dsocr_weights::{Backend, Precision, SafetensorsFiles};
+
+    use super::*;
+
+    /// The on-device (decode) and host-grouped (prefill) paths agree on the fixture's layer 1.
+    #[test]
+    fn gathered_and_grouped_paths_agree() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/reference-tiny");
+        let device = Backend::Cpu.device(Precision::F32).unwrap();
+        let cfg = DecoderConfig::from_hf_config_file(format!("{dir}/config.json")).unwrap();
+        let files = Arc::new(SafetensorsFiles::open(format!("{dir}/model.safetensors")).unwrap());
+        let vb = VarBuilder::new(files, &device, DType::F32);
+        let moe = Moe::load(&vb.pp("model.layers.1.mlp"), &cfg).unwrap();
+
+        let n = 7;
+        let values: Vec<f32> = (0..n * cfg.hidden_size).map(|j| ((j * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let x = Tensor::<2>::from_data(TensorData::new(values, [n, cfg.hidden_size]), &device);
+        let (idx, w) = moe.route(x.clone());
+        let a: Vec<f32> = moe.forward_gathered(x.clone(), idx.clone(), w.clone()).into_data().to_vec().unwrap();
+        let b: Vec<f32> = moe.forward_grouped(x, idx, w).into_data().to_vec().unwrap();
+        let max = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        assert!(max < 1e-5, "max diff {max}");
+        assert!(a.iter().any(|v| v.abs() > 1e-3), "degenerate output");
+    }
+}

@@ -1,0 +1,390 @@
+//! SAM-B image encoder (ViTDet) with DeepSeek-OCR's neck and 2-step compressor (spec §5.1).
+//!
+//! `pixels [B,3,L,L] → patch conv → + abs pos → blocks (windowed / global attention with
+//! decomposed relative positions) → neck → net_2 → net_3 → [B, 1024, L/64, L/64]`.
+//! The token stream is kept channels-last `[B, g, g, C]` as upstream; the convolutions work NCHW.
+//!
+//! Position tables depend only on the grid side, so they are resized on the host once at load
+//! time for each grid the encoder is prepared for (see [`crate::DeepEncoder::load_for_sides`]).
+
+use std::collections::BTreeMap;
+
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+use burn::tensor::module::{attention, conv2d};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, PadMode};
+use dsocr_weights::nn::{LayerNorm, Linear};
+use dsocr_weights::VarBuilder;
+
+use crate::interpolate::{resize_bicubic_aa, resize_linear};
+use crate::{EncoderError, SamConfig};
+
+/// LayerNorm eps of every SAM norm (blocks and neck).
+const LN_EPS: f64 = 1e-6;
+
+/// A 2-D convolution with PyTorch-layout weights `[out, in, kh, kw]`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    pub weight: Tensor<4>,
+    pub bias: Option<Tensor<1>>,
+    pub options: ConvOptions<2>,
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        vb: &VarBuilder,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    ) -> Result<Self, EncoderError> {
+        let weight = vb.get("weight", [out_ch, in_ch, kernel, kernel])?;
+        let bias = if bias { Some(vb.get("bias", [out_ch])?) } else { None };
+        let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
+        Ok(Self { weight, bias, options })
+    }
+
+    /// `[B, in, H, W] → [B, out, H', W']`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        conv2d(x, self.weight.clone(), self.bias.clone(), self.options.clone())
+    }
+
+    /// Output side for an input side (square kernels, dilation 1).
+    pub fn output_side(&self, input: usize) -> usize {
+        let [_, _, k, _] = self.weight.dims();
+        let (p0, p1) = self.options.padding[0];
+        (input + p0 + p1 - k) / self.options.stride[0] + 1
+    }
+}
+
+/// LayerNorm over the channels of every pixel of an NCHW map (SAM's `LayerNorm2d`).
+#[derive(Debug, Clone)]
+pub struct LayerNorm2d {
+    pub norm: LayerNorm,
+}
+
+impl LayerNorm2d {
+    pub fn load(vb: &VarBuilder, channels: usize) -> Result<Self, EncoderError> {
+        Ok(Self { norm: LayerNorm::load(vb, channels, LN_EPS)? })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.norm.forward(x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
+    }
+}
+
+/// Relative-position lookups `R[y, ky, c] = table'[y − ky + S − 1, c]` for one S×S token grid,
+/// stored transposed for the batched matmuls of [`SamAttention::rel_pos_bias`].
+#[derive(Debug, Clone)]
+struct RelPos {
+    /// `[S (query row), head_dim, S (key row)]`.
+    rh_t: Tensor<3>,
+    /// `[S (query column), head_dim, S (key column)]`.
+    rw_t: Tensor<3>,
+}
+
+impl RelPos {
+    /// `table`: the stored `[rows, head_dim]` table, resized linearly to `2S − 1` rows when its
+    /// length differs (upstream `get_rel_pos`, computed in f32 then cast to the weight dtype).
+    fn lookup_transposed(vb: &VarBuilder, table: &[f32], rows: usize, head_dim: usize, size: usize) -> Tensor<3> {
+        let needed = 2 * size - 1;
+        let resized;
+        let table = if rows == needed {
+            table
+        } else {
+            resized = resize_linear(table, rows, head_dim, needed);
+            &resized
+        };
+        let mut out = vec![0f32; size * head_dim * size];
+        for q in 0..size {
+            for k in 0..size {
+                let row = &table[(q + size - 1 - k) * head_dim..][..head_dim];
+                for (c, &v) in row.iter().enumerate() {
+                    out[(q * head_dim + c) * size + k] = v;
+                }
+            }
+        }
+        vb.from_host(out, [size, head_dim, size])
+    }
+}
+
+/// Multi-head attention over an `Sh × Sw` token grid with decomposed relative positions.
+#[derive(Debug, Clone)]
+pub struct SamAttention {
+    qkv: Linear,
+    proj: Linear,
+    heads: usize,
+    head_dim: usize,
+    /// Lookups per grid side (one entry, the window side, for windowed blocks).
+    rel_pos: BTreeMap<usize, RelPos>,
+}
+
+impl SamAttention {
+    /// `table_rows`: rows of the stored `rel_pos_{h,w}` tables; `sides`: the grid sides this
+    /// attention will run on.
+    pub fn load(
+        vb: &VarBuilder,
+        cfg: &SamConfig,
+        table_rows: usize,
+        sides: &[usize],
+    ) -> Result<Self, EncoderError> {
+        let (dim, head_dim) = (cfg.width, cfg.head_dim());
+        let rel_h = vb.get_host_f32("rel_pos_h", &[table_rows, head_dim])?;
+        let rel_w = vb.get_host_f32("rel_pos_w", &[table_rows, head_dim])?;
+        let rel_pos = sides
+            .iter()
+            .map(|&s| {
+                let rh_t = RelPos::lookup_transposed(vb, &rel_h, table_rows, head_dim, s);
+                let rw_t = RelPos::lookup_transposed(vb, &rel_w, table_rows, head_dim, s);
+                (s, RelPos { rh_t, rw_t })
+            })
+            .collect();
+        Ok(Self {
+            qkv: Linear::load(&vb.pp("qkv"), dim, 3 * dim, true)?,
+            proj: Linear::load(&vb.pp("proj"), dim, dim, true)?,
+            heads: cfg.heads,
+            head_dim,
+            rel_pos,
+        })
+    }
+
+    /// `[B, Sh, Sw, C] → [B, Sh, Sw, C]`; B counts windows in windowed blocks.
+    pub fn forward(&self, x: Tensor<4>) -> Result<Tensor<4>, EncoderError> {
+        let [b, h, w, c] = x.dims();
+        let n = h * w;
+        // qkv outputs laid out [3][heads][head_dim].
+        let qkv = self.qkv.forward(x).reshape([b, n, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
+        let [q, k, v]: [Tensor<4>; 3] =
+            std::array::from_fn(|i| qkv.clone().narrow(0, i, 1).reshape([b, self.heads, n, self.head_dim]));
+
+        let bias = self.rel_pos_bias(&q, h, w)?;
+        // softmax(q·kᵀ / sqrt(head_dim) + bias) · v; default scale = 1/sqrt(head_dim).
+        let y = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
+        // Heads concatenated as head * head_dim + d.
+        let y = y.swap_dims(1, 2).reshape([b, h, w, c]);
+        Ok(self.proj.forward(y))
+    }
+
+    /// The additive logits bias `[B, heads, Sh·Sw, Sh·Sw]` from the UNSCALED queries:
+    /// `bias[(y,x), (ky,kx)] = q(y,x)·Rh[y,ky] + q(y,x)·Rw[x,kx]` (tables shared by all heads).
+    fn rel_pos_bias(&self, q: &Tensor<4>, h: usize, w: usize) -> Result<Tensor<4>, EncoderError> {
+        if h != w {
+            return Err(EncoderError::Pixels(format!("SAM attention needs a square token grid, got {h}x{w}")));
+        }
+        let rel = self.rel_pos.get(&h).ok_or_else(|| EncoderError::UnsupportedView {
+            height: h,
+            width: w,
+            supported: self.rel_pos.keys().copied().collect(),
+        })?;
+        let [b, heads, n, d] = q.dims();
+        let bh = b * heads;
+        let q = q.clone().reshape([bh, h, w, d]);
+        // rel_h[bh, y, x, ky] = Σ_c q[bh, y, x, c] · Rh[y, ky, c]: one matmul per query row y.
+        let rel_h = q
+            .clone()
+            .permute([1, 0, 2, 3])
+            .reshape([h, bh * w, d])
+            .matmul(rel.rh_t.clone())
+            .reshape([h, bh, w, h])
+            .permute([1, 0, 2, 3]);
+        // rel_w[bh, y, x, kx] = Σ_c q[bh, y, x, c] · Rw[x, kx, c]: one matmul per query column x.
+        let rel_w = q
+            .permute([2, 0, 1, 3])
+            .reshape([w, bh * h, d])
+            .matmul(rel.rw_t.clone())
+            .reshape([w, bh, h, w])
+            .permute([1, 2, 0, 3]);
+        let bias = rel_h.reshape([bh, n, h, 1]) + rel_w.reshape([bh, n, 1, w]);
+        Ok(bias.reshape([b, heads, n, n]))
+    }
+}
+
+/// `Lin2(GELU_erf(Lin1(x)))`.
+#[derive(Debug, Clone)]
+pub struct SamMlp {
+    lin1: Linear,
+    lin2: Linear,
+}
+
+impl SamMlp {
+    pub fn load(vb: &VarBuilder, dim: usize, hidden: usize) -> Result<Self, EncoderError> {
+        Ok(Self { lin1: Linear::load(&vb.pp("lin1"), dim, hidden, true)?, lin2: Linear::load(&vb.pp("lin2"), hidden, dim, true)? })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.lin2.forward(gelu(self.lin1.forward(x)))
+    }
+}
+
+/// One pre-norm ViTDet block; `window_size == 0` means global attention.
+#[derive(Debug, Clone)]
+pub struct SamBlock {
+    norm1: LayerNorm,
+    attn: SamAttention,
+    norm2: LayerNorm,
+    mlp: SamMlp,
+    window_size: usize,
+}
+
+impl SamBlock {
+    pub fn load(vb: &VarBuilder, cfg: &SamConfig, index: usize, grids: &[usize]) -> Result<Self, EncoderError> {
+        let (window_size, table_rows, sides) = if cfg.is_global(index) {
+            (0, 2 * cfg.pos_grid - 1, grids.to_vec())
+        } else {
+            (cfg.window_size, 2 * cfg.window_size - 1, vec![cfg.window_size])
+        };
+        Ok(Self {
+            norm1: LayerNorm::load(&vb.pp("norm1"), cfg.width, LN_EPS)?,
+            attn: SamAttention::load(&vb.pp("attn"), cfg, table_rows, &sides)?,
+            norm2: LayerNorm::load(&vb.pp("norm2"), cfg.width, LN_EPS)?,
+            mlp: SamMlp::load(&vb.pp("mlp"), cfg.width, cfg.mlp_dim())?,
+            window_size,
+        })
+    }
+
+    /// `[B, g, g, C] → [B, g, g, C]`.
+    pub fn forward(&self, x: Tensor<4>) -> Result<Tensor<4>, EncoderError> {
+        let shortcut = x.clone();
+        let y = self.norm1.forward(x);
+        let y = if self.window_size > 0 {
+            let [_, h, w, _] = y.dims();
+            let (windows, padded) = window_partition(y, self.window_size);
+            window_unpartition(self.attn.forward(windows)?, self.window_size, padded, [h, w])
+        } else {
+            self.attn.forward(y)?
+        };
+        let x = shortcut + y;
+        Ok(x.clone() + self.mlp.forward(self.norm2.forward(x)))
+    }
+}
+
+/// Zero-pads `[B, H, W, C]` on the bottom/right to multiples of `ws` (the pad tokens are later
+/// attended to without a mask, as upstream) and cuts it into `[B·nH·nW, ws, ws, C]` windows.
+/// Returns the windows and the padded `[Hp, Wp]`.
+fn window_partition(x: Tensor<4>, ws: usize) -> (Tensor<4>, [usize; 2]) {
+    let [b, h, w, c] = x.dims();
+    let (pad_h, pad_w) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+    let x = if pad_h > 0 || pad_w > 0 { x.pad([(0, pad_h), (0, pad_w), (0, 0)], PadMode::Constant(0.0)) } else { x };
+    let (hp, wp) = (h + pad_h, w + pad_w);
+    let windows = x
+        .reshape([b, hp / ws, ws, wp / ws, ws, c])
+        .permute([0, 1, 3, 2, 4, 5])
+        .reshape([b * (hp / ws) * (wp / ws), ws, ws, c]);
+    (windows, [hp, wp])
+}
+
+/// Inverse of [`window_partition`]: merges the windows and crops back to `[B, H, W, C]`.
+fn window_unpartition(windows: Tensor<4>, ws: usize, [hp, wp]: [usize; 2], [h, w]: [usize; 2]) -> Tensor<4> {
+    let [nw, _, _, c] = windows.dims();
+    let b = nw / ((hp / ws) * (wp / ws));
+    let x = windows
+        .reshape([b, hp / ws, wp / ws, ws, ws, c])
+        .permute([0, 1, 3, 2, 4, 5])
+        .reshape([b, hp, wp, c]);
+    if hp == h && wp == w {
+        x
+    } else {
+        x.slice([0..b, 0..h, 0..w, 0..c])
+    }
+}
+
+/// The SAM tower: pixels `[B, 3, L, L]` → features `[B, downsample_channels[1], q, q]`.
+#[derive(Debug, Clone)]
+pub struct Sam {
+    patch_embed: Conv2d,
+    /// Absolute positions per token-grid side g: `[1, g, g, width]`.
+    pos_embed: BTreeMap<usize, Tensor<4>>,
+    blocks: Vec<SamBlock>,
+    neck_conv1: Conv2d,
+    neck_norm1: LayerNorm2d,
+    neck_conv2: Conv2d,
+    neck_norm2: LayerNorm2d,
+    net_2: Conv2d,
+    net_3: Conv2d,
+    cfg: SamConfig,
+}
+
+impl Sam {
+    /// Loads `<vb>.*` (e.g. `model.sam_model.*`) and prepares the position tables for the
+    /// token-grid sides `grids` (view side / patch size).
+    pub fn load(vb: &VarBuilder, cfg: &SamConfig, grids: &[usize]) -> Result<Self, EncoderError> {
+        let (w, pg) = (cfg.width, cfg.pos_grid);
+        let pos_shape = [1, pg, pg, w];
+        let host_pos = if grids.iter().any(|&g| g != pg) {
+            vb.get_host_f32("pos_embed", &pos_shape)?
+        } else {
+            Vec::new()
+        };
+        let mut pos_embed = BTreeMap::new();
+        for &g in grids {
+            let table = if g == pg {
+                vb.get("pos_embed", pos_shape)?
+            } else {
+                // Antialiased bicubic in f32, cast back to the weight dtype.
+                vb.from_host(resize_bicubic_aa(&host_pos, pg, pg, w, g, g), [1, g, g, w])
+            };
+            pos_embed.insert(g, table);
+        }
+        let blocks = (0..cfg.layers)
+            .map(|i| SamBlock::load(&vb.pp("blocks").pp(i), cfg, i, grids))
+            .collect::<Result<Vec<_>, _>>()?;
+        let [down1, down2] = cfg.downsample_channels;
+        Ok(Self {
+            patch_embed: Conv2d::load(&vb.pp("patch_embed").pp("proj"), 3, w, cfg.patch_size, cfg.patch_size, 0, true)?,
+            pos_embed,
+            blocks,
+            neck_conv1: Conv2d::load(&vb.pp("neck").pp(0), w, cfg.out_chans, 1, 1, 0, false)?,
+            neck_norm1: LayerNorm2d::load(&vb.pp("neck").pp(1), cfg.out_chans)?,
+            neck_conv2: Conv2d::load(&vb.pp("neck").pp(2), cfg.out_chans, cfg.out_chans, 3, 1, 1, false)?,
+            neck_norm2: LayerNorm2d::load(&vb.pp("neck").pp(3), cfg.out_chans)?,
+            net_2: Conv2d::load(&vb.pp("net_2"), cfg.out_chans, down1, 3, 2, 1, false)?,
+            net_3: Conv2d::load(&vb.pp("net_3"), down1, down2, 3, 2, 1, false)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &SamConfig {
+        &self.cfg
+    }
+
+    /// The token-grid sides g this tower was prepared for.
+    pub fn grids(&self) -> Vec<usize> {
+        self.pos_embed.keys().copied().collect()
+    }
+
+    /// Side q of the output map for a token grid g (two stride-2 convolutions).
+    pub fn output_side(&self, grid: usize) -> usize {
+        self.net_3.output_side(self.net_2.output_side(grid))
+    }
+
+    /// `[B, 3, L, L]` (normalised, in the weight dtype) → `[B, downsample_channels[1], q, q]`.
+    pub fn forward(&self, pixels: Tensor<4>) -> Result<Tensor<4>, EncoderError> {
+        let [_, _, height, width] = pixels.dims();
+        let g = height / self.cfg.patch_size;
+        let pos = match self.pos_embed.get(&g) {
+            Some(pos) if height == width && height % self.cfg.patch_size == 0 => pos.clone(),
+            _ => {
+                return Err(EncoderError::UnsupportedView {
+                    height,
+                    width,
+                    supported: self.pos_embed.keys().map(|g| g * self.cfg.patch_size).collect(),
+                })
+            }
+        };
+
+        let x = self.patch_embed.forward(pixels).permute([0, 2, 3, 1]); // [B, g, g, C]
+        let mut x = x + pos;
+        for block in &self.blocks {
+            x = block.forward(x)?;
+        }
+
+        let x = x.permute([0, 3, 1, 2]); // NCHW
+        let x = self.neck_norm1.forward(self.neck_conv1.forward(x));
+        let x = self.neck_norm2.forward(self.neck_conv2.forward(x));
+        // Compressor: two stride-2 convolutions, no activation or norm.
+        Ok(self.net_3.forward(self.net_2.forward(x)))
+    }
+}
