@@ -103,3 +103,46 @@ fn write(buf: &mut Option<Tensor<4>>, new: Tensor<4>, start: usize, end: usize, 
     *buf = Some(cache);
     view
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{DType, Distribution};
+    use dsocr_weights::{Backend, Precision};
+
+    use super::*;
+
+    #[test]
+    fn writes_in_place_and_grows_by_chunks() {
+        let device = Backend::Cpu.device(Precision::F32).unwrap();
+        let mut cache = KvCache::new(2, 4);
+        let mut reference: Vec<Tensor<4>> = Vec::new();
+        for (step, t) in [3usize, 1, 1, 5, 1].into_iter().enumerate() {
+            let k = Tensor::<4>::random([1, 2, t, 8], Distribution::Normal(0.0, 1.0), &device);
+            let v = k.clone() * 2.0;
+            reference.push(k.clone());
+            for layer in 0..2 {
+                let (k_all, v_all) = cache.append(layer, k.clone(), v.clone());
+                assert_eq!(k_all.dims(), [1, 2, cache.len() + t, 8]);
+                // Views returned so far hold exactly what was appended, in order.
+                let expected = Tensor::cat(reference.clone(), 2);
+                let diff: f32 = (k_all - expected.clone()).abs().max().into_scalar();
+                assert_eq!(diff, 0.0, "step {step}");
+                let diff: f32 = (v_all - expected * 2.0).abs().max().into_scalar();
+                assert_eq!(diff, 0.0, "step {step}");
+            }
+            cache.advance(t);
+            assert_eq!(cache.capacity(), cache.len().div_ceil(4) * 4, "step {step}");
+            // With the views dropped, every buffer is uniquely owned again, so the next
+            // `slice_assign` writes in place instead of copying the cache (flex tracks this).
+            for entry in &cache.layers {
+                for buf in [&entry.k, &entry.v] {
+                    let buf = buf.as_ref().unwrap();
+                    assert!(buf.can_mut(), "step {step}: cache buffer is shared");
+                    assert_eq!(buf.dtype(), DType::F32);
+                }
+            }
+        }
+        assert_eq!(cache.len(), 11);
+        assert_eq!(cache.capacity(), 12);
+    }
+}

@@ -11,7 +11,7 @@ use dsocr_weights::VarBuilder;
 use crate::attention::Attention;
 use crate::kv_cache::KvCache;
 use crate::mlp::Mlp;
-use crate::moe::Moe;
+use crate::moe::{ExpertDispatch, Moe};
 use crate::rms_norm::RmsNorm;
 use crate::rope::Rope;
 use crate::{DecoderConfig, DecoderError};
@@ -56,6 +56,12 @@ impl DecoderLayer {
             mlp,
             index,
         })
+    }
+
+    pub fn set_expert_dispatch(&mut self, dispatch: ExpertDispatch) {
+        if let FeedForward::Moe(moe) = &mut self.mlp {
+            moe.set_dispatch(dispatch);
+        }
     }
 
     pub fn forward(&self, x: Tensor<3>, rope: &Rope, cos: &Tensor<2>, sin: &Tensor<2>, cache: &mut KvCache) -> Tensor<3> {

@@ -34,6 +34,6 @@ pub use kv_cache::{DEFAULT_CHUNK, KvCache};
 pub use layer::{DecoderLayer, FeedForward};
 pub use mlp::Mlp;
 pub use model::Decoder;
-pub use moe::Moe;
+pub use moe::{ExpertDispatch, Moe};
 pub use rms_norm::RmsNorm;
 pub use rope::Rope;

@@ -8,6 +8,7 @@ use dsocr_weights::nn::Linear;
 
 use crate::kv_cache::{DEFAULT_CHUNK, KvCache};
 use crate::layer::DecoderLayer;
+use crate::moe::ExpertDispatch;
 use crate::rms_norm::RmsNorm;
 use crate::rope::Rope;
 use crate::{DecoderConfig, DecoderError};
@@ -42,6 +43,13 @@ impl Decoder {
         };
         let rope = Rope::new(cfg.head_dim(), cfg.rope_theta, cfg.max_position_embeddings, vb.device(), vb.dtype());
         Ok(Self { embed_tokens, layers, norm, lm_head, rope, cfg: cfg.clone() })
+    }
+
+    /// How the MoE layers run their experts (default [`ExpertDispatch::Auto`]).
+    pub fn set_expert_dispatch(&mut self, dispatch: ExpertDispatch) {
+        for layer in &mut self.layers {
+            layer.set_expert_dispatch(dispatch);
+        }
     }
 
     pub fn config(&self) -> &DecoderConfig {

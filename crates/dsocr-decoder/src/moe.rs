@@ -19,6 +19,8 @@
 //!   device and run one batched matmul per projection; no host round trip.
 //! - [`Moe::forward_grouped`] (prefill): the top-k indices are read to the host ONCE per layer,
 //!   tokens are grouped per active expert, and each active expert runs one matmul on its rows.
+//!
+//! [`ExpertDispatch`] picks between them.
 
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
@@ -28,6 +30,48 @@ use dsocr_weights::nn::Linear;
 
 use crate::mlp::Mlp;
 use crate::{DecoderConfig, DecoderError};
+
+/// Which expert path a MoE layer takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpertDispatch {
+    /// [`OnDevice`](Self::OnDevice) on GPU backends, [`HostGrouped`](Self::HostGrouped) on the
+    /// CPU backends (flex, ndarray), where reading the indices costs microseconds and copying
+    /// the chosen experts' weights is the expensive part (measured on flex f32 at the real
+    /// sizes: ~30–60 ms vs ~5.5 ms per layer for one token).
+    #[default]
+    Auto,
+    /// [`Moe::forward_gathered`] whenever `tokens · top_k ≤ n_routed_experts` (every decode
+    /// step), [`Moe::forward_grouped`] otherwise (prefill).
+    OnDevice,
+    /// Always [`Moe::forward_grouped`] (one host read of the top-k indices per layer and call).
+    HostGrouped,
+}
+
+impl ExpertDispatch {
+    /// Whether small batches gather weights on the device, for tensors living on `device`.
+    fn gathers_on(self, device: &Device) -> bool {
+        match self {
+            ExpertDispatch::OnDevice => true,
+            ExpertDispatch::HostGrouped => false,
+            ExpertDispatch::Auto => !is_host_device(device),
+        }
+    }
+}
+
+/// Whether `device` is one of the CPU backends that compute in host memory.
+#[allow(unused_variables)]
+fn is_host_device(device: &Device) -> bool {
+    #[cfg(feature = "cpu")]
+    if *device == Device::flex() {
+        return true;
+    }
+    #[cfg(feature = "ndarray")]
+    #[allow(deprecated)]
+    if *device == Device::ndarray() {
+        return true;
+    }
+    false
+}
 
 #[derive(Debug, Clone)]
 pub struct Moe {
@@ -43,6 +87,8 @@ pub struct Moe {
     intermediate: usize,
     norm_topk_prob: bool,
     routed_scaling_factor: f64,
+    /// Resolved [`ExpertDispatch`]: gather weights on the device for small batches.
+    gather_on_device: bool,
 }
 
 impl Moe {
@@ -84,7 +130,12 @@ impl Moe {
             intermediate: i,
             norm_topk_prob: cfg.norm_topk_prob,
             routed_scaling_factor: cfg.routed_scaling_factor,
+            gather_on_device: ExpertDispatch::Auto.gathers_on(vb.device()),
         })
+    }
+
+    pub fn set_dispatch(&mut self, dispatch: ExpertDispatch) {
+        self.gather_on_device = dispatch.gathers_on(&self.gate_up.device());
     }
 
     /// `x: [batch, t, d]` → `[batch, t, d]`.
@@ -94,7 +145,7 @@ impl Moe {
         let (indices, weights) = self.route(x.clone());
         // Selecting weights copies k expert matrices per token: worth it only while that is
         // fewer than all experts (always true for one decode token).
-        let routed = if b * t * self.top_k <= self.num_experts {
+        let routed = if self.gather_on_device && b * t * self.top_k <= self.num_experts {
             self.forward_gathered(x.clone(), indices, weights)
         } else {
             self.forward_grouped(x.clone(), indices, weights)
@@ -208,10 +259,57 @@ mod tests {
         let values: Vec<f32> = (0..n * cfg.hidden_size).map(|j| ((j * 37 % 101) as f32 / 50.0) - 1.0).collect();
         let x = Tensor::<2>::from_data(TensorData::new(values, [n, cfg.hidden_size]), &device);
         let (idx, w) = moe.route(x.clone());
-        let a: Vec<f32> = moe.forward_gathered(x.clone(), idx.clone(), w.clone()).into_data().to_vec().unwrap();
-        let b: Vec<f32> = moe.forward_grouped(x, idx, w).into_data().to_vec().unwrap();
+        let a: Vec<f32> = moe.forward_gathered(x.clone(), idx.clone(), w.clone()).into_data().iter::<f32>().collect();
+        let b: Vec<f32> = moe.forward_grouped(x, idx, w).into_data().iter::<f32>().collect();
         let max = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
         assert!(max < 1e-5, "max diff {max}");
         assert!(a.iter().any(|v| v.abs() > 1e-3), "degenerate output");
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use std::time::Instant;
+
+    use burn::tensor::Distribution;
+    use dsocr_weights::{Backend, Precision};
+
+    use super::*;
+
+    /// Real DeepSeek-OCR sizes, random weights: decode-step cost of the two expert paths.
+    #[test]
+    #[ignore]
+    fn decode_paths_real_size() {
+        let device = Backend::Cpu.device(Precision::F32).unwrap();
+        let (e, i, d, k) = (64, 896, 1280, 6);
+        let rnd = |shape: [usize; 3]| Tensor::<3>::random(shape, Distribution::Normal(0.0, 0.02), &device);
+        let moe = Moe {
+            router: Linear { weight: Tensor::<2>::random([d, e], Distribution::Normal(0.0, 0.02), &device), bias: None },
+            gate_up: rnd([e, 2 * i, d]),
+            down: rnd([e, d, i]),
+            shared: None,
+            num_experts: e,
+            top_k: k,
+            intermediate: i,
+            norm_topk_prob: false,
+            routed_scaling_factor: 1.0,
+            gather_on_device: false,
+        };
+        let x = Tensor::<2>::random([1, d], Distribution::Normal(0.0, 1.0), &device);
+        for round in 0..3 {
+            let t = Instant::now();
+            for _ in 0..10 {
+                let (idx, w) = moe.route(x.clone());
+                let _ = moe.forward_gathered(x.clone(), idx, w).into_data();
+            }
+            let gathered = t.elapsed() / 10;
+            let t = Instant::now();
+            for _ in 0..10 {
+                let (idx, w) = moe.route(x.clone());
+                let _ = moe.forward_grouped(x.clone(), idx, w).into_data();
+            }
+            let grouped = t.elapsed() / 10;
+            println!("round {round}: gathered {gathered:?}, grouped {grouped:?} per layer");
+        }
     }
 }

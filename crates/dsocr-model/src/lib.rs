@@ -1,1 +1,30 @@
+//! DeepSeek-OCR as one model: configuration, weights, and the pipeline
+//! image → preprocessing → DeepEncoder → projector/layout → decoder → tokens.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use dsocr_model::{DeepseekOcr, OcrRequest};
+//! use dsocr_prompt::{Mode, Task};
+//! use dsocr_weights::{Backend, Precision};
+//!
+//! let model = DeepseekOcr::load("path/to/DeepSeek-OCR".as_ref(), Backend::Cpu, Precision::F32)?;
+//! let image = dsocr_prompt::load_image("page.png".as_ref())?;
+//! let request = OcrRequest::new(Task::Markdown.prompt(), Some(image), Mode::Gundam);
+//! let result = model.run(&request, |piece| print!("{piece}"))?;
+//! println!("\n{} tokens, finish: {:?}", result.generated_tokens(), result.finish);
+//! # Ok(()) }
+//! ```
 
+mod config;
+mod error;
+mod model;
+pub mod parity;
+mod pipeline;
+
+pub use config::ModelConfig;
+pub use error::ModelError;
+pub use model::{DeepseekOcr, ModelFiles};
+pub use pipeline::{OcrRequest, OcrResult, VisionOutput};
+
+pub use dsocr_decoder::{FinishReason, GenerationConfig, RepeatGuard};
+pub use dsocr_weights::{Backend, Precision};

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use image::error::{ImageFormatHint, UnsupportedErrorKind};
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Rgb, RgbImage};
 
 use crate::error::{PromptError, Result};
 
@@ -69,7 +69,11 @@ pub fn load_image_from_memory(bytes: &[u8], name: &str) -> Result<RgbImage> {
 }
 
 /// Decodes an in-memory image file as 8-bit RGB; `name` is only used in error messages.
-pub fn load_image_from_memory_with(bytes: &[u8], name: &str, options: &LoadOptions) -> Result<RgbImage> {
+pub fn load_image_from_memory_with(
+    bytes: &[u8],
+    name: &str,
+    options: &LoadOptions,
+) -> Result<RgbImage> {
     decode(bytes, PathBuf::from(name), options)
 }
 
@@ -93,7 +97,11 @@ fn decode(bytes: &[u8], path: PathBuf, options: &LoadOptions) -> Result<RgbImage
 
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
-        return Err(PromptError::ZeroSize { path, width, height });
+        return Err(PromptError::ZeroSize {
+            path,
+            width,
+            height,
+        });
     }
     if let Some(limit) = options.max_pixels {
         if u64::from(width) * u64::from(height) > limit {
@@ -134,10 +142,12 @@ fn classify(error: ImageError, path: &Path) -> PromptError {
             };
             PromptError::UnsupportedFormat { path, what }
         }
-        ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => PromptError::Corrupt {
-            path,
-            message: "unexpected end of file".to_string(),
-        },
+        ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            PromptError::Corrupt {
+                path,
+                message: "unexpected end of file".to_string(),
+            }
+        }
         other => PromptError::Corrupt {
             path,
             message: other.to_string(),
@@ -176,21 +186,29 @@ fn orientation_from_exif_chunk(mut chunk: Vec<u8>) -> Orientation {
 
 /// Pillow's `convert("RGB")` for every pixel layout the decoders produce.
 fn to_rgb8_like_pillow(image: DynamicImage) -> RgbImage {
-    let (width, height) = (image.width(), image.height());
-    let from_fn = |f: &dyn Fn(u32, u32) -> [u8; 3]| RgbImage::from_fn(width, height, |x, y| image::Rgb(f(x, y)));
+    let (w, h) = (image.width(), image.height());
+    let high_byte = |v: u16| (v >> 8) as u8;
     match image {
         DynamicImage::ImageRgb8(rgb) => rgb,
         // Alpha is dropped, not composited; grey is replicated.
-        DynamicImage::ImageRgba8(_) | DynamicImage::ImageLuma8(_) | DynamicImage::ImageLumaA8(_) => image.to_rgb8(),
+        DynamicImage::ImageRgba8(_)
+        | DynamicImage::ImageLuma8(_)
+        | DynamicImage::ImageLumaA8(_) => image.to_rgb8(),
         // 16-bit colour and grey+alpha: Pillow unpacks the big-endian high byte.
-        DynamicImage::ImageRgb16(ref buf) => from_fn(&|x, y| buf.get_pixel(x, y).0.map(|v| (v >> 8) as u8)),
-        DynamicImage::ImageRgba16(ref buf) => from_fn(&|x, y| {
+        DynamicImage::ImageRgb16(buf) => {
+            RgbImage::from_fn(w, h, |x, y| Rgb(buf.get_pixel(x, y).0.map(high_byte)))
+        }
+        DynamicImage::ImageRgba16(buf) => RgbImage::from_fn(w, h, |x, y| {
             let [r, g, b, _] = buf.get_pixel(x, y).0;
-            [r, g, b].map(|v| (v >> 8) as u8)
+            Rgb([r, g, b].map(high_byte))
         }),
-        DynamicImage::ImageLumaA16(ref buf) => from_fn(&|x, y| [(buf.get_pixel(x, y).0[0] >> 8) as u8; 3]),
+        DynamicImage::ImageLumaA16(buf) => {
+            RgbImage::from_fn(w, h, |x, y| Rgb([high_byte(buf.get_pixel(x, y).0[0]); 3]))
+        }
         // 16-bit grey is Pillow mode `I;16`, whose conversion to RGB clips at 255.
-        DynamicImage::ImageLuma16(ref buf) => from_fn(&|x, y| [buf.get_pixel(x, y).0[0].min(255) as u8; 3]),
+        DynamicImage::ImageLuma16(buf) => RgbImage::from_fn(w, h, |x, y| {
+            Rgb([buf.get_pixel(x, y).0[0].min(255) as u8; 3])
+        }),
         other => other.to_rgb8(),
     }
 }
@@ -216,13 +234,37 @@ mod tests {
     }
 
     #[test]
+    fn grey_is_replicated_and_grey_alpha_drops_alpha() {
+        let la =
+            image::GrayAlphaImage::from_fn(2, 1, |x, _| image::LumaA([[30, 220][x as usize], 0]));
+        let rgb =
+            load_image_from_memory(&encode_png(&DynamicImage::ImageLumaA8(la)), "la.png").unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [30; 3]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [220; 3]);
+        let la16 =
+            image::ImageBuffer::<image::LumaA<u16>, _>::from_pixel(1, 1, image::LumaA([0xab12, 0]));
+        let rgb =
+            load_image_from_memory(&encode_png(&DynamicImage::ImageLumaA16(la16)), "la16.png")
+                .unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [0xab; 3]);
+    }
+
+    #[test]
     fn sixteen_bit_conversions_follow_pillow() {
-        let rgb16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(1, 1, image::Rgb([0x12ff, 0xab01, 0x00ff]));
-        let rgb = load_image_from_memory(&encode_png(&DynamicImage::ImageRgb16(rgb16)), "c.png").unwrap();
+        let rgb16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(
+            1,
+            1,
+            image::Rgb([0x12ff, 0xab01, 0x00ff]),
+        );
+        let rgb =
+            load_image_from_memory(&encode_png(&DynamicImage::ImageRgb16(rgb16)), "c.png").unwrap();
         assert_eq!(rgb.get_pixel(0, 0).0, [0x12, 0xab, 0x00]);
 
-        let grey16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(3, 1, |x, _| image::Luma([[200, 255, 4000][x as usize]]));
-        let rgb = load_image_from_memory(&encode_png(&DynamicImage::ImageLuma16(grey16)), "g.png").unwrap();
+        let grey16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(3, 1, |x, _| {
+            image::Luma([[200, 255, 4000][x as usize]])
+        });
+        let rgb = load_image_from_memory(&encode_png(&DynamicImage::ImageLuma16(grey16)), "g.png")
+            .unwrap();
         assert_eq!(rgb.get_pixel(0, 0).0, [200; 3]);
         assert_eq!(rgb.get_pixel(1, 0).0, [255; 3]);
         assert_eq!(rgb.get_pixel(2, 0).0, [255; 3]);
@@ -250,10 +292,22 @@ mod tests {
         let mut prefixed = b"Exif\0\0".to_vec();
         prefixed.extend(exif_block(6));
         assert_eq!(orientation_from_exif_chunk(prefixed), Orientation::Rotate90);
-        assert_eq!(orientation_from_exif_chunk(exif_block(0)), Orientation::NoTransforms);
-        assert_eq!(orientation_from_exif_chunk(exif_block(9)), Orientation::NoTransforms);
-        assert_eq!(orientation_from_exif_chunk(b"MM\0\x2a\0\0\xff\xff".to_vec()), Orientation::NoTransforms);
-        assert_eq!(orientation_from_exif_chunk(vec![1, 2, 3]), Orientation::NoTransforms);
+        assert_eq!(
+            orientation_from_exif_chunk(exif_block(0)),
+            Orientation::NoTransforms
+        );
+        assert_eq!(
+            orientation_from_exif_chunk(exif_block(9)),
+            Orientation::NoTransforms
+        );
+        assert_eq!(
+            orientation_from_exif_chunk(b"MM\0\x2a\0\0\xff\xff".to_vec()),
+            Orientation::NoTransforms
+        );
+        assert_eq!(
+            orientation_from_exif_chunk(vec![1, 2, 3]),
+            Orientation::NoTransforms
+        );
     }
 
     /// Orientation 6 ("rotate 90° clockwise to display") applied to a 2×1 image [A B]

@@ -36,9 +36,9 @@ pub use image_io::{
     DEFAULT_MAX_PIXELS,
 };
 pub use preprocess::{
-    candidate_grids, choose_grid, normalize, normalize_batch, pad_geometry, pad_to_square, preprocess,
-    preprocess_with_max_tiles, query_grid, round_half_even, tile_grid, Mode, PreparedImage, DEFAULT_MAX_TILES,
-    MIN_TILES, PAD_COLOR, TILE_SIZE,
+    candidate_grids, choose_grid, normalize, normalize_batch, pad_geometry, pad_to_square,
+    preprocess, preprocess_with_max_tiles, query_grid, round_half_even, tile_grid, Mode,
+    PreparedImage, DEFAULT_MAX_TILES, MIN_TILES, PAD_COLOR, TILE_SIZE,
 };
 pub use prompt::{build_input_ids, PromptIds, Task};
 pub use resize::resize_bicubic;

@@ -98,10 +98,13 @@ impl PromptTokenizer {
     /// Encodes text without adding BOS/EOS; special tokens written in the text (e.g.
     /// `<|grounding|>`) are matched as single tokens.
     pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.inner.encode(text, false).map_err(|e| PromptError::Encode {
-            text: text.to_string(),
-            message: e.to_string(),
-        })?;
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| PromptError::Encode {
+                text: text.to_string(),
+                message: e.to_string(),
+            })?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -116,9 +119,10 @@ impl PromptTokenizer {
     }
 
     fn require(&self, token: &str) -> Result<u32> {
-        self.token_id(token).ok_or_else(|| PromptError::MissingSpecialToken {
-            token: token.to_string(),
-        })
+        self.token_id(token)
+            .ok_or_else(|| PromptError::MissingSpecialToken {
+                token: token.to_string(),
+            })
     }
 
     /// Id of the `<image>` placeholder.
@@ -146,9 +150,11 @@ impl PromptTokenizer {
 
     /// Decodes ids to text, keeping special tokens (as both reference paths do).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| PromptError::Decode {
-            message: e.to_string(),
-        })
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| PromptError::Decode {
+                message: e.to_string(),
+            })
     }
 
     /// A decoder for generated ids arriving one at a time.
@@ -181,14 +187,19 @@ impl PromptTokenizer {
 /// Inverse of GPT-2's `bytes_to_unicode`: printable Latin-1 bytes map to themselves, the other
 /// 68 bytes to U+0100.. in increasing byte order.
 fn unicode_to_byte(ch: char) -> Option<u8> {
-    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
     let c = ch as u32;
     if c < 0x100 {
         return printable(c).then_some(c as u8);
     }
     let n = c - 0x100;
     // The n-th non-printable byte.
-    (0u32..=255).filter(|&b| !printable(b)).nth(n as usize).map(|b| b as u8)
+    (0u32..=255)
+        .filter(|&b| !printable(b))
+        .nth(n as usize)
+        .map(|b| b as u8)
 }
 
 /// Incremental decoder for generation: feed ids with [`step`](Self::step), get back only

@@ -28,12 +28,12 @@ fn bf16_weights_load_as_f32_and_as_bf16_with_the_same_values() {
     let vb = VarBuilder::new(files.clone(), &device, DType::F32).pp("model").pp("norm");
     let t = vb.get("weight", [64]).unwrap();
     assert_eq!(t.dtype(), DType::F32);
-    assert_eq!(t.into_data().to_vec::<f32>().unwrap(), host);
+    assert_eq!(t.into_data().try_to_vec::<f32>().unwrap(), host);
     // zero-copy path: the file's own dtype
     let vb16 = VarBuilder::new(files, &device, DType::BF16).pp("model.norm");
     let t16 = vb16.get("weight", [64]).unwrap();
     assert_eq!(t16.dtype(), DType::BF16);
-    let back: Vec<f32> = t16.cast(DType::F32).into_data().to_vec().unwrap();
+    let back: Vec<f32> = t16.cast(DType::F32).into_data().try_to_vec().unwrap();
     assert_eq!(back, host);
 }
 

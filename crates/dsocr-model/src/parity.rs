@@ -1,0 +1,302 @@
+//! The parity harness: run the cases of a reference fixture (`cases.json` + `golden.safetensors`,
+//! produced by the upstream PyTorch code) and compare every stage with the golden tensors.
+//!
+//! Used by the tests, by `dsocr debug run-case` / `dsocr debug parity`, and by anyone checking a
+//! GPU build. See docs/parity.md.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use dsocr_decoder::{generate, GenerationConfig, RepeatGuard};
+use dsocr_prompt::{load_image, Mode, PreparedImage};
+use dsocr_weights::{Precision, SafetensorsFiles};
+use serde::Deserialize;
+
+use crate::{DeepseekOcr, ModelError};
+
+/// The repeat guard of a case, as written in `cases.json`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum NgramSpec {
+    Whole { n: usize },
+    Window { n: usize, window: usize, whitelist: Vec<String> },
+}
+
+/// One entry of `cases.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Case {
+    pub name: String,
+    pub image: Option<String>,
+    pub mode: Option<String>,
+    pub prompt: String,
+    pub max_new_tokens: usize,
+    pub ngram: Option<NgramSpec>,
+    #[serde(default)]
+    pub image_tokens: Option<usize>,
+    #[serde(default)]
+    pub prompt_len: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CasesFile {
+    cases: Vec<Case>,
+}
+
+/// A fixture folder: the model files, `cases.json`, `images/`, `golden.safetensors`.
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub cases: Vec<Case>,
+}
+
+impl Fixture {
+    pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("cases.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let file: CasesFile = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Config { path: path.clone(), message: e.to_string() })?;
+        Ok(Self { dir: dir.to_path_buf(), cases: file.cases })
+    }
+
+    pub fn case(&self, name: &str) -> Result<&Case, ModelError> {
+        self.cases.iter().find(|c| c.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.cases.iter().map(|c| c.name.as_str()).collect();
+            ModelError::Input(format!("no case `{name}` in {}/cases.json (cases: {})", self.dir.display(), names.join(", ")))
+        })
+    }
+
+    pub fn golden(&self) -> Result<SafetensorsFiles, ModelError> {
+        Ok(SafetensorsFiles::open(self.dir.join("golden.safetensors"))?)
+    }
+}
+
+/// A named host tensor produced by a case run.
+#[derive(Debug, Clone)]
+pub enum HostTensor {
+    F32 { shape: Vec<usize>, data: Vec<f32> },
+    I64 { shape: Vec<usize>, data: Vec<i64> },
+}
+
+impl HostTensor {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            HostTensor::F32 { shape, .. } | HostTensor::I64 { shape, .. } => shape,
+        }
+    }
+
+    fn as_f64(&self) -> Vec<f64> {
+        match self {
+            HostTensor::F32 { data, .. } => data.iter().map(|&v| v as f64).collect(),
+            HostTensor::I64 { data, .. } => data.iter().map(|&v| v as f64).collect(),
+        }
+    }
+
+    fn from_tensor<const D: usize>(t: Tensor<D>) -> Result<Self, ModelError> {
+        let shape = t.dims().to_vec();
+        let data = t
+            .cast(DType::F32)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| ModelError::Readback(format!("{e:?}")))?;
+        Ok(HostTensor::F32 { shape, data })
+    }
+
+    fn ids(ids: &[u32]) -> Self {
+        HostTensor::I64 { shape: vec![ids.len()], data: ids.iter().map(|&i| i as i64).collect() }
+    }
+}
+
+/// The outputs of one case, named like the fixture (`<case>.sam.global`, …), and its views.
+pub struct CaseRun {
+    pub tensors: BTreeMap<String, HostTensor>,
+    pub prepared: Option<PreparedImage>,
+}
+
+/// Resolves a case's repeat guard; whitelisted tokens are looked up by string.
+pub fn repeat_guard(model: &DeepseekOcr, spec: &Option<NgramSpec>) -> Result<Option<RepeatGuard>, ModelError> {
+    Ok(match spec {
+        None => None,
+        Some(NgramSpec::Whole { n }) => Some(RepeatGuard::Whole { n: *n }),
+        Some(NgramSpec::Window { n, window, whitelist }) => {
+            let mut ids = Vec::with_capacity(whitelist.len());
+            for token in whitelist {
+                ids.push(model.tokenizer.token_id(token).ok_or_else(|| {
+                    ModelError::Input(format!("whitelist token `{token}` is not in the tokenizer"))
+                })?);
+            }
+            Some(RepeatGuard::Window { n: *n, window: *window, whitelist: ids })
+        }
+    })
+}
+
+/// Number of decode steps whose logits the fixture records.
+const DECODE_LOGITS_STEPS: usize = 4;
+/// Number of prompt positions whose logits the fixture records.
+const PREFILL_LOGITS_TAIL: usize = 8;
+
+/// Runs one case and returns every tensor the fixture has for it.
+pub fn run_case(model: &DeepseekOcr, fixture: &Fixture, case: &Case) -> Result<CaseRun, ModelError> {
+    let mut tensors = BTreeMap::new();
+    let key = |what: &str| format!("{}.{what}", case.name);
+
+    let vision = match (&case.image, &case.mode) {
+        (Some(image), Some(mode)) => {
+            let mode: Mode = mode.parse().map_err(|e| ModelError::Input(format!("case {}: {e}", case.name)))?;
+            let path = fixture.dir.join("images").join(format!("{image}.png"));
+            let image = load_image(&path)?;
+            Some(model.encode_image(model.prepare(&image, mode, 9)?)?)
+        }
+        (None, _) => None,
+        (Some(_), None) => return Err(ModelError::Input(format!("case {} has an image but no mode", case.name))),
+    };
+    let (ids, embeds) = model.prompt_embeddings(&case.prompt, vision.as_ref())?;
+    tensors.insert(key("input_ids"), HostTensor::ids(&ids));
+    let mut prepared = None;
+    if let Some(v) = vision {
+        tensors.insert(key("sam.global"), HostTensor::from_tensor(v.sam_global)?);
+        tensors.insert(key("clip.global"), HostTensor::from_tensor(v.clip_global)?);
+        if let Some(t) = v.sam_tiles {
+            tensors.insert(key("sam.tiles"), HostTensor::from_tensor(t)?);
+        }
+        if let Some(t) = v.clip_tiles {
+            tensors.insert(key("clip.tiles"), HostTensor::from_tensor(t)?);
+        }
+        tensors.insert(key("vision_embeds"), HostTensor::from_tensor(v.embeds)?);
+        prepared = Some(v.prepared);
+    }
+
+    let config = GenerationConfig {
+        max_new_tokens: case.max_new_tokens,
+        eos_token_id: model.config.decoder.eos_token_id,
+        repeat_guard: repeat_guard(model, &case.ngram)?,
+        trace: Some(dsocr_decoder::TraceConfig {
+            prefill_logits_tail: PREFILL_LOGITS_TAIL,
+            decode_logits_steps: DECODE_LOGITS_STEPS,
+        }),
+        ..GenerationConfig::default()
+    };
+    let generation = generate(&model.decoder, embeds, &ids, &config, |_| std::ops::ControlFlow::Continue(()))?;
+    if let Some(trace) = generation.trace {
+        tensors.insert(key("prefill_hidden_last"), HostTensor::from_tensor(trace.prefill_hidden_last)?);
+        tensors.insert(key("prefill_logits_tail"), HostTensor::from_tensor(trace.prefill_logits_tail)?);
+        if let Some(decode) = trace.decode_logits {
+            tensors.insert(key("decode_logits"), HostTensor::from_tensor(decode)?);
+        }
+    }
+    tensors.insert(key("generated_ids"), HostTensor::ids(&generation.ids));
+    Ok(CaseRun { tensors, prepared })
+}
+
+/// Allowed max |ours − golden| per kind of tensor.
+#[derive(Debug, Clone, Copy)]
+pub struct Tolerances {
+    /// `sam.*`, `clip.*`, `vision_embeds`.
+    pub vision: f64,
+    /// `prefill_hidden_last`.
+    pub hidden: f64,
+    /// `prefill_logits_tail`, `decode_logits`.
+    pub logits: f64,
+}
+
+impl Tolerances {
+    /// f32: the bounds (1e-4 vision, 1e-3 decoder). Half precisions: see docs/parity.md.
+    pub fn for_precision(precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => Self { vision: 1e-4, hidden: 1e-3, logits: 1e-3 },
+            Precision::F16 => Self { vision: 5e-2, hidden: 5e-2, logits: 5e-2 },
+            Precision::Bf16 => Self { vision: 2e-1, hidden: 2e-1, logits: 2e-1 },
+        }
+    }
+
+    fn for_name(&self, name: &str) -> Option<f64> {
+        let what = name.split_once('.').map(|(_, w)| w).unwrap_or(name);
+        match what {
+            "input_ids" | "generated_ids" => None,
+            "prefill_hidden_last" => Some(self.hidden),
+            "prefill_logits_tail" | "decode_logits" => Some(self.logits),
+            _ => Some(self.vision),
+        }
+    }
+}
+
+/// One row of the parity table.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub name: String,
+    /// `None` for exact (integer) comparisons.
+    pub tolerance: Option<f64>,
+    pub max_abs_diff: f64,
+    pub pass: bool,
+    pub note: String,
+}
+
+/// Compares a case run against the golden tensors. Every golden tensor of the case must have
+/// been produced; ids must match exactly (shape included), floats within tolerance.
+pub fn compare(run: &CaseRun, case: &Case, golden: &SafetensorsFiles, tol: &Tolerances) -> Vec<Comparison> {
+    let prefix = format!("{}.", case.name);
+    let mut rows = Vec::new();
+    for name in golden.names().into_iter().filter(|n| n.starts_with(&prefix)) {
+        let tolerance = tol.for_name(name);
+        let Some(ours) = run.tensors.get(name) else {
+            rows.push(Comparison { name: name.to_string(), tolerance, max_abs_diff: f64::INFINITY, pass: false, note: "not produced".into() });
+            continue;
+        };
+        let (shape, want) = match golden.to_f32_vec(name) {
+            Ok(v) => v,
+            Err(e) => {
+                rows.push(Comparison { name: name.to_string(), tolerance, max_abs_diff: f64::INFINITY, pass: false, note: e.to_string() });
+                continue;
+            }
+        };
+        if ours.shape() != shape.as_slice() {
+            rows.push(Comparison {
+                name: name.to_string(),
+                tolerance,
+                max_abs_diff: f64::INFINITY,
+                pass: false,
+                note: format!("shape {:?}, golden {:?}", ours.shape(), shape),
+            });
+            continue;
+        }
+        let got = ours.as_f64();
+        let max_abs_diff = got.iter().zip(&want).map(|(a, b)| (a - *b as f64).abs()).fold(0.0, f64::max);
+        let (pass, note) = match tolerance {
+            Some(t) => (max_abs_diff <= t, String::new()),
+            None => {
+                let first = got.iter().zip(&want).position(|(a, b)| *a != *b as f64);
+                (first.is_none(), first.map(|i| format!("first difference at index {i}")).unwrap_or_default())
+            }
+        };
+        rows.push(Comparison { name: name.to_string(), tolerance, max_abs_diff, pass, note });
+    }
+    rows
+}
+
+/// Writes named host tensors as a safetensors file (f32 / i64), e.g. for `debug run-case --out`.
+pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<(), ModelError> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, t)| match t {
+            HostTensor::F32 { shape, data } => {
+                (name.clone(), Dtype::F32, shape.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            HostTensor::I64 { shape, data } => {
+                (name.clone(), Dtype::I64, shape.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+        })
+        .collect();
+    let mut views = Vec::with_capacity(bytes.len());
+    for (name, dtype, shape, data) in &bytes {
+        let view = TensorView::new(*dtype, shape.clone(), data)
+            .map_err(|e| ModelError::Input(format!("tensor {name}: {e}")))?;
+        views.push((name.clone(), view));
+    }
+    let io = |e: std::io::Error| ModelError::Io { path: path.to_path_buf(), source: e };
+    let serialized = safetensors::tensor::serialize(views, None)
+        .map_err(|e| ModelError::Input(format!("serialising {}: {e}", path.display())))?;
+    let tmp = path.with_extension("safetensors.part");
+    std::fs::write(&tmp, serialized).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}

@@ -1,0 +1,287 @@
+//! Image loading: typed errors naming the file, the decompression-bomb guard, EXIF orientation.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use dsocr_prompt::{
+    load_image, load_image_from_memory, load_image_with, LoadOptions, PromptError, RgbImage,
+};
+use image::{DynamicImage, ImageFormat, Rgb};
+
+fn fixture_image(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/reference-tiny/images")
+        .join(name)
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dsocr-prompt-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn assert_names_file(err: &PromptError, file: &str) {
+    assert!(
+        err.to_string().contains(file),
+        "error message does not name {file}: {err}"
+    );
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    let mut body = kind.to_vec();
+    body.extend_from_slice(data);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32(&body).to_be_bytes());
+    out
+}
+
+fn encode_png(image: &RgbImage) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    DynamicImage::ImageRgb8(image.clone())
+        .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
+        .unwrap();
+    bytes
+}
+
+#[test]
+fn missing_file() {
+    let err = load_image(Path::new("/nonexistent/dir/missing-page.png")).unwrap_err();
+    assert!(matches!(err, PromptError::Io { .. }), "{err:?}");
+    assert_names_file(&err, "missing-page.png");
+}
+
+#[test]
+fn zero_byte_file() {
+    let dir = scratch("empty");
+    let path = write(&dir, "empty.png", b"");
+    let err = load_image(&path).unwrap_err();
+    assert!(matches!(err, PromptError::EmptyFile { .. }), "{err:?}");
+    assert_names_file(&err, "empty.png");
+}
+
+#[test]
+fn truncated_png() {
+    let dir = scratch("truncated");
+    let full = std::fs::read(fixture_image("small.png")).unwrap();
+    for (name, len) in [
+        ("half.png", full.len() / 2),
+        ("header-only.png", 40),
+        ("sig-only.png", 8),
+    ] {
+        let path = write(&dir, name, &full[..len]);
+        let err = load_image(&path).unwrap_err();
+        assert!(
+            matches!(err, PromptError::Corrupt { .. }),
+            "{name}: {err:?}"
+        );
+        assert_names_file(&err, name);
+    }
+}
+
+#[test]
+fn text_file_renamed_png() {
+    let dir = scratch("text");
+    let path = write(&dir, "notes.png", b"this is just some text, not an image\n");
+    let err = load_image(&path).unwrap_err();
+    assert!(matches!(err, PromptError::UnknownFormat { .. }), "{err:?}");
+    assert_names_file(&err, "notes.png");
+}
+
+#[test]
+fn unsupported_format() {
+    // A valid binary PPM: recognised, but this build decodes only PNG/JPEG/WebP/TIFF/BMP/GIF.
+    let dir = scratch("unsupported");
+    let mut ppm = b"P6\n2 2\n255\n".to_vec();
+    ppm.extend_from_slice(&[200; 12]);
+    let path = write(&dir, "scan.ppm", &ppm);
+    let err = load_image(&path).unwrap_err();
+    assert!(
+        matches!(err, PromptError::UnsupportedFormat { .. }),
+        "{err:?}"
+    );
+    assert_names_file(&err, "scan.ppm");
+}
+
+#[test]
+fn too_many_pixels_checked_from_header() {
+    let dir = scratch("bomb");
+    // A PNG header claiming 20000×20000 RGB (400 M pixels, 1.2 GB decoded) with a stub IDAT:
+    // refused from the header alone, before any decoding or allocation.
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&20_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&20_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &ihdr));
+    png.extend(png_chunk(b"IDAT", &[0x78, 0x9c]));
+    png.extend(png_chunk(b"IEND", &[]));
+    let path = write(&dir, "bomb.png", &png);
+    let err = load_image(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PromptError::TooManyPixels {
+                width: 20_000,
+                height: 20_000,
+                limit: 178_956_970,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_names_file(&err, "bomb.png");
+
+    // Without the guard the same file gets as far as decoding and is found corrupt.
+    let unguarded = LoadOptions {
+        max_pixels: None,
+        ..LoadOptions::default()
+    };
+    let err = load_image_with(&path, &unguarded).unwrap_err();
+    assert!(matches!(err, PromptError::Corrupt { .. }), "{err:?}");
+
+    // A configurable limit: small.png is 600×400 = 240,000 pixels.
+    let strict = LoadOptions {
+        max_pixels: Some(239_999),
+        ..LoadOptions::default()
+    };
+    let err = load_image_with(&fixture_image("small.png"), &strict).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PromptError::TooManyPixels {
+                width: 600,
+                height: 400,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let exact = LoadOptions {
+        max_pixels: Some(240_000),
+        ..LoadOptions::default()
+    };
+    assert_eq!(
+        load_image_with(&fixture_image("small.png"), &exact)
+            .unwrap()
+            .dimensions(),
+        (600, 400)
+    );
+}
+
+#[test]
+fn format_is_taken_from_content_not_extension() {
+    let dir = scratch("extension");
+    let img = RgbImage::from_fn(3, 2, |x, y| Rgb([x as u8, y as u8, 7]));
+    let path = write(&dir, "really-a-png.jpg", &encode_png(&img));
+    assert_eq!(load_image(&path).unwrap(), img);
+}
+
+#[test]
+fn memory_errors_use_the_given_name() {
+    let err = load_image_from_memory(b"", "upload-42").unwrap_err();
+    assert!(matches!(err, PromptError::EmptyFile { .. }));
+    assert_names_file(&err, "upload-42");
+}
+
+/// Pillow's `exif_transpose` methods, written out per output pixel for a `w × h` source:
+/// 2 FLIP_LEFT_RIGHT, 3 ROTATE_180, 4 FLIP_TOP_BOTTOM, 5 TRANSPOSE, 6 ROTATE_270 (counter-
+/// clockwise, i.e. 90° clockwise), 7 TRANSVERSE, 8 ROTATE_90 (counter-clockwise).
+fn pillow_transpose(src: &RgbImage, orientation: u16) -> RgbImage {
+    let (w, h) = src.dimensions();
+    let swap = orientation >= 5;
+    let (ow, oh) = if swap { (h, w) } else { (w, h) };
+    RgbImage::from_fn(ow, oh, |x, y| {
+        let (sx, sy) = match orientation {
+            1 => (x, y),
+            2 => (w - 1 - x, y),
+            3 => (w - 1 - x, h - 1 - y),
+            4 => (x, h - 1 - y),
+            5 => (y, x),
+            6 => (y, h - 1 - x),
+            7 => (w - 1 - y, h - 1 - x),
+            8 => (w - 1 - y, x),
+            _ => unreachable!(),
+        };
+        *src.get_pixel(sx, sy)
+    })
+}
+
+/// EXIF block (big-endian TIFF structure) holding only the orientation tag.
+fn exif_block(orientation: u16) -> Vec<u8> {
+    let mut b = b"MM\0\x2a\0\0\0\x08".to_vec();
+    b.extend_from_slice(&1u16.to_be_bytes());
+    b.extend_from_slice(&0x0112u16.to_be_bytes());
+    b.extend_from_slice(&3u16.to_be_bytes());
+    b.extend_from_slice(&1u32.to_be_bytes());
+    b.extend_from_slice(&orientation.to_be_bytes());
+    b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    b
+}
+
+/// Inserts an `eXIf` chunk right after IHDR (before the image data, as the PNG spec wants).
+fn with_exif(png: &[u8], exif: &[u8]) -> Vec<u8> {
+    let ihdr_end = 8 + 4 + 4 + 13 + 4;
+    let mut out = png[..ihdr_end].to_vec();
+    out.extend(png_chunk(b"eXIf", exif));
+    out.extend_from_slice(&png[ihdr_end..]);
+    out
+}
+
+#[test]
+fn exif_orientation_all_eight() {
+    let src = RgbImage::from_fn(3, 2, |x, y| Rgb([10 * x as u8 + y as u8, 100, 200]));
+    let png = encode_png(&src);
+    for orientation in 1..=8u16 {
+        let bytes = with_exif(&png, &exif_block(orientation));
+        let got = load_image_from_memory(&bytes, "photo.png").unwrap();
+        assert_eq!(
+            got,
+            pillow_transpose(&src, orientation),
+            "orientation {orientation}"
+        );
+        // The eval-batch path does not transpose.
+        let raw = dsocr_prompt::load_image_from_memory_with(
+            &bytes,
+            "photo.png",
+            &LoadOptions {
+                exif_transpose: false,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(raw, src);
+    }
+    // Out-of-range values and broken EXIF are ignored.
+    for exif in [
+        exif_block(0),
+        exif_block(9),
+        b"MM\0\x2a\0\0\xff\xff".to_vec(),
+        b"garbage".to_vec(),
+    ] {
+        let got = load_image_from_memory(&with_exif(&png, &exif), "photo.png").unwrap();
+        assert_eq!(got, src);
+    }
+}
