@@ -4,8 +4,8 @@
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use dsocr_weights::VarBuilder;
 use dsocr_weights::nn::Linear;
+use dsocr_weights::VarBuilder;
 
 use crate::kv_cache::KvCache;
 use crate::rope::Rope;
@@ -49,8 +49,7 @@ impl Attention {
         layer: usize,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
-        let split_heads =
-            |y: Tensor<3>| y.reshape([b, t, self.num_heads, self.head_dim]).swap_dims(1, 2);
+        let split_heads = |y: Tensor<3>| y.reshape([b, t, self.num_heads, self.head_dim]).swap_dims(1, 2);
         let q = split_heads(self.q_proj.forward(x.clone()));
         let k = split_heads(self.k_proj.forward(x.clone()));
         let v = split_heads(self.v_proj.forward(x));

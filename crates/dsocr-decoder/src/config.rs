@@ -68,9 +68,9 @@ pub struct DecoderConfig {
     #[serde(default)]
     pub tie_word_embeddings: bool,
     #[serde(default = "default_bos")]
-    pub bos_token_id: Option<u32>,
+    pub bos_token_id: u32,
     #[serde(default = "default_eos")]
-    pub eos_token_id: Option<u32>,
+    pub eos_token_id: u32,
 }
 
 fn default_one() -> usize {
@@ -100,11 +100,11 @@ fn default_rope_theta() -> f64 {
 fn default_max_position_embeddings() -> usize {
     2048
 }
-fn default_bos() -> Option<u32> {
-    Some(100000)
+fn default_bos() -> u32 {
+    100000
 }
-fn default_eos() -> Option<u32> {
-    Some(100001)
+fn default_eos() -> u32 {
+    100001
 }
 
 impl Default for DecoderConfig {
@@ -137,8 +137,8 @@ impl Default for DecoderConfig {
             use_mla: false,
             attention_bias: false,
             tie_word_embeddings: false,
-            bos_token_id: Some(0),
-            eos_token_id: Some(1),
+            bos_token_id: 0,
+            eos_token_id: 1,
         }
     }
 }
@@ -176,18 +176,21 @@ impl DecoderConfig {
     pub fn validate(&self) -> Result<(), DecoderError> {
         let err = |m: String| Err(DecoderError::Config(m));
         if self.use_mla {
-            return err("use_mla must be false: multi-latent attention is not implemented (DeepSeek-OCR uses plain MHA)".into());
+            return err(
+                "use_mla must be false: multi-latent attention is not implemented (DeepSeek-OCR uses plain MHA)".into(),
+            );
         }
-        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 || self.num_attention_heads == 0 {
+        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 || self.num_attention_heads == 0
+        {
             return err("vocab_size, hidden_size, num_hidden_layers and num_attention_heads must be positive".into());
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return err(format!("head_dim {} must be even for rotate-half RoPE", self.head_dim()));
         }
         if self.num_kv_heads() != self.num_attention_heads {
@@ -244,7 +247,9 @@ impl DecoderConfig {
     /// Whether layer `i` has a MoE block (the HF rule: routed experts configured, `i >=
     /// first_k_dense_replace` and `i % moe_layer_freq == 0`); otherwise it has the dense MLP.
     pub fn is_moe_layer(&self, i: usize) -> bool {
-        self.n_routed_experts.is_some() && i >= self.first_k_dense_replace && i % self.moe_layer_freq.max(1) == 0
+        self.n_routed_experts.is_some()
+            && i >= self.first_k_dense_replace
+            && i.is_multiple_of(self.moe_layer_freq.max(1))
     }
 
     fn layers_are_moe(&self) -> Vec<bool> {
@@ -305,6 +310,6 @@ mod tests {
         let cfg = DecoderConfig::from_hf_config_file(path).unwrap();
         assert_eq!(cfg.hidden_size, 64);
         assert_eq!(cfg.n_routed_experts, Some(8));
-        assert_eq!(cfg.eos_token_id, Some(1));
+        assert_eq!(cfg.eos_token_id, 1);
     }
 }

@@ -120,37 +120,51 @@ pub struct GenerationConfig {
     /// At most this many new tokens (further capped so that prompt + generated ≤
     /// `max_position_embeddings`).
     pub max_new_tokens: usize,
-    /// Stop after this token (DeepSeek-OCR: 1); `None` never stops early.
-    pub eos_token_id: Option<u32>,
+    /// Generation stops after this token (DeepSeek-OCR: 1). An id outside the vocabulary never
+    /// stops it.
+    pub eos_token_id: u32,
     pub repeat_guard: Option<RepeatGuard>,
-    /// `Some(k)`: also return a [`GenerationTrace`] with the prefill hidden trace, the prefill
-    /// logits of the last 8 prompt positions and the logits of the first `k` decode steps
-    /// (extra device→host reads; for parity checks only).
-    pub trace_decode_logits: Option<usize>,
+    /// Also return a [`GenerationTrace`] (for parity checks).
+    pub trace: Option<TraceConfig>,
 }
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        Self { max_new_tokens: DEFAULT_MAX_NEW_TOKENS, eos_token_id: Some(1), repeat_guard: None, trace_decode_logits: None }
+        Self { max_new_tokens: DEFAULT_MAX_NEW_TOKENS, eos_token_id: 1, repeat_guard: None, trace: None }
     }
 }
 
-/// Host copies of intermediate values, for the parity harness.
-#[derive(Debug, Clone, PartialEq)]
+/// Which intermediate values a traced generation keeps (on the device; nothing extra is read
+/// back during generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Logits of this many final prompt positions (the golden `prefill_logits_tail` has 8).
+    pub prefill_logits_tail: usize,
+    /// Logits of this many first decode steps (the golden `decode_logits`).
+    pub decode_logits_steps: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self { prefill_logits_tail: TRACE_PREFILL_TAIL, decode_logits_steps: 0 }
+    }
+}
+
+/// Intermediate values of a traced generation, as device tensors in f32.
+#[derive(Debug, Clone)]
 pub struct GenerationTrace {
     /// `[num_layers + 1, hidden]` at the last prompt position (see [`Decoder::forward_traced`]).
-    pub prefill_hidden_last: Vec<f32>,
-    /// `[prefill_tail_rows, vocab]`: logits of the last `min(8, prompt_len)` prompt positions.
-    pub prefill_logits_tail: Vec<f32>,
-    pub prefill_tail_rows: usize,
-    /// One `[vocab]` row per decode step run (at most `k`): row j after feeding generated token j.
-    pub decode_logits: Vec<Vec<f32>>,
-    pub hidden_size: usize,
-    pub vocab_size: usize,
+    pub prefill_hidden_last: Tensor<2>,
+    /// `[rows, vocab]`: logits of the last `rows = max(1, min(prefill_logits_tail, prompt_len))`
+    /// prompt positions.
+    pub prefill_logits_tail: Tensor<2>,
+    /// `[steps, vocab]`, row j: the logits after feeding generated token j, for the first
+    /// `min(decode_logits_steps, decode steps run)` steps; `None` when that is 0.
+    pub decode_logits: Option<Tensor<2>>,
 }
 
 /// The result of [`generate`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Generation {
     /// The generated ids (EOS included when it was produced), prompt excluded.
     pub ids: Vec<u32>,
@@ -200,29 +214,30 @@ where
         guard.validate()?;
     }
     let budget = cfg.max_new_tokens.min(dcfg.max_position_embeddings - prompt_len);
-    let tracing = cfg.trace_decode_logits;
     let vocab = dcfg.vocab_size;
 
     // Prefill.
     let mut cache = decoder.new_cache();
     let mut trace = None;
-    let mut logits = if tracing.is_some() {
-        let (hidden, hidden_trace) = decoder.forward_traced(prompt_embeds, &mut cache);
-        let rows = TRACE_PREFILL_TAIL.min(prompt_len);
-        let tail = decoder.logits(hidden.narrow(1, prompt_len - rows, rows)); // [1, rows, vocab]
-        trace = Some(GenerationTrace {
-            prefill_hidden_last: host_f32(hidden_trace),
-            prefill_logits_tail: host_f32(tail.clone()),
-            prefill_tail_rows: rows,
-            decode_logits: Vec::new(),
-            hidden_size: dcfg.hidden_size,
-            vocab_size: vocab,
-        });
-        tail.narrow(1, rows - 1, 1)
-    } else {
-        let hidden = decoder.forward(prompt_embeds, &mut cache);
-        decoder.logits(hidden.narrow(1, prompt_len - 1, 1))
+    let mut logits = match cfg.trace {
+        Some(tc) => {
+            let (hidden, hidden_trace) = decoder.forward_traced(prompt_embeds, &mut cache);
+            let rows = tc.prefill_logits_tail.clamp(1, prompt_len);
+            let tail = decoder.logits(hidden.narrow(1, prompt_len - rows, rows)); // [1, rows, vocab]
+            trace = Some(GenerationTrace {
+                prefill_hidden_last: hidden_trace,
+                prefill_logits_tail: tail.clone().reshape([rows, vocab]),
+                decode_logits: None,
+            });
+            tail.narrow(1, rows - 1, 1)
+        }
+        None => {
+            let hidden = decoder.forward(prompt_embeds, &mut cache);
+            decoder.logits(hidden.narrow(1, prompt_len - 1, 1))
+        }
     };
+    let trace_steps = cfg.trace.map_or(0, |tc| tc.decode_logits_steps);
+    let mut decode_rows: Vec<Tensor<2>> = Vec::new();
 
     let mut history = prompt_ids.to_vec();
     let mut ids = Vec::new();
@@ -243,7 +258,7 @@ where
         ids.push(token);
         history.push(token);
         let flow = on_token(token);
-        if cfg.eos_token_id == Some(token) {
+        if token == cfg.eos_token_id {
             break FinishReason::Stop;
         }
         if flow.is_break() {
@@ -255,12 +270,15 @@ where
         }
         let hidden = decoder.forward(decoder.embed(&[token]), &mut cache);
         logits = decoder.logits(hidden);
-        if let (Some(k), Some(trace)) = (tracing, trace.as_mut()) {
-            if trace.decode_logits.len() < k {
-                trace.decode_logits.push(host_f32(logits.clone()));
-            }
+        if decode_rows.len() < trace_steps {
+            decode_rows.push(logits.clone().reshape([1, vocab]));
         }
     };
+    if let Some(trace) = trace.as_mut() {
+        if !decode_rows.is_empty() {
+            trace.decode_logits = Some(Tensor::cat(decode_rows, 0));
+        }
+    }
     Ok(Generation { ids, finish, prompt_len, last_guard_step, trace })
 }
 
@@ -293,9 +311,6 @@ pub fn greedy_token(logits: Tensor<2>, banned: &[u32]) -> u32 {
     logits.argmax(1).into_scalar::<i64>() as u32
 }
 
-fn host_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().iter::<f32>().collect()
-}
 
 #[cfg(test)]
 mod tests {
@@ -373,7 +388,10 @@ mod tests {
         assert_eq!(length_or_repetition(&cfg(window.clone()), 24, Some(16)), FinishReason::Repetition);
         assert_eq!(length_or_repetition(&cfg(window.clone()), 24, Some(15)), FinishReason::Length);
         assert_eq!(length_or_repetition(&cfg(window), 24, None), FinishReason::Length);
-        assert_eq!(length_or_repetition(&cfg(Some(RepeatGuard::Whole { n: 3 })), 24, Some(21)), FinishReason::Repetition);
+        assert_eq!(
+            length_or_repetition(&cfg(Some(RepeatGuard::Whole { n: 3 })), 24, Some(21)),
+            FinishReason::Repetition
+        );
         assert_eq!(length_or_repetition(&cfg(Some(RepeatGuard::Whole { n: 3 })), 24, Some(20)), FinishReason::Length);
         assert_eq!(length_or_repetition(&cfg(None), 24, Some(23)), FinishReason::Length);
     }

@@ -145,4 +145,21 @@ mod tests {
         assert_eq!(cache.len(), 11);
         assert_eq!(cache.capacity(), 12);
     }
+
+    /// Per-step append cost with a real-size cache (10 heads × 128, 8192 positions, f32):
+    /// microseconds when written in place, milliseconds if the cache were copied.
+    #[test]
+    #[ignore]
+    fn append_cost_real_size() {
+        let device = Backend::Cpu.device(Precision::F32).unwrap();
+        let mut cache = KvCache::new(1, 8192);
+        let k = Tensor::<4>::random([1, 10, 1, 128], Distribution::Normal(0.0, 1.0), &device);
+        let start = std::time::Instant::now();
+        for _ in 0..1000 {
+            let (k_all, _v_all) = cache.append(0, k.clone(), k.clone());
+            drop(k_all);
+            cache.advance(1);
+        }
+        println!("1000 appends into an 8192-position cache: {:?} per step", start.elapsed() / 1000);
+    }
 }

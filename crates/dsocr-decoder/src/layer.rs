@@ -16,6 +16,9 @@ use crate::rms_norm::RmsNorm;
 use crate::rope::Rope;
 use crate::{DecoderConfig, DecoderError};
 
+/// (Burn 0.22 tensors are large handles, so the variants differ in size; there are only a few
+/// dozen of these per model.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum FeedForward {
     Dense(Mlp),
@@ -64,7 +67,14 @@ impl DecoderLayer {
         }
     }
 
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cos: &Tensor<2>, sin: &Tensor<2>, cache: &mut KvCache) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
         let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cos, sin, cache, self.index);
         let h = x + attn;
         let ffn = self.mlp.forward(self.post_attention_layernorm.forward(h.clone()));

@@ -27,10 +27,10 @@ pub use attention::Attention;
 pub use config::DecoderConfig;
 pub use error::DecoderError;
 pub use generation::{
-    DEFAULT_MAX_NEW_TOKENS, FinishReason, Generation, GenerationConfig, GenerationTrace, RepeatGuard,
-    TRACE_PREFILL_TAIL, generate, greedy_token,
+    generate, greedy_token, FinishReason, Generation, GenerationConfig, GenerationTrace, RepeatGuard, TraceConfig,
+    DEFAULT_MAX_NEW_TOKENS, TRACE_PREFILL_TAIL,
 };
-pub use kv_cache::{DEFAULT_CHUNK, KvCache};
+pub use kv_cache::{KvCache, DEFAULT_CHUNK};
 pub use layer::{DecoderLayer, FeedForward};
 pub use mlp::Mlp;
 pub use model::Decoder;

@@ -2,8 +2,8 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use dsocr_weights::VarBuilder;
 use dsocr_weights::nn::Linear;
+use dsocr_weights::VarBuilder;
 
 use crate::DecoderError;
 

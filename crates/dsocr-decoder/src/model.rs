@@ -3,10 +3,10 @@
 
 use burn::prelude::*;
 use burn::tensor::{DType, IndexingUpdateOp};
-use dsocr_weights::VarBuilder;
 use dsocr_weights::nn::Linear;
+use dsocr_weights::VarBuilder;
 
-use crate::kv_cache::{DEFAULT_CHUNK, KvCache};
+use crate::kv_cache::{KvCache, DEFAULT_CHUNK};
 use crate::layer::DecoderLayer;
 use crate::moe::ExpertDispatch;
 use crate::rms_norm::RmsNorm;

@@ -25,8 +25,8 @@
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{DType, IndexingUpdateOp};
-use dsocr_weights::VarBuilder;
 use dsocr_weights::nn::Linear;
+use dsocr_weights::VarBuilder;
 
 use crate::mlp::Mlp;
 use crate::{DecoderConfig, DecoderError};
@@ -98,7 +98,11 @@ impl Moe {
         let (d, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
         let (num_experts, top_k) = match (cfg.n_routed_experts, cfg.num_experts_per_tok) {
             (Some(e), Some(k)) if k >= 1 && k <= e => (e, k),
-            _ => return Err(DecoderError::Config("MoE layer without valid n_routed_experts / num_experts_per_tok".into())),
+            _ => {
+                return Err(DecoderError::Config(
+                    "MoE layer without valid n_routed_experts / num_experts_per_tok".into(),
+                ))
+            }
         };
         let router = Linear::load(&vb.pp("gate"), d, num_experts, false)?;
 
@@ -284,7 +288,10 @@ mod bench {
         let (e, i, d, k) = (64, 896, 1280, 6);
         let rnd = |shape: [usize; 3]| Tensor::<3>::random(shape, Distribution::Normal(0.0, 0.02), &device);
         let moe = Moe {
-            router: Linear { weight: Tensor::<2>::random([d, e], Distribution::Normal(0.0, 0.02), &device), bias: None },
+            router: Linear {
+                weight: Tensor::<2>::random([d, e], Distribution::Normal(0.0, 0.02), &device),
+                bias: None,
+            },
             gate_up: rnd([e, 2 * i, d]),
             down: rnd([e, d, i]),
             shared: None,

@@ -29,7 +29,13 @@ impl Rope {
         Self { head_dim, inv_freq, cos, sin, table_len }
     }
 
-    fn host_tables(inv_freq: &[f32], start: usize, len: usize, device: &Device, dtype: DType) -> (Tensor<2>, Tensor<2>) {
+    fn host_tables(
+        inv_freq: &[f32],
+        start: usize,
+        len: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> (Tensor<2>, Tensor<2>) {
         let half = inv_freq.len();
         let head_dim = 2 * half;
         let mut cos = Vec::with_capacity(len * head_dim);
@@ -55,10 +61,7 @@ impl Rope {
     /// precomputed table; positions beyond it are computed on the host).
     pub fn cos_sin(&self, start: usize, len: usize) -> (Tensor<2>, Tensor<2>) {
         if start + len <= self.table_len {
-            (
-                self.cos.clone().narrow(0, start, len),
-                self.sin.clone().narrow(0, start, len),
-            )
+            (self.cos.clone().narrow(0, start, len), self.sin.clone().narrow(0, start, len))
         } else {
             Self::host_tables(&self.inv_freq, start, len, &self.cos.device(), self.cos.dtype())
         }

@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 
 use burn::prelude::*;
 use common::*;
-use dsocr_decoder::{FinishReason, GenerationConfig, generate};
+use dsocr_decoder::{generate, FinishReason, GenerationConfig};
 
 #[test]
 fn growth_across_chunk_boundaries_matches_full_forward() {
@@ -25,7 +25,8 @@ fn growth_across_chunk_boundaries_matches_full_forward() {
 
     // Chunk 4: prefill 3, then 1-token steps and one 5-token step, crossing 4, 8, 12 and 16.
     let mut cache = decoder.new_cache_with_chunk(4);
-    let mut pieces = vec![0..3];
+    let mut pieces = Vec::new();
+    pieces.push(0..3);
     pieces.extend((3..7).map(|i| i..i + 1));
     pieces.push(7..12);
     pieces.extend((12..n).map(|i| i..i + 1));
@@ -53,14 +54,18 @@ fn length_cap_and_eos_and_cancel() {
     let cfg = GenerationConfig { max_new_tokens: 12, ..GenerationConfig::default() };
     let out = generate(&decoder, decoder.embed(&ids), &ids, &cfg, |_| {
         seen += 1;
-        if seen == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if seen == 3 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     })
     .unwrap();
     assert_eq!(out.ids, expected[..3]);
     assert_eq!(out.finish, FinishReason::Cancelled);
 
     // Treat the 4th golden token as EOS: generation stops right after it.
-    let cfg = GenerationConfig { max_new_tokens: 12, eos_token_id: Some(expected[3]), ..GenerationConfig::default() };
+    let cfg = GenerationConfig { max_new_tokens: 12, eos_token_id: expected[3], ..GenerationConfig::default() };
     let out = generate(&decoder, decoder.embed(&ids), &ids, &cfg, |_| ControlFlow::Continue(())).unwrap();
     assert_eq!(out.ids, expected[..4]);
     assert_eq!(out.finish, FinishReason::Stop);
@@ -75,7 +80,8 @@ fn length_cap_and_eos_and_cancel() {
     let small = dsocr_decoder::Decoder::load(&vb, &cfg_small).unwrap();
     let out = generate(&small, small.embed(&ids), &ids, &cfg, |_| ControlFlow::Continue(())).unwrap();
     assert_eq!(out.ids, expected[..4]);
-    let cfg = GenerationConfig { max_new_tokens: 100, eos_token_id: None, ..GenerationConfig::default() };
+    // An EOS outside the vocabulary never stops generation.
+    let cfg = GenerationConfig { max_new_tokens: 100, eos_token_id: u32::MAX, ..GenerationConfig::default() };
     let out = generate(&small, small.embed(&ids), &ids, &cfg, |_| ControlFlow::Continue(())).unwrap();
     assert_eq!(out.ids, expected[..4]);
     assert_eq!(out.finish, FinishReason::Length);

@@ -10,7 +10,7 @@ use std::ops::ControlFlow;
 
 use burn::prelude::*;
 use common::*;
-use dsocr_decoder::{ExpertDispatch, FinishReason, GenerationConfig, RepeatGuard, generate};
+use dsocr_decoder::{generate, ExpertDispatch, FinishReason, GenerationConfig, RepeatGuard, TraceConfig};
 
 const TOL: f32 = 1e-3;
 
@@ -60,14 +60,17 @@ fn run_all_cases(dispatch: ExpertDispatch) {
     let image_token = tokens["<image>"];
     assert_eq!(cases["image_token_id"].as_u64(), Some(image_token as u64), "cases.json image_token_id vs tokenizer");
     let eos = tokens["<｜end▁of▁sentence｜>"];
-    assert_eq!(decoder.config().eos_token_id, Some(eos));
+    assert_eq!(decoder.config().eos_token_id, eos);
     let (vocab, hidden) = (decoder.config().vocab_size, decoder.config().hidden_size);
 
     let mut failures = Vec::new();
     let list = cases["cases"].as_array().expect("cases");
     assert!(list.len() >= 9, "expected every fixture case, got {}", list.len());
     println!("expert dispatch {dispatch:?}");
-    println!("{:<20} {:>6} {:>4} {:>10} {:>10} {:>10} {:>5}  finish", "case", "L", "gen", "hidden", "tail", "decode", "ids");
+    println!(
+        "{:<20} {:>6} {:>4} {:>10} {:>10} {:>10} {:>5}  finish",
+        "case", "L", "gen", "hidden", "tail", "decode", "ids"
+    );
     for case in list {
         let name = case["name"].as_str().expect("name");
         let ids = golden.ids(&format!("{name}.input_ids"));
@@ -86,9 +89,12 @@ fn run_all_cases(dispatch: ExpertDispatch) {
         let golden_decode = golden.contains(&decode_key).then(|| golden.f32(&decode_key));
         let cfg = GenerationConfig {
             max_new_tokens: case["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
-            eos_token_id: Some(eos),
+            eos_token_id: eos,
             repeat_guard: guard_of(&case["ngram"], &tokens),
-            trace_decode_logits: Some(golden_decode.as_ref().map_or(0, |(s, _)| s[0])),
+            trace: Some(TraceConfig {
+                prefill_logits_tail: 8,
+                decode_logits_steps: golden_decode.as_ref().map_or(0, |(s, _)| s[0]),
+            }),
         };
         let mut streamed = Vec::new();
         let out = generate(&decoder, embeds, &ids, &cfg, |id| {
@@ -96,26 +102,28 @@ fn run_all_cases(dispatch: ExpertDispatch) {
             ControlFlow::Continue(())
         })
         .expect("generate");
-        let trace = out.trace.as_ref().expect("trace requested");
+        let trace = out.trace.clone().expect("trace requested");
 
         let expected_ids = golden.ids(&format!("{name}.generated_ids"));
         let ids_ok = out.ids == expected_ids && streamed == out.ids;
 
         let (hshape, hgold) = golden.f32(&format!("{name}.prefill_hidden_last"));
         assert_eq!(hshape, [decoder.config().num_hidden_layers + 1, hidden]);
-        let dh = max_abs_diff(&trace.prefill_hidden_last, &hgold);
+        assert_eq!(trace.prefill_hidden_last.dims().to_vec(), hshape, "{name}");
+        let dh = max_abs_diff(&host_f32(trace.prefill_hidden_last), &hgold);
 
         let (tshape, tgold) = golden.f32(&format!("{name}.prefill_logits_tail"));
-        assert_eq!(tshape, [trace.prefill_tail_rows, vocab], "{name} tail rows");
-        let dt = max_abs_diff(&trace.prefill_logits_tail, &tgold);
+        assert_eq!(trace.prefill_logits_tail.dims().to_vec(), tshape, "{name} tail rows");
+        assert_eq!(tshape[1], vocab);
+        let dt = max_abs_diff(&host_f32(trace.prefill_logits_tail), &tgold);
 
-        let dd = match &golden_decode {
-            Some((shape, values)) => {
-                assert_eq!(trace.decode_logits.len(), shape[0], "{name}: decode steps traced");
-                let ours: Vec<f32> = trace.decode_logits.concat();
-                Some(max_abs_diff(&ours, values))
+        let dd = match (&golden_decode, trace.decode_logits) {
+            (Some((shape, values)), Some(ours)) => {
+                assert_eq!(ours.dims().to_vec(), *shape, "{name}: decode steps traced");
+                Some(max_abs_diff(&host_f32(ours), values))
             }
-            None => None,
+            (None, None) => None,
+            (g, o) => panic!("{name}: golden decode_logits {:?} vs traced {:?}", g.is_some(), o.is_some()),
         };
 
         let ends_with_eos = expected_ids.last() == Some(&eos);

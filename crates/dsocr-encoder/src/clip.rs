@@ -122,7 +122,8 @@ impl Clip {
         let emb = vb.pp("embeddings");
         let pos_name = "position_embedding.weight";
         let pos_shape = [1 + pg * pg, w];
-        let host_pos = if grids.iter().any(|&q| q != pg) { emb.get_host_f32(pos_name, &pos_shape)? } else { Vec::new() };
+        let host_pos =
+            if grids.iter().any(|&q| q != pg) { emb.get_host_f32(pos_name, &pos_shape)? } else { Vec::new() };
         let mut position_embedding = BTreeMap::new();
         for &q in grids {
             let table = if q == pg {

@@ -164,8 +164,8 @@ impl EncoderConfig {
     /// Reads and parses an HF `config.json` file, see [`EncoderConfig::from_hf_config`].
     pub fn from_hf_config_file(path: impl AsRef<Path>) -> Result<Self, EncoderError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| EncoderError::Io { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| EncoderError::Io { path: path.to_path_buf(), source })?;
         let json: Value = serde_json::from_str(&text)
             .map_err(|e| EncoderError::Config(format!("{} is not valid JSON: {e}", path.display())))?;
         Self::from_hf_config(&json)
@@ -213,22 +213,28 @@ fn usize_key(obj: Option<&Value>, section: &str, key: &str, default: usize) -> R
     match obj.and_then(|o| o.get(key)) {
         None | Some(Value::Null) => Ok(default),
         Some(v) => as_usize(v).ok_or_else(|| {
-            EncoderError::Config(format!("vision_config.width.{section}.{key} must be a non-negative integer, found {v}"))
+            EncoderError::Config(format!(
+                "vision_config.width.{section}.{key} must be a non-negative integer, found {v}"
+            ))
         }),
     }
 }
 
-fn usize_list_key(obj: Option<&Value>, section: &str, key: &str, default: &[usize]) -> Result<Vec<usize>, EncoderError> {
+fn usize_list_key(
+    obj: Option<&Value>,
+    section: &str,
+    key: &str,
+    default: &[usize],
+) -> Result<Vec<usize>, EncoderError> {
     match obj.and_then(|o| o.get(key)) {
         None | Some(Value::Null) => Ok(default.to_vec()),
-        Some(v) => v
-            .as_array()
-            .and_then(|items| items.iter().map(as_usize).collect::<Option<Vec<_>>>())
-            .ok_or_else(|| {
+        Some(v) => {
+            v.as_array().and_then(|items| items.iter().map(as_usize).collect::<Option<Vec<_>>>()).ok_or_else(|| {
                 EncoderError::Config(format!(
                     "vision_config.width.{section}.{key} must be a list of non-negative integers, found {v}"
                 ))
-            }),
+            })
+        }
     }
 }
 

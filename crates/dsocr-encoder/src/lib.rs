@@ -102,7 +102,9 @@ impl DeepEncoder {
         cfg.validate()?;
         let patch = cfg.sam.patch_size;
         if let Some(&side) = sides.iter().find(|&&s| s == 0 || s % patch != 0) {
-            return Err(EncoderError::Config(format!("view side {side} is not a positive multiple of the patch size {patch}")));
+            return Err(EncoderError::Config(format!(
+                "view side {side} is not a positive multiple of the patch size {patch}"
+            )));
         }
         let mut view_sides = sides.to_vec();
         view_sides.sort_unstable();

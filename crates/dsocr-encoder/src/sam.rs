@@ -125,12 +125,7 @@ pub struct SamAttention {
 impl SamAttention {
     /// `table_rows`: rows of the stored `rel_pos_{h,w}` tables; `sides`: the grid sides this
     /// attention will run on.
-    pub fn load(
-        vb: &VarBuilder,
-        cfg: &SamConfig,
-        table_rows: usize,
-        sides: &[usize],
-    ) -> Result<Self, EncoderError> {
+    pub fn load(vb: &VarBuilder, cfg: &SamConfig, table_rows: usize, sides: &[usize]) -> Result<Self, EncoderError> {
         let (dim, head_dim) = (cfg.width, cfg.head_dim());
         let rel_h = vb.get_host_f32("rel_pos_h", &[table_rows, head_dim])?;
         let rel_w = vb.get_host_f32("rel_pos_w", &[table_rows, head_dim])?;
@@ -211,7 +206,10 @@ pub struct SamMlp {
 
 impl SamMlp {
     pub fn load(vb: &VarBuilder, dim: usize, hidden: usize) -> Result<Self, EncoderError> {
-        Ok(Self { lin1: Linear::load(&vb.pp("lin1"), dim, hidden, true)?, lin2: Linear::load(&vb.pp("lin2"), hidden, dim, true)? })
+        Ok(Self {
+            lin1: Linear::load(&vb.pp("lin1"), dim, hidden, true)?,
+            lin2: Linear::load(&vb.pp("lin2"), hidden, dim, true)?,
+        })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -269,10 +267,12 @@ fn window_partition(x: Tensor<4>, ws: usize) -> (Tensor<4>, [usize; 2]) {
     let (pad_h, pad_w) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
     let x = if pad_h > 0 || pad_w > 0 { x.pad([(0, pad_h), (0, pad_w), (0, 0)], PadMode::Constant(0.0)) } else { x };
     let (hp, wp) = (h + pad_h, w + pad_w);
-    let windows = x
-        .reshape([b, hp / ws, ws, wp / ws, ws, c])
-        .permute([0, 1, 3, 2, 4, 5])
-        .reshape([b * (hp / ws) * (wp / ws), ws, ws, c]);
+    let windows = x.reshape([b, hp / ws, ws, wp / ws, ws, c]).permute([0, 1, 3, 2, 4, 5]).reshape([
+        b * (hp / ws) * (wp / ws),
+        ws,
+        ws,
+        c,
+    ]);
     (windows, [hp, wp])
 }
 
@@ -280,10 +280,7 @@ fn window_partition(x: Tensor<4>, ws: usize) -> (Tensor<4>, [usize; 2]) {
 fn window_unpartition(windows: Tensor<4>, ws: usize, [hp, wp]: [usize; 2], [h, w]: [usize; 2]) -> Tensor<4> {
     let [nw, _, _, c] = windows.dims();
     let b = nw / ((hp / ws) * (wp / ws));
-    let x = windows
-        .reshape([b, hp / ws, wp / ws, ws, ws, c])
-        .permute([0, 1, 3, 2, 4, 5])
-        .reshape([b, hp, wp, c]);
+    let x = windows.reshape([b, hp / ws, wp / ws, ws, ws, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b, hp, wp, c]);
     if hp == h && wp == w {
         x
     } else {
@@ -313,11 +310,8 @@ impl Sam {
     pub fn load(vb: &VarBuilder, cfg: &SamConfig, grids: &[usize]) -> Result<Self, EncoderError> {
         let (w, pg) = (cfg.width, cfg.pos_grid);
         let pos_shape = [1, pg, pg, w];
-        let host_pos = if grids.iter().any(|&g| g != pg) {
-            vb.get_host_f32("pos_embed", &pos_shape)?
-        } else {
-            Vec::new()
-        };
+        let host_pos =
+            if grids.iter().any(|&g| g != pg) { vb.get_host_f32("pos_embed", &pos_shape)? } else { Vec::new() };
         let mut pos_embed = BTreeMap::new();
         for &g in grids {
             let table = if g == pg {

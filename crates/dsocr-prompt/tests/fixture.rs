@@ -315,3 +315,33 @@ fn prompt_errors() {
     assert!(matches!(err, Tokenizer { .. }), "{err:?}");
     assert!(err.to_string().contains("cases.json"), "{err}");
 }
+
+/// Decoders other than plain ByteLevel go through the string-diff fallback; wrapping the same
+/// ByteLevel decoder in a Sequence must give the same pieces.
+#[test]
+fn stream_decoder_generic_fallback() {
+    let path = fixture_dir().join("tokenizer.json");
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let byte_level = json["decoder"].clone();
+    json["decoder"] = serde_json::json!({"type": "Sequence", "decoders": [byte_level]});
+    let inner = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&json).unwrap()).unwrap();
+    let tokenizer = PromptTokenizer::from_tokenizer(inner, &path);
+    let byte_token = |b: u8| tokenizer.token_id(&gpt2_byte_char(b).to_string()).unwrap();
+
+    let mut ids = tokenizer.encode_text("Free OCR.<|grounding|>").unwrap();
+    ids.extend([0xE4, 0xB8, 0xAD, b'!'].map(byte_token));
+    let mut stream = tokenizer.stream_decoder();
+    let mut out = String::new();
+    let mut emitted = Vec::new();
+    for &id in &ids {
+        let piece = stream.step(id).unwrap();
+        emitted.push(piece.is_some());
+        out.push_str(&piece.unwrap_or_default());
+    }
+    out.push_str(&stream.finish().unwrap().unwrap_or_default());
+    assert_eq!(out, "Free OCR.<|grounding|>中!");
+    assert_eq!(out, tokenizer.decode(&ids).unwrap());
+    // The two continuation bytes of 中 produce nothing on their own.
+    let n = emitted.len();
+    assert_eq!(&emitted[n - 4..], &[false, false, true, true]);
+}

@@ -285,3 +285,87 @@ fn exif_orientation_all_eight() {
         assert_eq!(got, src);
     }
 }
+
+#[test]
+fn zero_width_or_height() {
+    // A GIF whose logical screen is 0×0 passes the decoder's header parsing and is refused by
+    // our own check.
+    let mut gif = b"GIF89a".to_vec();
+    gif.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+    gif.extend_from_slice(&[0x2c, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 0x44, 0x01, 0, 0x3b]);
+    let dir = scratch("zero");
+    let path = write(&dir, "zero.gif", &gif);
+    let err = load_image(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PromptError::ZeroSize {
+                width: 0,
+                height: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_names_file(&err, "zero.gif");
+
+    // A TIFF with width 0 is already rejected by the TIFF decoder (reported as corrupt).
+    let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+    let entries: [(u16, u16, u32, u32); 8] = [
+        (256, 3, 1, 0),   // ImageWidth
+        (257, 3, 1, 5),   // ImageLength
+        (258, 3, 1, 8),   // BitsPerSample
+        (259, 3, 1, 1),   // Compression: none
+        (262, 3, 1, 1),   // Photometric: black is zero
+        (273, 4, 1, 200), // StripOffsets
+        (278, 3, 1, 5),   // RowsPerStrip
+        (279, 4, 1, 0),   // StripByteCounts
+    ];
+    tiff.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    for (tag, kind, count, value) in entries {
+        tiff.extend_from_slice(&tag.to_le_bytes());
+        tiff.extend_from_slice(&kind.to_le_bytes());
+        tiff.extend_from_slice(&count.to_le_bytes());
+        tiff.extend_from_slice(&value.to_le_bytes());
+    }
+    tiff.extend_from_slice(&[0; 4]);
+    let path = write(&dir, "zero.tif", &tiff);
+    let err = load_image(&path).unwrap_err();
+    assert!(matches!(err, PromptError::Corrupt { .. }), "{err:?}");
+    assert_names_file(&err, "zero.tif");
+}
+
+/// The common real-world case: a camera JPEG with an APP1 `Exif` segment.
+#[test]
+fn jpeg_exif_orientation() {
+    // 32×16, left half black, right half white.
+    let src = RgbImage::from_fn(32, 16, |x, _| Rgb([if x < 16 { 0 } else { 255 }; 3]));
+    let mut jpeg = Vec::new();
+    DynamicImage::ImageRgb8(src)
+        .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+        .unwrap();
+    let exif = exif_block(6);
+    let mut app1 = vec![0xff, 0xe1];
+    app1.extend_from_slice(&((2 + 6 + exif.len()) as u16).to_be_bytes());
+    app1.extend_from_slice(b"Exif\0\0");
+    app1.extend_from_slice(&exif);
+    let mut with_app1 = jpeg[..2].to_vec(); // SOI
+    with_app1.extend(app1);
+    with_app1.extend_from_slice(&jpeg[2..]);
+
+    let plain = load_image_from_memory(&jpeg, "photo.jpg").unwrap();
+    assert_eq!(plain.dimensions(), (32, 16));
+    // Orientation 6: rotate 90° clockwise → 16×32, the left (black) half ends up on top.
+    let rotated = load_image_from_memory(&with_app1, "photo.jpg").unwrap();
+    assert_eq!(rotated.dimensions(), (16, 32));
+    assert!(
+        rotated.get_pixel(8, 4).0[0] < 30,
+        "{:?}",
+        rotated.get_pixel(8, 4)
+    );
+    assert!(
+        rotated.get_pixel(8, 27).0[0] > 225,
+        "{:?}",
+        rotated.get_pixel(8, 27)
+    );
+}
