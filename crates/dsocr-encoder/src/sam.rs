@@ -169,10 +169,11 @@ impl SamAttention {
         if h != w {
             return Err(EncoderError::Pixels(format!("SAM attention needs a square token grid, got {h}x{w}")));
         }
-        let rel = self.rel_pos.get(&h).ok_or_else(|| EncoderError::UnsupportedView {
-            height: h,
-            width: w,
-            supported: self.rel_pos.keys().copied().collect(),
+        let rel = self.rel_pos.get(&h).ok_or_else(|| {
+            EncoderError::Pixels(format!(
+                "no relative-position tables for a {h}x{w} token grid (prepared for sides {:?})",
+                self.rel_pos.keys().collect::<Vec<_>>()
+            ))
         })?;
         let [b, heads, n, d] = q.dims();
         let bh = b * heads;

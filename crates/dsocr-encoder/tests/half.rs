@@ -1,5 +1,6 @@
 //! The encoder runs end to end in bf16 (the CUDA precision) without dtype mismatches, and stays
-//! near the float32 reference. Loose tolerance: bf16 keeps 8 mantissa bits.
+//! near the float32 reference (3% of the largest value; bf16 keeps 8 mantissa bits, measured
+//! 1.3%).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,8 +50,11 @@ fn bf16_runs_and_stays_near_the_reference() {
             view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         assert_eq!(got.len(), want.len());
         let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| if (a - b).is_nan() { f32::INFINITY } else { m.max((a - b).abs()) });
+        let diff =
+            got.iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| if (a - b).is_nan() { f32::INFINITY } else { m.max((a - b).abs()) });
         println!("{case}.clip.global bf16: max |diff| = {diff:.3e} (max |value| {max:.3})");
-        assert!(diff < 0.1 * max.max(1.0), "{case}: bf16 drifted too far: {diff}");
+        assert!(diff < 0.03 * max.max(1.0), "{case}: bf16 drifted too far: {diff}");
     }
 }

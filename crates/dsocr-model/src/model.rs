@@ -64,7 +64,8 @@ impl DeepseekOcr {
         let start = Instant::now();
         let files = ModelFiles::in_dir(dir)?;
         let config = ModelConfig::from_file(&files.config)?;
-        let tokenizer = PromptTokenizer::from_file(&files.tokenizer)?;
+        let tokenizer = PromptTokenizer::from_file(&files.tokenizer)?
+            .with_fallback_ids(Some(config.decoder.bos_token_id), Some(config.decoder.eos_token_id));
         let device = backend.device(precision)?;
         let weights = Arc::new(SafetensorsFiles::open(dir)?);
         let vb = VarBuilder::new(weights, &device, precision.dtype());

@@ -7,7 +7,7 @@ use burn::prelude::*;
 use dsocr_decoder::{generate, FinishReason, Generation, GenerationConfig};
 use dsocr_encoder::pixels_from_chw;
 use dsocr_projector::TileGrid;
-use dsocr_prompt::{build_input_ids, normalize, preprocess, Mode, PreparedImage, RgbImage, StreamDecoder};
+use dsocr_prompt::{build_input_ids, normalize, normalize_batch, preprocess_with_max_tiles, Mode, PreparedImage, RgbImage};
 
 use crate::{DeepseekOcr, ModelError};
 
@@ -68,7 +68,7 @@ impl OcrResult {
 impl DeepseekOcr {
     /// Preprocesses an image for `mode` (Pillow-exact resize, pad, Gundam tiling).
     pub fn prepare(&self, image: &RgbImage, mode: Mode, max_crops: usize) -> Result<PreparedImage, ModelError> {
-        Ok(preprocess(image, mode, max_crops)?)
+        Ok(preprocess_with_max_tiles(image, mode, max_crops as u32)?)
     }
 
     /// Runs the vision half on a prepared image: DeepEncoder on the global view and the tiles,
@@ -83,13 +83,10 @@ impl DeepseekOcr {
             (None, None, None)
         } else {
             let tile_side = prepared.tiles[0].width() as usize;
-            let mut values = Vec::with_capacity(prepared.tiles.len() * 3 * tile_side * tile_side);
-            for tile in &prepared.tiles {
-                values.extend(normalize(tile));
-            }
+            let values = normalize_batch(&prepared.tiles);
             let pixels = pixels_from_chw(values, prepared.tiles.len(), tile_side, &self.device, dtype);
             let out = self.encoder.forward(pixels)?;
-            let (cols, rows) = prepared.grid;
+            let (cols, rows) = (prepared.grid.0 as usize, prepared.grid.1 as usize);
             (Some(out.sam), Some(out.clip), Some((out.features, TileGrid { cols, rows })))
         };
         let embeds = self.projector.embed_image(global.features, tiles)?;
@@ -123,17 +120,23 @@ impl DeepseekOcr {
         let vision_time = vision_start.elapsed();
 
         let gen_start = Instant::now();
-        let mut stream = StreamDecoder::new(&self.tokenizer);
+        let mut stream = self.tokenizer.stream_decoder();
+        let mut stream_error = None;
         let eos = request.generation.eos_token_id;
         let generation: Generation = generate(&self.decoder, embeds, &prompt_ids, &request.generation, |id| {
             if id != eos {
-                if let Some(piece) = stream.push(id) {
-                    on_text(&piece);
+                match stream.step(id) {
+                    Ok(Some(piece)) => on_text(&piece),
+                    Ok(None) => {}
+                    Err(e) => stream_error = Some(e),
                 }
             }
             ControlFlow::Continue(())
         })?;
-        if let Some(rest) = stream.finish() {
+        if let Some(e) = stream_error {
+            return Err(e.into());
+        }
+        if let Some(rest) = stream.finish()? {
             on_text(&rest);
         }
         let generation_time = gen_start.elapsed();
@@ -141,7 +144,7 @@ impl DeepseekOcr {
         let text_ids: Vec<u32> = generation.ids.iter().copied().filter(|&id| id != eos).collect();
         let text = self.tokenizer.decode(&text_ids)?;
         let (image_tokens, grid) = match &vision {
-            Some(v) => (v.prepared.image_token_count(), [v.prepared.grid.0, v.prepared.grid.1]),
+            Some(v) => (v.prepared.image_token_count(), [v.prepared.grid.0 as usize, v.prepared.grid.1 as usize]),
             None => (0, [1, 1]),
         };
         Ok(OcrResult {
