@@ -51,7 +51,7 @@ impl ModelConfig {
     /// Cross-block consistency: the fused vision width feeds the projector, whose output is the
     /// language model's width.
     fn check(&self) -> Result<(), String> {
-        let fused = self.encoder.output_dim();
+        let fused = self.encoder.feature_dim();
         if self.projector.input_dim != fused {
             return Err(format!(
                 "projector_config.input_dim is {} but CLIP width + SAM output channels = {fused}",

@@ -76,7 +76,7 @@ impl DeepseekOcr {
     pub fn encode_image(&self, prepared: PreparedImage) -> Result<VisionOutput, ModelError> {
         let dtype = self.precision.dtype();
         let side = prepared.global.width() as usize;
-        let pixels = pixels_from_chw(normalize(&prepared.global), 1, side, &self.device, dtype);
+        let pixels = pixels_from_chw(normalize(&prepared.global), 1, side, &self.device, dtype)?;
         let global = self.encoder.forward(pixels)?;
 
         let (sam_tiles, clip_tiles, tiles) = if prepared.tiles.is_empty() {
@@ -84,7 +84,7 @@ impl DeepseekOcr {
         } else {
             let tile_side = prepared.tiles[0].width() as usize;
             let values = normalize_batch(&prepared.tiles);
-            let pixels = pixels_from_chw(values, prepared.tiles.len(), tile_side, &self.device, dtype);
+            let pixels = pixels_from_chw(values, prepared.tiles.len(), tile_side, &self.device, dtype)?;
             let out = self.encoder.forward(pixels)?;
             let (cols, rows) = (prepared.grid.0 as usize, prepared.grid.1 as usize);
             (Some(out.sam), Some(out.clip), Some((out.features, TileGrid { cols, rows })))
