@@ -1,6 +1,12 @@
 //! `dsocr`: DeepSeek-OCR on your own machine.
 
+mod bench;
 mod debug;
+mod models;
+mod ocr;
+mod render;
+
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -14,14 +20,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// OCR images, folders and PDFs.
+    Ocr(ocr::OcrArgs),
+    /// Rebuild the output files from a saved raw model output (no model needed).
+    Render(render::RenderArgs),
+    /// List the models in the local Hugging Face cache.
+    Models(models::ModelsArgs),
+    /// Measure load, vision, prefill and decode speed and memory.
+    Bench(bench::BenchArgs),
     /// Developer tools: run fixture cases, check numeric parity.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
 }
 
-fn main() -> Result<std::process::ExitCode> {
+fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Ocr(args) => ocr::run(args),
+        Command::Render(args) => render::run(args),
+        Command::Models(args) => models::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }
