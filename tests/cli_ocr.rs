@@ -1,0 +1,313 @@
+//! `dsocr ocr` end to end on the fixture model (random weights: the text is noise, but it is
+//! the upstream reference's noise — `cases.json` holds what the PyTorch code generated).
+
+#[path = "cli_util.rs"]
+mod cli_util;
+
+use std::path::Path;
+
+use cli_util::*;
+
+const PAGE_SPLIT: &str = "\n\n<--- Page Split --->\n";
+
+fn assert_no_temp_files(dir: &Path) {
+    let leftovers: Vec<String> = tree(dir).into_iter().filter(|f| f.ends_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "temporary files left in {}: {leftovers:?}", dir.display());
+}
+
+fn image_size(path: &Path) -> (u32, u32) {
+    image::image_dimensions(path).unwrap_or_else(|e| panic!("{} is not a readable image: {e}", path.display()))
+}
+
+#[test]
+fn image_to_out_dir_matches_the_reference_and_renders_back() {
+    let dir = temp_dir("ocr-image");
+    let out = dir.join("out");
+    let small = image("small.png");
+    // Case gundam_small: small.png has both sides <= 640, so gundam mode uses no tiles.
+    let r = dsocr_run(
+        &dir,
+        &["ocr", s(&small), "--model", s(&model()), "--task", "free", "--max-new-tokens", "8", "--no-repeat-guard", "--out", s(&out)],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(tree(&out), ["small.json", "small.mmd", "small_boxes.jpg", "small_det.mmd"], "{r}");
+
+    let golden = golden_text("gundam_small");
+    assert_eq!(read(&out.join("small_det.mmd")), golden);
+    assert_eq!(read(&out.join("small.mmd")), golden, "no grounding tags: markdown equals the raw text");
+    assert_eq!(image_size(&out.join("small_boxes.jpg")), (600, 400));
+
+    let json = read_json(&out.join("small.json"));
+    assert_eq!(json["name"], "small");
+    assert_eq!(json["kind"], "image");
+    assert_eq!(json["source"], s(&small));
+    let pages = json["pages"].as_array().expect("pages");
+    assert_eq!(pages.len(), 1);
+    let p = &pages[0];
+    assert_eq!(p["page"], 1);
+    assert_eq!((p["width"].as_u64(), p["height"].as_u64()), (Some(600), Some(400)));
+    assert_eq!(p["finish_reason"], "length", "random weights never produce EOS within 8 tokens");
+    assert_eq!(p["complete"], false);
+    assert_eq!(p["prompt_tokens"], 278, "BOS + 273 image tokens + `\\nFree OCR.`");
+    assert_eq!(p["generated_tokens"], 8);
+    assert_eq!(p["markdown"], golden.as_str());
+    assert_eq!(p["blocks"].as_array().map(Vec::len), Some(0));
+
+    assert!(r.stderr.contains("flagged"), "a page without EOS is flagged: {r}");
+    assert!(r.stderr.contains("done: 1 file(s), 1 page(s)") && r.stderr.contains("8 tokens"), "summary: {r}");
+    assert!(r.stderr.contains("pages/s"), "summary: {r}");
+    assert!(r.stdout.is_empty(), "with --out nothing goes to stdout: {r}");
+    assert_no_temp_files(&out);
+
+    // `render` rebuilds the same files from the saved raw output; finish reason and token
+    // counts come from the JSON next to it.
+    let out2 = dir.join("out2");
+    let r = dsocr_run(&dir, &["render", "--raw", s(&out.join("small_det.mmd")), "--image", s(&small), "--out", s(&out2)]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(tree(&out2), tree(&out));
+    for f in ["small.mmd", "small_det.mmd"] {
+        assert_eq!(read(&out2.join(f)), read(&out.join(f)), "{f}");
+    }
+    assert_eq!(read_json(&out2.join("small.json")), json);
+}
+
+#[test]
+fn stdout_formats_and_mode_flags() {
+    let dir = temp_dir("ocr-stdout");
+    let page = image("page.png");
+    let base = ["ocr", s(&page), "--model", s(&model()), "--task", "free", "--mode", "tiny", "--max-new-tokens", "8", "--no-repeat-guard"];
+    let golden = golden_text("tiny_page");
+
+    // Default format: markdown on stdout (not a terminal: printed once at the end).
+    let r = dsocr_run(&dir, &base);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.stdout, format!("{golden}\n"));
+
+    let r = dsocr_run(&dir, &[&base[..], &["--format", "json"]].concat());
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.stdout.lines().count(), 1, "one JSON line per input: {r}");
+    let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
+    let p = &json["pages"][0];
+    assert_eq!((p["width"].as_u64(), p["height"].as_u64()), (Some(1280), Some(800)));
+    assert_eq!(p["prompt_tokens"], 78, "tiny: 73 image tokens");
+    assert_eq!(p["generated_tokens"], 8);
+    assert_eq!(p["finish_reason"], "length");
+    assert_eq!(p["markdown"], golden.as_str());
+
+    let r = dsocr_run(&dir, &[&base[..], &["--format", "txt", "--quiet"]].concat());
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.stdout, format!("{}\n", golden.trim()));
+    assert!(!r.stderr.contains("done:"), "--quiet has no summary: {r}");
+
+    // A raw prompt is the same request as the task it spells out.
+    let r = dsocr_run(
+        &dir,
+        &["ocr", s(&page), "--model", s(&model()), "--prompt", "<image>\\nFree OCR.", "--mode", "small", "--max-new-tokens", "8", "--no-repeat-guard"],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.stdout, format!("{}\n", golden_text("small_page")));
+}
+
+#[test]
+fn repeat_guard_flags_and_gundam_tiles() {
+    let dir = temp_dir("ocr-guard");
+    let page = image("page.png");
+    // Case gundam_page_window: 3x2 tiles, the windowed rule with n=3, window 8 and the <td>,
+    // </td> whitelist (looked up by string in the tokenizer).
+    let r = dsocr_run(
+        &dir,
+        &["ocr", s(&page), "--model", s(&model()), "--task", "free", "--ngram-size", "3", "--ngram-window", "8", "--max-new-tokens", "24", "--format", "json"],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
+    let p = &json["pages"][0];
+    assert_eq!(p["markdown"], golden_text("gundam_page_window").as_str());
+    assert_eq!(p["prompt_tokens"], 898, "893 image tokens of a 3x2 grid");
+    assert_eq!(p["generated_tokens"], 24);
+    assert_eq!(p["finish_reason"], "repetition", "the guard was banning repeats when the limit hit");
+    assert!(r.stderr.contains("repetition loop"), "{r}");
+
+    // The default guard (n=30, window 90) in base mode also ends in a loop within 40 tokens;
+    // without the guard the same page ends by the length limit.
+    let base = ["ocr", s(&page), "--model", s(&model()), "--task", "free", "--mode", "base", "--max-new-tokens", "40", "--format", "json"];
+    let r = dsocr_run(&dir, &base);
+    assert_eq!(r.code, 0, "{r}");
+    let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
+    assert_eq!(json["pages"][0]["finish_reason"], "repetition", "{r}");
+    let r = dsocr_run(&dir, &[&base[..], &["--no-repeat-guard"]].concat());
+    let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
+    assert_eq!(json["pages"][0]["finish_reason"], "length", "{r}");
+}
+
+#[test]
+fn retry_loops_reruns_a_page_in_base_mode() {
+    let dir = temp_dir("ocr-retry");
+    let r = dsocr_run(
+        &dir,
+        &["ocr", s(&image("page.png")), "--model", s(&model()), "--task", "free", "--mode", "tiny", "--max-new-tokens", "8", "--no-repeat-guard", "--retry-loops", "--format", "json"],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stderr.contains("retrying in base mode"), "{r}");
+    // Neither run reaches EOS: the first (tiny) result is kept, both runs' tokens are counted.
+    let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
+    assert_eq!(json["pages"][0]["markdown"], golden_text("tiny_page").as_str());
+    assert!(r.stderr.contains("16 tokens"), "{r}");
+}
+
+#[test]
+fn pdf_pages_go_through_one_after_another() {
+    let dir = temp_dir("ocr-pdf");
+    let pdf = dir.join("report.pdf");
+    std::fs::write(&pdf, make_pdf(&["First page", "Second page", "Third page"], 300, 200)).unwrap();
+    let out = dir.join("out");
+    let r = dsocr_run(&dir, &["ocr", s(&pdf), "--model", s(&model()), "--mode", "tiny", "--max-new-tokens", "4", "--out", s(&out)]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(
+        tree(&out),
+        [
+            "report.json",
+            "report.mmd",
+            "report_det.mmd",
+            "report_layouts.pdf",
+            "report_page1_boxes.jpg",
+            "report_page2_boxes.jpg",
+            "report_page3_boxes.jpg"
+        ],
+        "{r}"
+    );
+    for f in ["report.mmd", "report_det.mmd"] {
+        let text = read(&out.join(f));
+        assert_eq!(text.matches(PAGE_SPLIT).count(), 3, "{f}: {text:?}");
+        assert!(text.ends_with(PAGE_SPLIT), "{f}: every page is followed by the separator");
+    }
+    for k in 1..=3 {
+        // 300x200 pt at 144 DPI.
+        assert_eq!(image_size(&out.join(format!("report_page{k}_boxes.jpg"))), (600, 400));
+    }
+    assert!(std::fs::read(out.join("report_layouts.pdf")).unwrap().starts_with(b"%PDF-"));
+
+    let json = read_json(&out.join("report.json"));
+    assert_eq!(json["kind"], "pdf");
+    assert_eq!(json["dpi"], 144.0);
+    let pages = json["pages"].as_array().expect("pages");
+    assert_eq!(pages.len(), 3);
+    for (i, p) in pages.iter().enumerate() {
+        assert_eq!(p["page"], i + 1);
+        assert_eq!((p["width"].as_u64(), p["height"].as_u64()), (Some(600), Some(400)));
+        assert_eq!(p["generated_tokens"], 4);
+        assert_eq!(p["prompt_tokens"], pages[0]["prompt_tokens"]);
+        assert!(matches!(p["finish_reason"].as_str(), Some("length" | "repetition")), "{p}");
+        assert!(p.get("error").is_none(), "{p}");
+    }
+    assert!(r.stderr.contains("3/3 pages") && r.stderr.contains("12 tokens"), "{r}");
+    assert_no_temp_files(&out);
+
+    // --dpi changes the rendering size; stdout JSON for a PDF.
+    let r = dsocr_run(&dir, &["ocr", s(&pdf), "--model", s(&model()), "--mode", "tiny", "--max-new-tokens", "2", "--dpi", "72", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r}");
+    let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
+    assert_eq!(json["dpi"], 72.0);
+    assert_eq!(json["pages"].as_array().map(Vec::len), Some(3));
+    assert_eq!((json["pages"][0]["width"].as_u64(), json["pages"][0]["height"].as_u64()), (Some(300), Some(200)));
+}
+
+#[test]
+fn folder_with_broken_files_reports_each_and_goes_on() {
+    let dir = temp_dir("ocr-folder");
+    let input = dir.join("in");
+    std::fs::create_dir_all(input.join("sub")).unwrap();
+    std::fs::copy(image("small.png"), input.join("a.png")).unwrap();
+    std::fs::write(input.join("sub/doc.pdf"), make_pdf(&["One", "Two"], 300, 200)).unwrap();
+    std::fs::write(input.join("broken.png"), b"\x89PNG\r\n\x1a\n this is not really a png").unwrap();
+    std::fs::write(input.join("bad.pdf"), b"%PDF-1.4\nnothing else").unwrap();
+    std::fs::write(input.join("empty.jpg"), b"").unwrap();
+    std::fs::write(input.join("notes.txt"), b"not an input").unwrap();
+    let out = dir.join("out");
+    let r = dsocr_run(&dir, &["ocr", s(&input), "--model", s(&model()), "--mode", "tiny", "--max-new-tokens", "3", "--out", s(&out)]);
+    assert_eq!(r.code, 2, "some inputs failed: {r}");
+    for (file, reason) in [("broken.png", "corrupt"), ("bad.pdf", "not a readable PDF"), ("empty.jpg", "empty")] {
+        let line = r.stderr.lines().find(|l| l.starts_with("error:") && l.contains(file));
+        let line = line.unwrap_or_else(|| panic!("no error line for {file}: {r}"));
+        assert!(line.contains(reason), "{file}: {line}");
+    }
+    assert!(!r.stderr.contains("notes.txt"), "other files in folders are ignored: {r}");
+    let files = tree(&out);
+    for f in ["a.mmd", "a_det.mmd", "a.json", "a_boxes.jpg", "doc.mmd", "doc_det.mmd", "doc.json", "doc_page2_boxes.jpg"] {
+        assert!(files.contains(&f.to_string()), "{f} missing: {files:?}");
+    }
+    assert!(!files.iter().any(|f| f.starts_with("broken") || f.starts_with("bad") || f.starts_with("empty")), "{files:?}");
+    assert_eq!(read_json(&out.join("doc.json"))["pages"].as_array().map(Vec::len), Some(2));
+    assert!(r.stderr.contains("(3 failed)"), "summary counts the failed files: {r}");
+    assert_no_temp_files(&out);
+}
+
+#[test]
+fn a_failing_rerun_leaves_earlier_outputs_intact() {
+    let dir = temp_dir("ocr-intact");
+    let img = dir.join("scan.png");
+    std::fs::copy(image("small.png"), &img).unwrap();
+    let out = dir.join("out");
+    let args = ["ocr", s(&img), "--model", s(&model()), "--mode", "tiny", "--max-new-tokens", "2", "--out", s(&out)];
+    let r = dsocr_run(&dir, &args);
+    assert_eq!(r.code, 0, "{r}");
+    let before: Vec<(String, Vec<u8>)> = tree(&out).into_iter().map(|f| (f.clone(), std::fs::read(out.join(&f)).unwrap())).collect();
+
+    std::fs::write(&img, b"GIF89a truncated").unwrap();
+    let r = dsocr_run(&dir, &args);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("scan.png"), "{r}");
+    let after: Vec<(String, Vec<u8>)> = tree(&out).into_iter().map(|f| (f.clone(), std::fs::read(out.join(&f)).unwrap())).collect();
+    assert_eq!(before, after, "the failed input's earlier outputs are untouched");
+}
+
+#[test]
+fn output_names_stay_inside_out() {
+    let dir = temp_dir("ocr-names");
+    let input = dir.join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for name in ["..png", "a b;c.png", "x.png"] {
+        std::fs::copy(image("small.png"), input.join(name)).unwrap();
+    }
+    // Same stem from two inputs: the second gets a suffix.
+    std::fs::copy(image("small.png"), input.join("x.PNG.png")).unwrap();
+    std::fs::create_dir_all(input.join("sub")).unwrap();
+    std::fs::copy(image("small.png"), input.join("sub/x.png")).unwrap();
+    let out = dir.join("out");
+    // `..png` is hidden inside a folder walk, so it is named explicitly (its stem is `.`).
+    let dots = input.join("..png");
+    let r = dsocr_run(
+        &dir,
+        &["ocr", s(&input), s(&dots), "--model", s(&model()), "--mode", "tiny", "--max-new-tokens", "1", "--out", s(&out), "-q"],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let mmd: Vec<String> = tree(&out).into_iter().filter(|f| f.ends_with(".mmd") && !f.ends_with("_det.mmd")).collect();
+    assert_eq!(mmd, ["a_b_c.mmd", "input.mmd", "x-2.mmd", "x.PNG.mmd", "x.mmd"]);
+    let mut siblings: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    siblings.sort();
+    assert_eq!(siblings, ["hf-home", "in", "out"], "nothing written next to --out");
+}
+
+#[test]
+fn usage_errors_are_explained() {
+    let dir = temp_dir("ocr-usage");
+    let small = image("small.png");
+    let m = model();
+    let cases: [(&[&str], i32, &str); 6] = [
+        (&["ocr", s(&small), "--model", "/nonexistent/dsocr-model"], 1, "no such folder"),
+        (&["ocr", s(&small), "--model", s(&small)], 1, "this is a file"),
+        (&["ocr", s(&small), "--model", s(&m), "--prompt", "Free OCR."], 1, "`<image>` exactly once"),
+        (&["ocr", s(&small), "--model", s(&m), "--device", "quantum"], 1, "unknown backend"),
+        (&["ocr", s(&small), "--model", s(&m), "--max-crops", "12"], 2, "12"),
+        (&["ocr", s(&small), "--model", s(&m), "--task", "summarize"], 2, "unknown task"),
+    ];
+    for (args, code, needle) in cases {
+        let r = dsocr_run(&dir, args);
+        assert_eq!(r.code, code, "{args:?}: {r}");
+        assert!(r.stderr.contains(needle), "{args:?}: expected {needle:?} in: {r}");
+    }
+    // Missing inputs: reported, exit 2, no model needed.
+    let r = dsocr_run(&dir, &["ocr", "/nonexistent/a.png", "--model", s(&m)]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("/nonexistent/a.png: no such file or folder"), "{r}");
+}
