@@ -27,7 +27,7 @@ fn image_to_out_dir_matches_the_reference_and_renders_back() {
     // Case gundam_small: small.png has both sides <= 640, so gundam mode uses no tiles.
     let r = dsocr_run(
         &dir,
-        &["ocr", s(&small), "--model", s(&model()), "--task", "free", "--max-new-tokens", "8", "--no-repeat-guard", "--out", s(&out)],
+        &["ocr", s(&small), "--model", s(model()), "--task", "free", "--max-new-tokens", "8", "--no-repeat-guard", "--out", s(&out)],
     );
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(tree(&out), ["small.json", "small.mmd", "small_boxes.jpg", "small_det.mmd"], "{r}");
@@ -75,7 +75,7 @@ fn image_to_out_dir_matches_the_reference_and_renders_back() {
 fn stdout_formats_and_mode_flags() {
     let dir = temp_dir("ocr-stdout");
     let page = image("page.png");
-    let base = ["ocr", s(&page), "--model", s(&model()), "--task", "free", "--mode", "tiny", "--max-new-tokens", "8", "--no-repeat-guard"];
+    let base = ["ocr", s(&page), "--model", s(model()), "--task", "free", "--mode", "tiny", "--max-new-tokens", "8", "--no-repeat-guard"];
     let golden = golden_text("tiny_page");
 
     // Default format: markdown on stdout (not a terminal: printed once at the end).
@@ -102,7 +102,7 @@ fn stdout_formats_and_mode_flags() {
     // A raw prompt is the same request as the task it spells out.
     let r = dsocr_run(
         &dir,
-        &["ocr", s(&page), "--model", s(&model()), "--prompt", "<image>\\nFree OCR.", "--mode", "small", "--max-new-tokens", "8", "--no-repeat-guard"],
+        &["ocr", s(&page), "--model", s(model()), "--prompt", "<image>\\nFree OCR.", "--mode", "small", "--max-new-tokens", "8", "--no-repeat-guard"],
     );
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(r.stdout, format!("{}\n", golden_text("small_page")));
@@ -116,7 +116,7 @@ fn repeat_guard_flags_and_gundam_tiles() {
     // </td> whitelist (looked up by string in the tokenizer).
     let r = dsocr_run(
         &dir,
-        &["ocr", s(&page), "--model", s(&model()), "--task", "free", "--ngram-size", "3", "--ngram-window", "8", "--max-new-tokens", "24", "--format", "json"],
+        &["ocr", s(&page), "--model", s(model()), "--task", "free", "--ngram-size", "3", "--ngram-window", "8", "--max-new-tokens", "24", "--format", "json"],
     );
     assert_eq!(r.code, 0, "{r}");
     let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
@@ -129,7 +129,7 @@ fn repeat_guard_flags_and_gundam_tiles() {
 
     // The default guard (n=30, window 90) in base mode also ends in a loop within 40 tokens;
     // without the guard the same page ends by the length limit.
-    let base = ["ocr", s(&page), "--model", s(&model()), "--task", "free", "--mode", "base", "--max-new-tokens", "40", "--format", "json"];
+    let base = ["ocr", s(&page), "--model", s(model()), "--task", "free", "--mode", "base", "--max-new-tokens", "40", "--format", "json"];
     let r = dsocr_run(&dir, &base);
     assert_eq!(r.code, 0, "{r}");
     let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
@@ -144,7 +144,7 @@ fn retry_loops_reruns_a_page_in_base_mode() {
     let dir = temp_dir("ocr-retry");
     let r = dsocr_run(
         &dir,
-        &["ocr", s(&image("page.png")), "--model", s(&model()), "--task", "free", "--mode", "tiny", "--max-new-tokens", "8", "--no-repeat-guard", "--retry-loops", "--format", "json"],
+        &["ocr", s(&image("page.png")), "--model", s(model()), "--task", "free", "--mode", "tiny", "--max-new-tokens", "8", "--no-repeat-guard", "--retry-loops", "--format", "json"],
     );
     assert_eq!(r.code, 0, "{r}");
     assert!(r.stderr.contains("retrying in base mode"), "{r}");
@@ -160,7 +160,7 @@ fn pdf_pages_go_through_one_after_another() {
     let pdf = dir.join("report.pdf");
     std::fs::write(&pdf, make_pdf(&["First page", "Second page", "Third page"], 300, 200)).unwrap();
     let out = dir.join("out");
-    let r = dsocr_run(&dir, &["ocr", s(&pdf), "--model", s(&model()), "--mode", "tiny", "--max-new-tokens", "4", "--out", s(&out)]);
+    let r = dsocr_run(&dir, &["ocr", s(&pdf), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "4", "--out", s(&out)]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(
         tree(&out),
@@ -203,7 +203,7 @@ fn pdf_pages_go_through_one_after_another() {
     assert_no_temp_files(&out);
 
     // --dpi changes the rendering size; stdout JSON for a PDF.
-    let r = dsocr_run(&dir, &["ocr", s(&pdf), "--model", s(&model()), "--mode", "tiny", "--max-new-tokens", "2", "--dpi", "72", "--format", "json"]);
+    let r = dsocr_run(&dir, &["ocr", s(&pdf), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "2", "--dpi", "72", "--format", "json"]);
     assert_eq!(r.code, 0, "{r}");
     let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
     assert_eq!(json["dpi"], 72.0);
@@ -217,27 +217,47 @@ fn folder_with_broken_files_reports_each_and_goes_on() {
     let input = dir.join("in");
     std::fs::create_dir_all(input.join("sub")).unwrap();
     std::fs::copy(image("small.png"), input.join("a.png")).unwrap();
-    std::fs::write(input.join("sub/doc.pdf"), make_pdf(&["One", "Two"], 300, 200)).unwrap();
+    // Page 2 of doc.pdf does not render; locked.pdf needs a password.
+    std::fs::write(input.join("sub/doc.pdf"), make_pdf_ext(&[Some("One"), None, Some("Three")], 300, 200, false)).unwrap();
+    std::fs::write(input.join("locked.pdf"), make_pdf_ext(&[Some("Secret")], 300, 200, true)).unwrap();
     std::fs::write(input.join("broken.png"), b"\x89PNG\r\n\x1a\n this is not really a png").unwrap();
     std::fs::write(input.join("bad.pdf"), b"%PDF-1.4\nnothing else").unwrap();
     std::fs::write(input.join("empty.jpg"), b"").unwrap();
     std::fs::write(input.join("notes.txt"), b"not an input").unwrap();
     let out = dir.join("out");
-    let r = dsocr_run(&dir, &["ocr", s(&input), "--model", s(&model()), "--mode", "tiny", "--max-new-tokens", "3", "--out", s(&out)]);
+    let r = dsocr_run(&dir, &["ocr", s(&input), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "3", "--out", s(&out)]);
     assert_eq!(r.code, 2, "some inputs failed: {r}");
-    for (file, reason) in [("broken.png", "corrupt"), ("bad.pdf", "not a readable PDF"), ("empty.jpg", "empty")] {
+    for (file, reason) in [
+        ("broken.png", "corrupt"),
+        ("bad.pdf", "not a readable PDF"),
+        ("empty.jpg", "empty"),
+        ("locked.pdf", "encrypted"),
+        ("doc.pdf", "page 2"),
+    ] {
         let line = r.stderr.lines().find(|l| l.starts_with("error:") && l.contains(file));
         let line = line.unwrap_or_else(|| panic!("no error line for {file}: {r}"));
         assert!(line.contains(reason), "{file}: {line}");
     }
     assert!(!r.stderr.contains("notes.txt"), "other files in folders are ignored: {r}");
     let files = tree(&out);
-    for f in ["a.mmd", "a_det.mmd", "a.json", "a_boxes.jpg", "doc.mmd", "doc_det.mmd", "doc.json", "doc_page2_boxes.jpg"] {
+    for f in ["a.mmd", "a_det.mmd", "a.json", "a_boxes.jpg", "doc.mmd", "doc_det.mmd", "doc.json", "doc_page1_boxes.jpg"] {
         assert!(files.contains(&f.to_string()), "{f} missing: {files:?}");
     }
-    assert!(!files.iter().any(|f| f.starts_with("broken") || f.starts_with("bad") || f.starts_with("empty")), "{files:?}");
-    assert_eq!(read_json(&out.join("doc.json"))["pages"].as_array().map(Vec::len), Some(2));
-    assert!(r.stderr.contains("(3 failed)"), "summary counts the failed files: {r}");
+    assert!(
+        !files.iter().any(|f| ["broken", "bad", "empty", "locked"].iter().any(|b| f.starts_with(b))),
+        "{files:?}"
+    );
+    // The page that failed is kept, empty, with its error; the pages around it are there.
+    let doc = read_json(&out.join("doc.json"));
+    let pages = doc["pages"].as_array().expect("pages");
+    assert_eq!(pages.len(), 3);
+    assert!(pages[1]["error"].as_str().is_some_and(|e| e.contains("page 2")), "{doc}");
+    assert_eq!(pages[1]["complete"], false);
+    assert!(pages[0].get("error").is_none() && pages[2].get("error").is_none(), "{doc}");
+    assert_eq!(pages[2]["generated_tokens"], 3);
+    assert_eq!(read(&out.join("doc.mmd")).matches(PAGE_SPLIT).count(), 3);
+    assert!(files.contains(&"doc_page3_boxes.jpg".to_string()) && !files.contains(&"doc_page2_boxes.jpg".to_string()), "{files:?}");
+    assert!(r.stderr.contains("(4 failed)") && r.stderr.contains("(1 failed)"), "summary counts failed files and pages: {r}");
     assert_no_temp_files(&out);
 }
 
@@ -247,7 +267,7 @@ fn a_failing_rerun_leaves_earlier_outputs_intact() {
     let img = dir.join("scan.png");
     std::fs::copy(image("small.png"), &img).unwrap();
     let out = dir.join("out");
-    let args = ["ocr", s(&img), "--model", s(&model()), "--mode", "tiny", "--max-new-tokens", "2", "--out", s(&out)];
+    let args = ["ocr", s(&img), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "2", "--out", s(&out)];
     let r = dsocr_run(&dir, &args);
     assert_eq!(r.code, 0, "{r}");
     let before: Vec<(String, Vec<u8>)> = tree(&out).into_iter().map(|f| (f.clone(), std::fs::read(out.join(&f)).unwrap())).collect();
@@ -277,7 +297,7 @@ fn output_names_stay_inside_out() {
     let dots = input.join("..png");
     let r = dsocr_run(
         &dir,
-        &["ocr", s(&input), s(&dots), "--model", s(&model()), "--mode", "tiny", "--max-new-tokens", "1", "--out", s(&out), "-q"],
+        &["ocr", s(&input), s(&dots), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "1", "--out", s(&out), "-q"],
     );
     assert_eq!(r.code, 0, "{r}");
     let mmd: Vec<String> = tree(&out).into_iter().filter(|f| f.ends_with(".mmd") && !f.ends_with("_det.mmd")).collect();
@@ -296,10 +316,10 @@ fn usage_errors_are_explained() {
     let cases: [(&[&str], i32, &str); 6] = [
         (&["ocr", s(&small), "--model", "/nonexistent/dsocr-model"], 1, "no such folder"),
         (&["ocr", s(&small), "--model", s(&small)], 1, "this is a file"),
-        (&["ocr", s(&small), "--model", s(&m), "--prompt", "Free OCR."], 1, "`<image>` exactly once"),
-        (&["ocr", s(&small), "--model", s(&m), "--device", "quantum"], 1, "unknown backend"),
-        (&["ocr", s(&small), "--model", s(&m), "--max-crops", "12"], 2, "12"),
-        (&["ocr", s(&small), "--model", s(&m), "--task", "summarize"], 2, "unknown task"),
+        (&["ocr", s(&small), "--model", s(m), "--prompt", "Free OCR."], 1, "`<image>` exactly once"),
+        (&["ocr", s(&small), "--model", s(m), "--device", "quantum"], 1, "unknown backend"),
+        (&["ocr", s(&small), "--model", s(m), "--max-crops", "12"], 2, "12"),
+        (&["ocr", s(&small), "--model", s(m), "--task", "summarize"], 2, "unknown task"),
     ];
     for (args, code, needle) in cases {
         let r = dsocr_run(&dir, args);
@@ -307,7 +327,29 @@ fn usage_errors_are_explained() {
         assert!(r.stderr.contains(needle), "{args:?}: expected {needle:?} in: {r}");
     }
     // Missing inputs: reported, exit 2, no model needed.
-    let r = dsocr_run(&dir, &["ocr", "/nonexistent/a.png", "--model", s(&m)]);
+    let r = dsocr_run(&dir, &["ocr", "/nonexistent/a.png", "--model", s(m)]);
     assert_eq!(r.code, 2, "{r}");
     assert!(r.stderr.contains("/nonexistent/a.png: no such file or folder"), "{r}");
+}
+
+#[test]
+fn repeat_guard_defaults_are_the_official_image_and_pdf_rules() {
+    let dir = temp_dir("ocr-guard-defaults");
+    let pdf = dir.join("one.pdf");
+    std::fs::write(&pdf, make_pdf(&["Page two: World"], 300, 200)).unwrap();
+    let small = image("small.png");
+    // (input, mode, the explicit rule the default must equal, the other rule)
+    let cases = [(&small, "small", ["30", "90"], ["20", "50"]), (&pdf, "tiny", ["20", "50"], ["30", "90"])];
+    for (input, mode, same, other) in cases {
+        let markdown = |guard: &[&str]| {
+            let args = [&["ocr", s(input), "--model", s(model()), "--mode", mode, "--max-new-tokens", "100", "--format", "json"], guard].concat();
+            let r = dsocr_run(&dir, &args);
+            assert_eq!(r.code, 0, "{r}");
+            let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
+            (json["pages"][0]["markdown"].as_str().unwrap().to_string(), json["pages"][0]["finish_reason"].clone())
+        };
+        let default = markdown(&[]);
+        assert_eq!(default, markdown(&["--ngram-size", same[0], "--ngram-window", same[1]]), "{input:?}");
+        assert_ne!(default, markdown(&["--ngram-size", other[0], "--ngram-window", other[1]]), "{input:?}: the rules must differ here");
+    }
 }

@@ -7,11 +7,13 @@ use std::process::{Command, Output};
 
 pub use dsocr_tests::{dsocr_bin, fixture_dir, temp_dir};
 
-/// The fixture's model folder and one of its images.
-pub fn model() -> PathBuf {
-    fixture_dir()
+/// The fixture's model folder.
+pub fn model() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(fixture_dir)
 }
 
+/// One of the fixture's images.
 pub fn image(name: &str) -> PathBuf {
     fixture_dir().join("images").join(name)
 }
@@ -73,6 +75,14 @@ pub fn s(p: &Path) -> &str {
 /// A PDF of `pages.len()` pages of `width × height` points, each with a line of Helvetica text
 /// and a filled rectangle (hand-written objects and cross-reference table).
 pub fn make_pdf(pages: &[&str], width: u32, height: u32) -> Vec<u8> {
+    let pages: Vec<Option<&str>> = pages.iter().map(|p| Some(*p)).collect();
+    make_pdf_ext(&pages, width, height, false)
+}
+
+/// Like [`make_pdf`]; a `None` page has a content stream that cannot be decoded (an
+/// `/ASCIIHexDecode` filter over non-hex data), and `encrypted` adds a standard security
+/// handler whose user password is not empty (the file cannot be opened).
+pub fn make_pdf_ext(pages: &[Option<&str>], width: u32, height: u32, encrypted: bool) -> Vec<u8> {
     let n = pages.len();
     let mut objects: Vec<Vec<u8>> = Vec::new();
     objects.push(b"<< /Type /Catalog /Pages 2 0 R >>".to_vec());
@@ -88,18 +98,36 @@ pub fn make_pdf(pages: &[&str], width: u32, height: u32) -> Vec<u8> {
             )
             .into_bytes(),
         );
-        let content = format!(
-            "BT /F1 18 Tf 20 {} Td ({text}) Tj ET 0 0 1 rg 20 20 {} {} re f",
-            height.saturating_sub(40),
-            width / 3,
-            height / 4
-        );
-        let mut stream = format!("<< /Length {} >>\nstream\n", content.len()).into_bytes();
+        let (content, filter) = match text {
+            Some(text) => (
+                format!(
+                    "BT /F1 18 Tf 20 {} Td ({text}) Tj ET 0 0 1 rg 20 20 {} {} re f",
+                    height.saturating_sub(40),
+                    width / 3,
+                    height / 4
+                ),
+                "",
+            ),
+            None => ("ZZ-not-hex".to_string(), " /Filter /ASCIIHexDecode"),
+        };
+        let mut stream = format!("<< /Length {}{filter} >>\nstream\n", content.len()).into_bytes();
         stream.extend_from_slice(content.as_bytes());
         stream.extend_from_slice(b"\nendstream");
         objects.push(stream);
     }
     objects.push(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_vec());
+    let mut trailer_extra = String::new();
+    if encrypted {
+        objects.push(
+            format!(
+                "<< /Filter /Standard /V 1 /R 2 /Length 40 /P -44 /O <{}> /U <{}> >>",
+                "ab".repeat(32),
+                "cd".repeat(32)
+            )
+            .into_bytes(),
+        );
+        trailer_extra = format!(" /Encrypt {} 0 R /ID [<{1}> <{1}>]", objects.len(), "01".repeat(16));
+    }
 
     let mut out = b"%PDF-1.4\n".to_vec();
     let mut offsets = Vec::new();
@@ -115,7 +143,8 @@ pub fn make_pdf(pages: &[&str], width: u32, height: u32) -> Vec<u8> {
         out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
     }
     out.extend_from_slice(
-        format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).as_bytes(),
+        format!("trailer\n<< /Size {} /Root 1 0 R{trailer_extra} >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1)
+            .as_bytes(),
     );
     out
 }
