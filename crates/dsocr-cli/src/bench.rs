@@ -1,13 +1,807 @@
-//! `dsocr bench` (being written).
+//! `dsocr bench`: load time, vision, prefill, decode and page throughput, and memory
+//! (docs/performance.md).
+//!
+//! Every stage runs once cold (on GPU backends that first run includes kernel compilation and
+//! autotuning, reported separately) and then `--repeat` times warm; the table shows the cold
+//! value and the median of the warm runs. Device work is synchronised before a clock stops.
+//!
+//! Generation is forced to a fixed length: the EOS id is set to `u32::MAX`, an id outside every
+//! vocabulary, which `generate` never produces, so each run does exactly the requested work
+//! whatever the weights are (random checkpoints included).
 
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use burn::prelude::*;
 use clap::Args;
+use dsocr_decoder::{greedy_token, ExpertDispatch};
+use dsocr_model::{
+    random_checkpoint, Backend, DeepseekOcr, GenerationConfig, OcrRequest, Precision, RepeatGuard, VisionOutput,
+};
+use dsocr_prompt::{load_image, Mode, RgbImage, Task};
+use serde::Serialize;
+
+/// The EOS id of forced generation: outside any vocabulary, so never generated.
+const NEVER_EOS: u32 = u32::MAX;
+
+/// Decode steps timed part by part (after the prefill stage).
+const BREAKDOWN_STEPS: usize = 8;
 
 #[derive(Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Model folder. Used as it is when it holds safetensors weights; otherwise a full-size
+    /// checkpoint with random weights (6.67 GB, real names, shapes and config) is written there
+    /// first.
+    #[arg(long)]
+    model: PathBuf,
+    /// Backend: cpu, ndarray, wgpu or cuda (among those compiled in).
+    #[arg(long, default_value_t = default_backend())]
+    device: String,
+    /// Float precision: f32, f16 or bf16 (default: the backend's fast precision: f32 on CPU,
+    /// f16 on wgpu, bf16 on cuda).
+    #[arg(long)]
+    precision: Option<String>,
+    /// Page image (default: the fixture page, 1280×800: Gundam 3×2 = 6 tiles).
+    #[arg(long, default_value = "tests/fixtures/reference-tiny/images/page.png")]
+    image: PathBuf,
+    /// Largest Gundam tile grid (2..=9).
+    #[arg(long, default_value_t = 9)]
+    max_crops: usize,
+    /// Forced decode length at batch 1 (EOS ignored).
+    #[arg(long, default_value_t = 1000)]
+    decode_tokens: usize,
+    /// Pages per timed stream (pages/s).
+    #[arg(long, default_value_t = 4)]
+    pages: usize,
+    /// New tokens per page in the page stream (EOS ignored, so the work is fixed).
+    #[arg(long, default_value_t = 128)]
+    page_tokens: usize,
+    /// Warm runs per stage (the median is reported), after one cold run.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// MoE expert path: auto, on-device or host-grouped.
+    #[arg(long, default_value = "auto")]
+    experts: String,
+    /// Seed of the random checkpoint, when one has to be written.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Only load the model, print load time and memory, exit (for `/usr/bin/time -v`).
+    #[arg(long)]
+    load_only: bool,
+    /// Skip the Gundam vision stage.
+    #[arg(long)]
+    skip_vision: bool,
+    /// Skip the Base vision stage.
+    #[arg(long)]
+    skip_base: bool,
+    /// Skip the prefill stage (and the decode-step breakdown).
+    #[arg(long)]
+    skip_prefill: bool,
+    /// Skip the decode stage.
+    #[arg(long)]
+    skip_decode: bool,
+    /// Skip the page stream.
+    #[arg(long)]
+    skip_pages: bool,
+    /// Skip the per-part timing of single decode steps.
+    #[arg(long)]
+    skip_breakdown: bool,
+}
 
-pub fn run(_args: BenchArgs) -> Result<ExitCode> {
-    bail!("`dsocr bench` is not available in this build yet")
+fn default_backend() -> String {
+    Backend::compiled().last().map(|b| b.name().to_string()).unwrap_or_else(|| "cpu".into())
+}
+
+/// One stage: the first (cold) run and the warm runs, in seconds.
+#[derive(Debug, Clone, Serialize)]
+struct Timing {
+    cold_s: f64,
+    median_s: f64,
+    runs_s: Vec<f64>,
+}
+
+impl Timing {
+    fn new(cold_s: f64, runs_s: Vec<f64>) -> Self {
+        Self { cold_s, median_s: median(&runs_s).unwrap_or(cold_s), runs_s }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct VisionResult {
+    mode: String,
+    tiles: usize,
+    grid: [usize; 2],
+    image_tokens: usize,
+    /// Preprocessing + encoder + projector, device synchronised.
+    total: Timing,
+    /// Host preprocessing only (Pillow-exact resize, tiling).
+    preprocess: Timing,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct PrefillResult {
+    prompt_tokens: usize,
+    /// Prompt embedding, forward over the prompt, lm_head of the last position, argmax read back.
+    time: Timing,
+    tokens_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct DecodeResult {
+    prompt_tokens: usize,
+    tokens: usize,
+    /// Decode steps only (first token, which comes out of the prefill, excluded).
+    cold_tokens_per_s: f64,
+    tokens_per_s: f64,
+    runs_tokens_per_s: Vec<f64>,
+    /// Median / 90th percentile of the single-step times of the warm runs.
+    step_ms_median: f64,
+    step_ms_p90: f64,
+    /// Median step time over the first / last 10% of the steps of the last run (at least one
+    /// step each): how the step cost grows with the context.
+    step_ms_first_tenth: f64,
+    step_ms_last_tenth: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct BreakdownResult {
+    context: usize,
+    steps: usize,
+    /// Median milliseconds: embedding + decoder layers + final norm; lm_head; argmax + read back.
+    layers_ms: f64,
+    lm_head_ms: f64,
+    argmax_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct PagesResult {
+    pages: usize,
+    page_tokens: usize,
+    cold_first_page_s: f64,
+    pages_per_s: f64,
+    runs_pages_per_s: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Memory {
+    peak_rss_bytes: Option<u64>,
+    rss_after_load_bytes: Option<u64>,
+    peak_rss_after_load_bytes: Option<u64>,
+    rss_anon_end_bytes: Option<u64>,
+    rss_file_end_bytes: Option<u64>,
+    /// Largest `bytes_reserved` / `bytes_in_use` of the device pool, sampled after every run;
+    /// `None` where the backend does not report it (flex, ndarray).
+    device_reserved_peak_bytes: Option<u64>,
+    device_in_use_peak_bytes: Option<u64>,
+    /// `nvidia-smi --query-compute-apps` for this process at the end, when available.
+    nvidia_smi_process_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Machine {
+    cpu: String,
+    cores: usize,
+    memory_bytes: Option<u64>,
+    gpu: Option<String>,
+    /// /proc/loadavg (1, 5, 15 min) when the run started and ended: above the core count means
+    /// other processes competed for the CPU.
+    loadavg_start: Option<String>,
+    loadavg_end: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Report {
+    backend: String,
+    precision: String,
+    expert_dispatch: String,
+    machine: Machine,
+    model: String,
+    random_checkpoint_written: bool,
+    parameters: usize,
+    image: String,
+    repeat: usize,
+    load_s: f64,
+    vision_gundam: Option<VisionResult>,
+    vision_base: Option<VisionResult>,
+    prefill: Option<PrefillResult>,
+    decode: Option<DecodeResult>,
+    decode_step_breakdown: Option<BreakdownResult>,
+    pages: Option<PagesResult>,
+    memory: Memory,
+}
+
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let backend: Backend = args.device.parse()?;
+    let precision: Precision = match &args.precision {
+        Some(p) => p.parse().map_err(anyhow::Error::msg)?,
+        None => backend.fast_precision(),
+    };
+    let dispatch = parse_dispatch(&args.experts)?;
+
+    let written = ensure_checkpoint(&args.model, args.seed)?;
+
+    let machine = machine();
+    eprintln!("loading {} on {backend} ({precision})", args.model.display());
+    let start = Instant::now();
+    let mut model = DeepseekOcr::load(&args.model, backend, precision)
+        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    model.device.sync().map_err(|e| anyhow::anyhow!("device sync after load: {e:?}"))?;
+    let load_s = start.elapsed().as_secs_f64();
+    model.decoder.set_expert_dispatch(dispatch);
+    let status = ProcStatus::read();
+    let parameters = parameter_count(&args.model);
+    eprintln!(
+        "loaded in {load_s:.2} s; RSS {} (peak {}, anon {}, file {})",
+        fmt_bytes(status.rss),
+        fmt_bytes(status.hwm),
+        fmt_bytes(status.anon),
+        fmt_bytes(status.file)
+    );
+
+    let mut mem = MemorySampler::new(&model.device);
+    let mut report = Report {
+        backend: backend.to_string(),
+        precision: precision.to_string(),
+        expert_dispatch: format!("{dispatch:?}"),
+        machine,
+        model: args.model.display().to_string(),
+        random_checkpoint_written: written,
+        parameters,
+        image: args.image.display().to_string(),
+        repeat: args.repeat,
+        load_s,
+        vision_gundam: None,
+        vision_base: None,
+        prefill: None,
+        decode: None,
+        decode_step_breakdown: None,
+        pages: None,
+        memory: Memory {
+            peak_rss_bytes: None,
+            rss_after_load_bytes: status.rss,
+            peak_rss_after_load_bytes: status.hwm,
+            rss_anon_end_bytes: None,
+            rss_file_end_bytes: None,
+            device_reserved_peak_bytes: None,
+            device_in_use_peak_bytes: None,
+            nvidia_smi_process_bytes: None,
+        },
+    };
+
+    if !args.load_only {
+        run_stages(&args, &model, &mut report, &mut mem)?;
+    }
+
+    let status = ProcStatus::read();
+    report.memory.peak_rss_bytes = status.hwm;
+    report.memory.rss_anon_end_bytes = status.anon;
+    report.memory.rss_file_end_bytes = status.file;
+    report.memory.device_reserved_peak_bytes = mem.reserved;
+    report.memory.device_in_use_peak_bytes = mem.in_use;
+    report.memory.nvidia_smi_process_bytes = nvidia_smi_process_memory();
+    report.machine.loadavg_end = loadavg();
+
+    println!("{}", markdown(&report));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_stages(args: &BenchArgs, model: &DeepseekOcr, report: &mut Report, mem: &mut MemorySampler) -> Result<()> {
+    let image = load_image(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let repeat = args.repeat;
+    let sync = || model.device.sync().map_err(|e| anyhow::anyhow!("device sync: {e:?}"));
+
+    // Vision: preprocessing + DeepEncoder + projector for one page.
+    let mut gundam_vision: Option<VisionOutput> = None;
+    let mut vision_stage = |mode: Mode, keep: bool| -> Result<(VisionResult, Option<VisionOutput>)> {
+        let once = || -> Result<(f64, f64, VisionOutput)> {
+            let start = Instant::now();
+            let prepared = model.prepare(&image, mode, args.max_crops)?;
+            let prep = start.elapsed().as_secs_f64();
+            let out = model.encode_image(prepared)?;
+            sync()?;
+            Ok((prep, start.elapsed().as_secs_f64(), out))
+        };
+        eprintln!("vision {mode:?}: cold run");
+        let (cold_prep, cold_total, mut out) = once()?;
+        mem.sample();
+        let (mut preps, mut totals) = (Vec::new(), Vec::new());
+        for i in 0..repeat {
+            eprintln!("vision {mode:?}: warm run {}/{repeat}", i + 1);
+            let (p, t, o) = once()?;
+            mem.sample();
+            preps.push(p);
+            totals.push(t);
+            out = o;
+        }
+        let p = &out.prepared;
+        let result = VisionResult {
+            mode: format!("{mode:?}"),
+            tiles: p.tiles.len(),
+            grid: [p.grid.0 as usize, p.grid.1 as usize],
+            image_tokens: p.image_token_count(),
+            total: Timing::new(cold_total, totals),
+            preprocess: Timing::new(cold_prep, preps),
+        };
+        Ok((result, keep.then_some(out)))
+    };
+    if !args.skip_vision {
+        let (result, out) = vision_stage(Mode::Gundam, true)?;
+        report.vision_gundam = Some(result);
+        gundam_vision = out;
+    }
+    if !args.skip_base {
+        report.vision_base = Some(vision_stage(Mode::Base, false)?.0);
+    }
+    let needs_prompt = !(args.skip_prefill && args.skip_decode);
+    if needs_prompt && gundam_vision.is_none() {
+        eprintln!("vision Gundam (untimed, for the prompt)");
+        gundam_vision = Some(model.encode_image(model.prepare(&image, Mode::Gundam, args.max_crops)?)?);
+    }
+    let prompt = Task::Markdown.prompt();
+
+    if !args.skip_prefill {
+        let vision = gundam_vision.as_ref().context("no vision output")?;
+        let decoder = &model.decoder;
+        let vocab = decoder.config().vocab_size;
+        let once = || -> Result<(f64, usize, dsocr_decoder::KvCache, u32)> {
+            let start = Instant::now();
+            let (ids, embeds) = model.prompt_embeddings(&prompt, Some(vision))?;
+            let len = ids.len();
+            let mut cache = decoder.new_cache();
+            let hidden = decoder.forward(embeds, &mut cache);
+            let logits = decoder.logits(hidden.narrow(1, len - 1, 1)).reshape([1, vocab]);
+            let token = greedy_token(logits, &[]);
+            Ok((start.elapsed().as_secs_f64(), len, cache, token))
+        };
+        eprintln!("prefill: cold run");
+        let (cold, len, _, _) = once()?;
+        mem.sample();
+        let mut runs = Vec::new();
+        let mut last = None;
+        for i in 0..repeat.max(1) {
+            eprintln!("prefill: warm run {}/{}", i + 1, repeat.max(1));
+            let (t, _, cache, token) = once()?;
+            mem.sample();
+            runs.push(t);
+            last = Some((cache, token));
+        }
+        let time = Timing::new(cold, runs);
+        report.prefill = Some(PrefillResult { prompt_tokens: len, tokens_per_s: len as f64 / time.median_s, time });
+
+        // One decode step, part by part, continuing the last prefill.
+        if !args.skip_breakdown {
+            if let Some((mut cache, mut token)) = last {
+                eprintln!("decode-step breakdown: {BREAKDOWN_STEPS} steps");
+                let (mut layers, mut head, mut argmax) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..BREAKDOWN_STEPS {
+                    let t0 = Instant::now();
+                    let hidden = decoder.forward(decoder.embed(&[token]), &mut cache);
+                    sync()?;
+                    let t1 = Instant::now();
+                    let logits = decoder.logits(hidden);
+                    sync()?;
+                    let t2 = Instant::now();
+                    token = greedy_token(logits.reshape([1, vocab]), &[]);
+                    let t3 = Instant::now();
+                    layers.push((t1 - t0).as_secs_f64() * 1e3);
+                    head.push((t2 - t1).as_secs_f64() * 1e3);
+                    argmax.push((t3 - t2).as_secs_f64() * 1e3);
+                }
+                mem.sample();
+                report.decode_step_breakdown = Some(BreakdownResult {
+                    context: len,
+                    steps: BREAKDOWN_STEPS,
+                    layers_ms: median(&layers).unwrap_or(f64::NAN),
+                    lm_head_ms: median(&head).unwrap_or(f64::NAN),
+                    argmax_ms: median(&argmax).unwrap_or(f64::NAN),
+                });
+            }
+        }
+    }
+
+    if !args.skip_decode && args.decode_tokens >= 2 {
+        let vision = gundam_vision.as_ref().context("no vision output")?;
+        let gen = GenerationConfig {
+            max_new_tokens: args.decode_tokens,
+            eos_token_id: NEVER_EOS,
+            repeat_guard: None,
+            trace: None,
+        };
+        // Returns the prompt length and the instants at which each token was handed out.
+        let once = || -> Result<(usize, Vec<Instant>)> {
+            let (ids, embeds) = model.prompt_embeddings(&prompt, Some(vision))?;
+            let mut stamps = Vec::with_capacity(args.decode_tokens);
+            let out = dsocr_decoder::generate(&model.decoder, embeds, &ids, &gen, |_| {
+                stamps.push(Instant::now());
+                ControlFlow::Continue(())
+            })?;
+            if out.ids.len() != args.decode_tokens {
+                bail!(
+                    "generation produced {} tokens instead of {} (context limit: prompt {} + new ≤ max_position_embeddings)",
+                    out.ids.len(),
+                    args.decode_tokens,
+                    ids.len()
+                );
+            }
+            Ok((ids.len(), stamps))
+        };
+        let rate = |stamps: &[Instant]| {
+            let span = (stamps[stamps.len() - 1] - stamps[0]).as_secs_f64();
+            (stamps.len() - 1) as f64 / span
+        };
+        eprintln!("decode {} tokens: cold run", args.decode_tokens);
+        let (prompt_tokens, stamps) = once()?;
+        mem.sample();
+        let cold = rate(&stamps);
+        let (mut rates, mut steps) = (Vec::new(), Vec::new());
+        for i in 0..repeat {
+            eprintln!("decode {} tokens: warm run {}/{repeat}", args.decode_tokens, i + 1);
+            let (_, stamps) = once()?;
+            mem.sample();
+            rates.push(rate(&stamps));
+            steps.extend(stamps.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3));
+        }
+        if steps.is_empty() {
+            steps.extend(stamps.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3));
+        }
+        let last_run: Vec<f64> = steps[steps.len() - (args.decode_tokens - 1)..].to_vec();
+        let tenth = (last_run.len() / 10).max(1);
+        report.decode = Some(DecodeResult {
+            prompt_tokens,
+            tokens: args.decode_tokens,
+            cold_tokens_per_s: cold,
+            tokens_per_s: median(&rates).unwrap_or(cold),
+            runs_tokens_per_s: rates,
+            step_ms_median: median(&steps).unwrap_or(f64::NAN),
+            step_ms_p90: percentile(&steps, 0.9).unwrap_or(f64::NAN),
+            step_ms_first_tenth: median(&last_run[..tenth]).unwrap_or(f64::NAN),
+            step_ms_last_tenth: median(&last_run[last_run.len() - tenth..]).unwrap_or(f64::NAN),
+        });
+    }
+    drop(gundam_vision);
+
+    if !args.skip_pages && args.pages > 0 {
+        let whitelist: Vec<u32> = ["<td>", "</td>"].iter().filter_map(|t| model.tokenizer.token_id(t)).collect();
+        let gen = GenerationConfig {
+            max_new_tokens: args.page_tokens,
+            eos_token_id: NEVER_EOS,
+            // The official vLLM image setting.
+            repeat_guard: Some(RepeatGuard::Window { n: 30, window: 90, whitelist }),
+            trace: None,
+        };
+        let page = || -> Result<()> {
+            let image: RgbImage = load_image(&args.image)?;
+            let mut request = OcrRequest::new(prompt.clone(), Some(image), Mode::Gundam);
+            request.max_crops = args.max_crops;
+            request.generation = gen.clone();
+            let result = model.run(&request, |_| {})?;
+            if result.generated_tokens() != args.page_tokens {
+                bail!("a page produced {} tokens instead of {}", result.generated_tokens(), args.page_tokens);
+            }
+            Ok(())
+        };
+        eprintln!("pages: cold page");
+        let start = Instant::now();
+        page()?;
+        let cold = start.elapsed().as_secs_f64();
+        mem.sample();
+        let mut rates = Vec::new();
+        for i in 0..repeat {
+            eprintln!("pages: warm stream {}/{repeat} ({} pages)", i + 1, args.pages);
+            let start = Instant::now();
+            for _ in 0..args.pages {
+                page()?;
+            }
+            rates.push(args.pages as f64 / start.elapsed().as_secs_f64());
+            mem.sample();
+        }
+        report.pages = Some(PagesResult {
+            pages: args.pages,
+            page_tokens: args.page_tokens,
+            cold_first_page_s: cold,
+            pages_per_s: median(&rates).unwrap_or(1.0 / cold),
+            runs_pages_per_s: rates,
+        });
+    }
+    Ok(())
+}
+
+/// Uses `dir` when it holds weights; otherwise writes a random full-size checkpoint there.
+/// Returns whether one was written.
+fn ensure_checkpoint(dir: &Path, seed: u64) -> Result<bool> {
+    if random_checkpoint::has_weights(dir) {
+        return Ok(false);
+    }
+    eprintln!(
+        "{} has no safetensors weights: writing a full-size RANDOM checkpoint there first \
+         (6.67 GB bf16, seed {seed}, real config.json, fixture tokenizer)",
+        dir.display()
+    );
+    let start = Instant::now();
+    let written = random_checkpoint::write(dir, seed)?;
+    eprintln!(
+        "wrote {} ({} tensors, {} parameters, {}) in {:.1} s",
+        written.weights.display(),
+        written.tensors,
+        written.parameters,
+        fmt_bytes(Some(written.bytes)),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(true)
+}
+
+fn parse_dispatch(s: &str) -> Result<ExpertDispatch> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "auto" => ExpertDispatch::Auto,
+        "on-device" | "ondevice" | "gathered" => ExpertDispatch::OnDevice,
+        "host-grouped" | "hostgrouped" | "grouped" => ExpertDispatch::HostGrouped,
+        other => bail!("unknown --experts `{other}`: use auto, on-device or host-grouped"),
+    })
+}
+
+/// Parameters in the checkpoint's header (0 if it cannot be read).
+fn parameter_count(dir: &Path) -> usize {
+    dsocr_weights::SafetensorsFiles::open(dir)
+        .map(|files| {
+            files.names().iter().filter_map(|n| files.info(n)).map(|i| i.shape.iter().product::<usize>()).sum()
+        })
+        .unwrap_or(0)
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    percentile(values, 0.5)
+}
+
+/// Nearest-rank percentile (median: the middle value, mean of the two middle ones if even).
+fn percentile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if q == 0.5 {
+        let n = v.len();
+        return Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 });
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+/// Peak of the device pool's `bytes_reserved` / `bytes_in_use` over the samples taken.
+struct MemorySampler {
+    device: Device,
+    reserved: Option<u64>,
+    in_use: Option<u64>,
+}
+
+impl MemorySampler {
+    fn new(device: &Device) -> Self {
+        let mut s = Self { device: device.clone(), reserved: None, in_use: None };
+        s.sample();
+        s
+    }
+
+    fn sample(&mut self) {
+        if let Some(usage) = self.device.memory_pool_usage() {
+            self.reserved = Some(self.reserved.unwrap_or(0).max(usage.bytes_reserved));
+            self.in_use = Some(self.in_use.unwrap_or(0).max(usage.bytes_in_use));
+        }
+    }
+}
+
+/// The memory lines of /proc/self/status (bytes).
+#[derive(Default)]
+struct ProcStatus {
+    rss: Option<u64>,
+    hwm: Option<u64>,
+    anon: Option<u64>,
+    file: Option<u64>,
+}
+
+impl ProcStatus {
+    fn read() -> Self {
+        let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l[key.len()..].trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kb| kb * 1024)
+        };
+        Self { rss: field("VmRSS:"), hwm: field("VmHWM:"), anon: field("RssAnon:"), file: field("RssFile:") }
+    }
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let memory_bytes = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l["MemTotal:".len()..].trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let gpu = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().lines().collect::<Vec<_>>().join("; "))
+        .filter(|s| !s.is_empty());
+    Machine { cpu, cores, memory_bytes, gpu, loadavg_start: loadavg(), loadavg_end: None }
+}
+
+fn loadavg() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+/// GPU memory `nvidia-smi` attributes to this process (bytes), if it can tell.
+fn nvidia_smi_process_memory() -> Option<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
+        .output()
+        .ok()?;
+    let pid = std::process::id().to_string();
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (p, mib) = l.split_once(',')?;
+        (p.trim() == pid).then(|| mib.trim().parse::<u64>().ok().map(|m| m * 1024 * 1024)).flatten()
+    })
+}
+
+fn fmt_bytes(b: Option<u64>) -> String {
+    match b {
+        Some(b) if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        Some(b) => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        None => "n/a".into(),
+    }
+}
+
+fn fmt_s(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+fn markdown(r: &Report) -> String {
+    let mut out = String::new();
+    let m = &r.machine;
+    out.push_str(&format!(
+        "dsocr bench: backend {}, precision {}, experts {}\nmachine: {}, {} cores, {} RAM{}; load average {} at start, {} at end\nmodel: {} ({} parameters{}), image {}, {} warm run(s) per stage\n\n",
+        r.backend,
+        r.precision,
+        r.expert_dispatch,
+        m.cpu,
+        m.cores,
+        fmt_bytes(m.memory_bytes),
+        m.gpu.as_ref().map(|g| format!(", GPU {g}")).unwrap_or_default(),
+        m.loadavg_start.as_deref().unwrap_or("n/a"),
+        m.loadavg_end.as_deref().unwrap_or("n/a"),
+        r.model,
+        r.parameters,
+        if r.random_checkpoint_written { ", random weights written by this run" } else { "" },
+        r.image,
+        r.repeat
+    ));
+    out.push_str("| stage | cold (first run) | warm (median) | notes |\n|---|---|---|---|\n");
+    out.push_str(&format!("| model load | {} | – | weights to device, synced |\n", fmt_s(r.load_s)));
+    for v in [&r.vision_gundam, &r.vision_base].into_iter().flatten() {
+        out.push_str(&format!(
+            "| vision {} ({} tiles, grid {}×{}, {} image tokens) | {} | {} | preprocessing {} of it |\n",
+            v.mode,
+            v.tiles,
+            v.grid[0],
+            v.grid[1],
+            v.image_tokens,
+            fmt_s(v.total.cold_s),
+            fmt_s(v.total.median_s),
+            fmt_s(v.preprocess.median_s)
+        ));
+    }
+    if let Some(p) = &r.prefill {
+        out.push_str(&format!(
+            "| prefill, Gundam prompt ({} tokens) | {} | {} | {:.0} tokens/s |\n",
+            p.prompt_tokens,
+            fmt_s(p.time.cold_s),
+            fmt_s(p.time.median_s),
+            p.tokens_per_s
+        ));
+    }
+    if let Some(d) = &r.decode {
+        out.push_str(&format!(
+            "| decode, batch 1, {} forced tokens after {} | {:.2} tokens/s | **{:.2} tokens/s** | step {:.1} ms median, {:.1} ms p90; first/last tenth {:.1}/{:.1} ms |\n",
+            d.tokens,
+            d.prompt_tokens,
+            d.cold_tokens_per_s,
+            d.tokens_per_s,
+            d.step_ms_median,
+            d.step_ms_p90,
+            d.step_ms_first_tenth,
+            d.step_ms_last_tenth
+        ));
+    }
+    if let Some(p) = &r.pages {
+        out.push_str(&format!(
+            "| pages: Gundam page + {} tokens, stream of {} | {} first page | **{:.3} pages/s** | {} per page |\n",
+            p.page_tokens,
+            p.pages,
+            fmt_s(p.cold_first_page_s),
+            p.pages_per_s,
+            fmt_s(1.0 / p.pages_per_s)
+        ));
+    }
+    let mem = &r.memory;
+    out.push_str(&format!(
+        "| peak RSS (VmHWM) | {} after load | {} whole run | end: anon {}, file-backed {} |\n",
+        fmt_bytes(mem.peak_rss_after_load_bytes),
+        fmt_bytes(mem.peak_rss_bytes),
+        fmt_bytes(mem.rss_anon_end_bytes),
+        fmt_bytes(mem.rss_file_end_bytes)
+    ));
+    match mem.device_reserved_peak_bytes {
+        Some(reserved) => out.push_str(&format!(
+            "| peak device memory (pool, sampled after each run) | – | {} reserved | {} in use{} |\n",
+            fmt_bytes(Some(reserved)),
+            fmt_bytes(mem.device_in_use_peak_bytes),
+            mem.nvidia_smi_process_bytes.map(|b| format!("; nvidia-smi: {}", fmt_bytes(Some(b)))).unwrap_or_default()
+        )),
+        None => out.push_str("| peak device memory | – | n/a | this backend reports no memory pool (host memory: see RSS) |\n"),
+    }
+    if let Some(b) = &r.decode_step_breakdown {
+        out.push_str(&format!(
+            "\nOne decode step at context {} (median of {} steps, device synced between parts):\n\n| part | ms |\n|---|---|\n| embedding + all layers + final norm | {:.2} |\n| lm_head | {:.2} |\n| argmax + read back | {:.2} |\n",
+            b.context, b.steps, b.layers_ms, b.lm_head_ms, b.argmax_ms
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_percentiles() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.9), Some(9.0));
+        assert_eq!(percentile(&v, 1.0), Some(10.0));
+        assert_eq!(percentile(&v, 0.0), Some(1.0));
+    }
+
+    #[test]
+    fn expert_dispatch_names() {
+        assert_eq!(parse_dispatch("auto").unwrap(), ExpertDispatch::Auto);
+        assert_eq!(parse_dispatch("On-Device").unwrap(), ExpertDispatch::OnDevice);
+        assert_eq!(parse_dispatch("host-grouped").unwrap(), ExpertDispatch::HostGrouped);
+        assert!(parse_dispatch("gpu").is_err());
+    }
+
+    #[test]
+    fn proc_status_reports_this_process() {
+        let status = ProcStatus::read();
+        let (rss, hwm) = (status.rss.unwrap(), status.hwm.unwrap());
+        assert!(rss > 0 && hwm >= rss, "rss {rss} hwm {hwm}");
+    }
 }

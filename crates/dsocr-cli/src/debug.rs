@@ -86,7 +86,7 @@ pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
         DebugCommand::Parity { target, cases } => {
             let (fixture, model) = target.load()?;
             let golden = fixture.golden()?;
-            let tol = Tolerances::for_precision(model.precision);
+            let tol = Tolerances::for_run(model.backend, model.precision);
             println!(
                 "parity: fixture {} on {} ({}), tolerances vision {:e} hidden {:e} logits {:e}",
                 fixture.dir.display(),

@@ -20,6 +20,7 @@ mod error;
 mod model;
 pub mod parity;
 mod pipeline;
+pub mod random_checkpoint;
 
 pub use config::ModelConfig;
 pub use error::ModelError;

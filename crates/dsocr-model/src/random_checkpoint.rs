@@ -1,19 +1,68 @@
-//! A full-size random checkpoint with the real names and shapes of DeepSeek-OCR.
+//! A full-size DeepSeek-OCR model folder with random weights: the real tensor names
+//! (`weight-names.txt`, 2,710 tensors), the real shapes (spec §2), the real `config.json` and the
+//! fixture's small tokenizer. For speed and memory measurements on machines without the real
+//! checkpoint (`dsocr bench`, `cargo xtask make-checkpoint`); its outputs mean nothing.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let written = dsocr_model::random_checkpoint::write("/tmp/fullsize".as_ref(), 1234)?;
+//! println!("{} parameters in {}", written.parameters, written.weights.display());
+//! # Ok(()) }
+//! ```
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use half::bf16;
 
 /// Parameter count of the real checkpoint (spec §2).
-const REAL_PARAMS: usize = 3_336_106_240;
-const NAMES: &str = include_str!("../weight-names.txt");
+pub const REAL_PARAMS: usize = 3_336_106_240;
+
+/// The tensor names of the real checkpoint, one per line (same list as the spec's
+/// `weight-names.txt`).
+pub const WEIGHT_NAMES: &str = include_str!("../weight-names.txt");
+
+/// The fixture's tokenizer (19 KB), written next to the random weights so the folder loads
+/// without any download. Its ids cover the special tokens the prompt needs.
+const TOKENIZER_JSON: &[u8] = include_bytes!("../../../tests/fixtures/reference-tiny/tokenizer.json");
+
+/// Errors of writing a random checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum RandomCheckpointError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no shape rule for tensor `{0}`")]
+    UnknownTensor(String),
+    #[error("the shape rules give {found} parameters, the real checkpoint has {expected}")]
+    ParameterCount { found: usize, expected: usize },
+}
+
+/// What [`write`] produced.
+#[derive(Debug, Clone)]
+pub struct WrittenCheckpoint {
+    /// `DIR/model.safetensors`.
+    pub weights: PathBuf,
+    pub tensors: usize,
+    pub parameters: usize,
+    /// Size of `model.safetensors` in bytes.
+    pub bytes: u64,
+}
+
+/// The real tensor names, in file order.
+pub fn weight_names() -> impl Iterator<Item = &'static str> {
+    WEIGHT_NAMES.lines().map(str::trim).filter(|l| !l.is_empty())
+}
 
 /// The shape of a real DeepSeek-OCR tensor, from its name (spec §2.1–2.2).
-pub fn real_shape(name: &str) -> Result<Vec<usize>> {
+pub fn real_shape(name: &str) -> Result<Vec<usize>, RandomCheckpointError> {
+    let unknown = || RandomCheckpointError::UnknownTensor(name.to_string());
     let parts: Vec<&str> = name.split('.').collect();
+    let part = |i: usize| parts.get(i).copied().unwrap_or("");
     let last = *parts.last().unwrap_or(&"");
     let has = |s: &str| parts.contains(&s);
     let v = |s: &[usize]| Ok(s.to_vec());
@@ -38,28 +87,26 @@ pub fn real_shape(name: &str) -> Result<Vec<usize>> {
         return v(&[256]);
     }
     if name.starts_with("model.sam_model.blocks.") {
-        let block: usize = parts[3].parse()?;
-        return match (parts[4], parts[5], last) {
+        let block: usize = part(3).parse().map_err(|_| unknown())?;
+        return match (part(4), part(5), last) {
             ("norm1" | "norm2", _, _) => v(&[768]),
             ("attn", "qkv", "weight") => v(&[2304, 768]),
             ("attn", "qkv", "bias") => v(&[2304]),
             ("attn", "proj", "weight") => v(&[768, 768]),
             ("attn", "proj", "bias") => v(&[768]),
-            ("attn", "rel_pos_h" | "rel_pos_w", _) => {
-                v(&[if [2, 5, 8, 11].contains(&block) { 127 } else { 27 }, 64])
-            }
+            ("attn", "rel_pos_h" | "rel_pos_w", _) => v(&[if [2, 5, 8, 11].contains(&block) { 127 } else { 27 }, 64]),
             ("mlp", "lin1", "weight") => v(&[3072, 768]),
             ("mlp", "lin1", "bias") => v(&[3072]),
             ("mlp", "lin2", "weight") => v(&[768, 3072]),
             ("mlp", "lin2", "bias") => v(&[768]),
-            _ => bail!("unknown SAM tensor {name}"),
+            _ => Err(unknown()),
         };
     }
     if name.starts_with("model.vision_model.") {
         if name.starts_with("model.vision_model.pre_layrnorm.") || has("layer_norm1") || has("layer_norm2") {
             return v(&[1024]);
         }
-        return match (parts[parts.len() - 2], last) {
+        return match (part(parts.len().saturating_sub(2)), last) {
             ("qkv_proj", "weight") => v(&[3072, 1024]),
             ("qkv_proj", "bias") => v(&[3072]),
             ("out_proj", "weight") => v(&[1024, 1024]),
@@ -67,11 +114,11 @@ pub fn real_shape(name: &str) -> Result<Vec<usize>> {
             ("fc1", "weight") => v(&[4096, 1024]),
             ("fc1", "bias") => v(&[4096]),
             ("fc2", "weight") => v(&[1024, 4096]),
-            _ => bail!("unknown CLIP tensor {name}"),
+            _ => Err(unknown()),
         };
     }
     if name.starts_with("model.layers.") {
-        let layer: usize = parts[2].parse()?;
+        let layer: usize = part(2).parse().map_err(|_| unknown())?;
         if has("input_layernorm") || has("post_attention_layernorm") {
             return v(&[1280]);
         }
@@ -82,20 +129,20 @@ pub fn real_shape(name: &str) -> Result<Vec<usize>> {
             896
         } else if has("shared_experts") {
             1792
-        } else if parts[4] == "gate" {
+        } else if part(4) == "gate" {
             return v(&[64, 1280]);
         } else if layer == 0 {
             6848
         } else {
-            bail!("unknown decoder tensor {name}")
+            return Err(unknown());
         };
-        return match parts[parts.len() - 2] {
+        return match part(parts.len().saturating_sub(2)) {
             "gate_proj" | "up_proj" => v(&[width, 1280]),
             "down_proj" => v(&[1280, width]),
-            _ => bail!("unknown decoder tensor {name}"),
+            _ => Err(unknown()),
         };
     }
-    bail!("unknown tensor {name}")
+    Err(unknown())
 }
 
 /// xorshift64*: fast, deterministic, good enough for random weights.
@@ -111,71 +158,104 @@ impl Rng {
     }
 }
 
-/// Norm weights 1, norm biases 0, everything else uniform(±1/√fan_in) like PyTorch's init.
-fn init_value(name: &str, shape: &[usize]) -> Option<f32> {
-    let is_norm = name.contains("norm") || name.contains("layrnorm") || name.starts_with("model.sam_model.neck.1")
+/// Norm weights 1, norm biases 0; `None`: uniform(±1/√fan_in) like PyTorch's init.
+fn fixed_value(name: &str) -> Option<f32> {
+    let is_norm = name.contains("norm")
+        || name.contains("layrnorm")
+        || name.starts_with("model.sam_model.neck.1")
         || name.starts_with("model.sam_model.neck.3");
     match (is_norm, name.ends_with(".bias")) {
         (true, false) => Some(1.0),
         (true, true) => Some(0.0),
-        _ => {
-            let _ = shape;
-            None
-        }
+        _ => None,
     }
 }
 
-pub fn make(out: &Path, seed: u64) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let names: Vec<&str> = NAMES.lines().filter(|l| !l.is_empty()).collect();
-    let mut entries = Vec::with_capacity(names.len());
+/// Whether `dir` already holds safetensors weights (`model.safetensors`, a sharded index, or any
+/// `*.safetensors` file).
+pub fn has_weights(dir: &Path) -> bool {
+    if dir.join("model.safetensors").is_file() || dir.join("model.safetensors.index.json").is_file() {
+        return true;
+    }
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors") && e.path().is_file())
+        })
+        .unwrap_or(false)
+}
+
+/// Writes `dir/model.safetensors` (bf16, 6.67 GB, deterministic for a `seed`), `dir/config.json`
+/// ([`real_config`]) and `dir/tokenizer.json` (the fixture's). The weights go to a temporary
+/// file renamed at the end, so an interrupted write never leaves a folder that looks complete.
+pub fn write(dir: &Path, seed: u64) -> Result<WrittenCheckpoint, RandomCheckpointError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RandomCheckpointError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+
+    let mut entries = Vec::new();
     let mut offset = 0usize;
     let mut total = 0usize;
-    for name in &names {
+    for name in weight_names() {
         let shape = real_shape(name)?;
         let n: usize = shape.iter().product();
         total += n;
-        entries.push((name.to_string(), shape, offset, offset + 2 * n));
+        entries.push((name, shape, offset, offset + 2 * n));
         offset += 2 * n;
     }
     if total != REAL_PARAMS {
-        bail!("shape rules give {total} parameters, the real checkpoint has {REAL_PARAMS}");
+        return Err(RandomCheckpointError::ParameterCount { found: total, expected: REAL_PARAMS });
     }
     let mut header = serde_json::Map::new();
     for (name, shape, start, end) in &entries {
-        header.insert(name.clone(), serde_json::json!({ "dtype": "BF16", "shape": shape, "data_offsets": [start, end] }));
+        header.insert(
+            name.to_string(),
+            serde_json::json!({ "dtype": "BF16", "shape": shape, "data_offsets": [start, end] }),
+        );
     }
     let mut header = serde_json::Value::Object(header).to_string().into_bytes();
     while header.len() % 8 != 0 {
         header.push(b' ');
     }
-    let path = out.join("model.safetensors");
-    let mut w = BufWriter::with_capacity(1 << 22, File::create(&path).with_context(|| format!("creating {}", path.display()))?);
-    w.write_all(&(header.len() as u64).to_le_bytes())?;
-    w.write_all(&header)?;
+
+    let path = dir.join("model.safetensors");
+    let partial = dir.join("model.safetensors.partial");
+    let file = File::create(&partial).map_err(io(&partial))?;
+    let mut w = BufWriter::with_capacity(1 << 22, file);
+    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io(&partial))?;
+    w.write_all(&header).map_err(io(&partial))?;
     let mut rng = Rng(seed.max(1));
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 22);
     for (name, shape, _, _) in &entries {
         let n: usize = shape.iter().product();
         let fan_in: usize = if shape.len() > 1 { shape[1..].iter().product() } else { shape[0] };
         let scale = 1.0 / (fan_in as f32).sqrt();
-        let fixed = init_value(name, shape);
+        let fixed = fixed_value(name);
         for _ in 0..n {
             let x = fixed.unwrap_or_else(|| rng.next_f32() * scale);
             buf.extend_from_slice(&bf16::from_f32(x).to_bits().to_le_bytes());
             if buf.len() >= 1 << 22 {
-                w.write_all(&buf)?;
+                w.write_all(&buf).map_err(io(&partial))?;
                 buf.clear();
             }
         }
     }
-    w.write_all(&buf)?;
-    w.flush()?;
-    std::fs::write(out.join("config.json"), real_config().to_string())?;
-    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference-tiny/tokenizer.json");
-    std::fs::copy(&tokenizer, out.join("tokenizer.json")).with_context(|| format!("copying {}", tokenizer.display()))?;
-    println!("wrote {} ({} tensors, {} parameters, {} bytes) with config.json and the fixture tokenizer", path.display(), entries.len(), total, offset + 8 + header.len());
-    Ok(())
+    w.write_all(&buf).map_err(io(&partial))?;
+    w.flush().map_err(io(&partial))?;
+    drop(w);
+    std::fs::rename(&partial, &path).map_err(io(&path))?;
+
+    let config = dir.join("config.json");
+    std::fs::write(&config, real_config().to_string()).map_err(io(&config))?;
+    let tokenizer = dir.join("tokenizer.json");
+    std::fs::write(&tokenizer, TOKENIZER_JSON).map_err(io(&tokenizer))?;
+    Ok(WrittenCheckpoint {
+        weights: path,
+        tensors: entries.len(),
+        parameters: total,
+        bytes: (8 + header.len() + offset) as u64,
+    })
 }
 
 /// The real model's `config.json` (spec §1), language keys at the top level and in `language_config`.
@@ -216,11 +296,31 @@ pub fn real_config() -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ModelConfig;
 
     #[test]
     fn every_real_name_has_a_shape_and_the_total_matches_the_spec() {
-        let total: usize = NAMES.lines().filter(|l| !l.is_empty()).map(|n| real_shape(n).unwrap().iter().product::<usize>()).sum();
-        assert_eq!(NAMES.lines().filter(|l| !l.is_empty()).count(), 2710);
+        assert_eq!(weight_names().count(), 2710);
+        let total: usize = weight_names().map(|n| real_shape(n).unwrap().iter().product::<usize>()).sum();
         assert_eq!(total, REAL_PARAMS);
+    }
+
+    #[test]
+    fn unknown_names_are_errors() {
+        for name in ["model.layers.x.mlp.gate.weight", "model.sam_model.blocks.0.attn.foo.weight", "foo", ""] {
+            assert!(matches!(real_shape(name), Err(RandomCheckpointError::UnknownTensor(_))), "{name}");
+        }
+    }
+
+    #[test]
+    fn real_config_parses_to_the_real_model() {
+        let parsed = ModelConfig::from_json(&real_config()).unwrap();
+        let real = ModelConfig::default();
+        assert_eq!(parsed.decoder.hidden_size, 1280);
+        assert_eq!(parsed.decoder.vocab_size, 129280);
+        assert_eq!(parsed.decoder.num_hidden_layers, 12);
+        assert_eq!(parsed.decoder.hidden_size, real.decoder.hidden_size);
+        assert_eq!(parsed.encoder.feature_dim(), real.encoder.feature_dim());
+        assert_eq!(parsed.projector.input_dim, 2048);
     }
 }
