@@ -698,19 +698,7 @@ impl StdoutDoc {
     }
 
     fn push_failed(&mut self, page_no: usize, error: String) {
-        self.pages.push(PageJson {
-            page: page_no,
-            width: 0,
-            height: 0,
-            finish_reason: None,
-            complete: false,
-            prompt_tokens: 0,
-            generated_tokens: 0,
-            markdown: String::new(),
-            blocks: Vec::new(),
-            warnings: Vec::new(),
-            error: Some(error),
-        });
+        self.pages.push(PageJson::failed(page_no, error));
         self.push_text("", "", true);
     }
 

@@ -87,6 +87,25 @@ pub struct PageJson {
     pub error: Option<String>,
 }
 
+impl PageJson {
+    /// The entry of a page that could not be rendered or run: only its number and the error.
+    pub fn failed(page: usize, error: String) -> Self {
+        Self {
+            page,
+            width: 0,
+            height: 0,
+            finish_reason: None,
+            complete: false,
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            markdown: String::new(),
+            blocks: Vec::new(),
+            warnings: Vec::new(),
+            error: Some(error),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockJson {
     /// Reading order (index of the block in the output).

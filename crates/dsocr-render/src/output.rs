@@ -323,19 +323,7 @@ impl DocumentWriter {
         let page_no = self.pages.len() + 1;
         let (json, raw) = match page {
             PageInput::Failed { error } => (
-                PageJson {
-                    page: page_no,
-                    width: 0,
-                    height: 0,
-                    finish_reason: None,
-                    complete: false,
-                    prompt_tokens: 0,
-                    generated_tokens: 0,
-                    markdown: String::new(),
-                    blocks: Vec::new(),
-                    warnings: Vec::new(),
-                    error: Some(error),
-                },
+                PageJson::failed(page_no, error),
                 String::new(),
             ),
             PageInput::Generated(g) => self.generated_page(page_no, g)?,
