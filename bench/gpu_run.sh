@@ -10,14 +10,15 @@ BIN=/tmp/dsocr
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
 if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" / 2>/dev/null; done; ldconfig; fi
 [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-# A pre-warmed CubeCL cache carried from an earlier call, if any.
-if [ -f .carry/cubecl-cache.tar.gz ]; then mkdir -p ~/.cache && tar -xzf .carry/cubecl-cache.tar.gz -C ~/.cache; fi
+# dsocr keeps compiled kernels in ~/.cache/dsocr/kernels (DSOCR_KERNEL_CACHE overrides); the
+# first process on a fresh machine fills it, later ones start from it. FRESH=1 empties it first.
+[ "${FRESH:-0}" = 1 ] && rm -rf ~/.cache/dsocr/kernels
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 FIX=tests/fixtures/reference-tiny
-step() { # name, command...
+step() { # name, command... (each step at most $LIMIT seconds)
   local name=$1; shift
   local t0=$EPOCHREALTIME
-  "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  timeout "${LIMIT:-300}" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   local t1=$EPOCHREALTIME
   printf '%-28s rc=%d  %s s\n' "$name" $rc "$(awk "BEGIN{printf \"%.1f\", $t1 - $t0}")" | tee -a "$OUT/summary.txt"
   tail -3 "$OUT/$name.log" | sed 's/^/    /'
@@ -32,8 +33,9 @@ parity|all)
   ;;&
 bench|all)
   mkdir -p /tmp/full
-  step bench-cuda-bf16 $BIN bench --model /tmp/full --device cuda --precision bf16 --json "$OUT/bench-cuda.json"
+  # The same page, prompt and forced lengths for both; PyTorch first, so dsocr's table can show ratios.
+  [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
   step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --json "$OUT/torch.json"
+  step bench-cuda-bf16 $BIN bench --model /tmp/full --device cuda --precision bf16 --json "$OUT/bench-cuda.json" --compare "$OUT/torch.json"
   ;;
 esac
-tar -czf "$OUT/cubecl-cache.tar.gz" -C ~/.cache cubecl 2>/dev/null || true

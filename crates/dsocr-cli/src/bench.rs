@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// JSON written by `bench/torch_reference.py --bench ... --json FILE` on the same machine:
+    /// adds a table of dsocr / PyTorch ratios.
+    #[arg(long)]
+    compare: Option<PathBuf>,
     /// MoE expert path: auto, on-device or host-grouped.
     #[arg(long, default_value = "auto")]
     experts: String,
@@ -288,6 +292,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     report.machine.loadavg_end = loadavg();
 
     println!("{}", markdown(&report));
+    if let Some(path) = &args.compare {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let torch: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+        println!("{}", comparison(&report, &torch));
+    }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
@@ -333,6 +343,12 @@ fn run_stages(args: &BenchArgs, model: &DeepseekOcr, report: &mut Report, mem: &
             total: Timing::new(cold_total, totals),
             preprocess: Timing::new(cold_prep, preps),
         };
+        eprintln!(
+            "  = vision {mode:?} ({} tiles): cold {}, warm median {}",
+            result.tiles,
+            fmt_s(result.total.cold_s),
+            fmt_s(result.total.median_s)
+        );
         Ok((result, keep.then_some(out)))
     };
     if !args.skip_vision {
@@ -377,6 +393,7 @@ fn run_stages(args: &BenchArgs, model: &DeepseekOcr, report: &mut Report, mem: &
             last = Some((cache, token));
         }
         let time = Timing::new(cold, runs);
+        eprintln!("  = prefill {len} tokens: cold {}, warm median {}", fmt_s(time.cold_s), fmt_s(time.median_s));
         report.prefill = Some(PrefillResult { prompt_tokens: len, tokens_per_s: len as f64 / time.median_s, time });
 
         // One decode step, part by part, continuing the last prefill.
@@ -399,13 +416,18 @@ fn run_stages(args: &BenchArgs, model: &DeepseekOcr, report: &mut Report, mem: &
                     argmax.push((t3 - t2).as_secs_f64() * 1e3);
                 }
                 mem.sample();
-                report.decode_step_breakdown = Some(BreakdownResult {
+                let b = BreakdownResult {
                     context: len,
                     steps: BREAKDOWN_STEPS,
                     layers_ms: median(&layers).unwrap_or(f64::NAN),
                     lm_head_ms: median(&head).unwrap_or(f64::NAN),
                     argmax_ms: median(&argmax).unwrap_or(f64::NAN),
-                });
+                };
+                eprintln!(
+                    "  = decode step: layers {:.2} ms, lm_head {:.2} ms, argmax + read back {:.2} ms",
+                    b.layers_ms, b.lm_head_ms, b.argmax_ms
+                );
+                report.decode_step_breakdown = Some(b);
             }
         }
     }
@@ -444,12 +466,14 @@ fn run_stages(args: &BenchArgs, model: &DeepseekOcr, report: &mut Report, mem: &
         let (prompt_tokens, stamps) = once()?;
         mem.sample();
         let cold = rate(&stamps);
+        eprintln!("  = {cold:.2} tokens/s");
         let (mut rates, mut steps) = (Vec::new(), Vec::new());
         for i in 0..repeat {
             eprintln!("decode {} tokens: warm run {}/{repeat}", args.decode_tokens, i + 1);
             let (_, stamps) = once()?;
             mem.sample();
             rates.push(rate(&stamps));
+            eprintln!("  = {:.2} tokens/s", rate(&stamps));
             steps.extend(stamps.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3));
         }
         if steps.is_empty() {
@@ -496,6 +520,7 @@ fn run_stages(args: &BenchArgs, model: &DeepseekOcr, report: &mut Report, mem: &
         page()?;
         let cold = start.elapsed().as_secs_f64();
         mem.sample();
+        eprintln!("  = first page {}", fmt_s(cold));
         let mut rates = Vec::new();
         for i in 0..repeat {
             eprintln!("pages: warm stream {}/{repeat} ({} pages)", i + 1, args.pages);
@@ -505,6 +530,7 @@ fn run_stages(args: &BenchArgs, model: &DeepseekOcr, report: &mut Report, mem: &
             }
             rates.push(args.pages as f64 / start.elapsed().as_secs_f64());
             mem.sample();
+            eprintln!("  = {:.3} pages/s", rates[rates.len() - 1]);
         }
         report.pages = Some(PagesResult {
             pages: args.pages,
@@ -774,6 +800,62 @@ fn markdown(r: &Report) -> String {
     out
 }
 
+/// The dsocr / PyTorch table: for times, speed-up = PyTorch time / dsocr time; for rates,
+/// dsocr rate / PyTorch rate; memory as a plain ratio. Values the reference lacks are `n/a`.
+fn comparison(r: &Report, torch: &serde_json::Value) -> String {
+    let num = |path: &[&str]| -> Option<f64> {
+        let mut v = torch;
+        for key in path {
+            v = v.get(key)?;
+        }
+        v.as_f64()
+    };
+    let ms = |s: f64| format!("{:.1} ms", s * 1e3);
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let mut time_row = |name: &str, ours: Option<f64>, theirs: Option<f64>, fmt: &dyn Fn(f64) -> String| {
+        if let Some(ours) = ours {
+            let ratio = theirs.map_or("n/a".into(), |t| format!("{:.2}×", t / ours));
+            rows.push((name.into(), fmt(ours), theirs.map_or("n/a".into(), fmt), ratio));
+        }
+    };
+    time_row("model load", Some(r.load_s), num(&["load", "cold_s"]), &|s| format!("{s:.2} s"));
+    time_row(
+        "vision, Gundam page",
+        r.vision_gundam.as_ref().map(|v| v.total.median_s),
+        num(&["vision_gundam", "total", "median_s"]),
+        &ms,
+    );
+    time_row("vision, Base", r.vision_base.as_ref().map(|v| v.total.median_s), num(&["vision_base", "total", "median_s"]), &ms);
+    time_row("prefill", r.prefill.as_ref().map(|p| p.time.median_s), num(&["prefill", "time", "median_s"]), &ms);
+    let mut rate_row = |name: &str, ours: Option<f64>, theirs: Option<f64>, unit: &str| {
+        if let Some(ours) = ours {
+            let ratio = theirs.map_or("n/a".into(), |t| format!("{:.2}×", ours / t));
+            rows.push((name.into(), format!("{ours:.2} {unit}"), theirs.map_or("n/a".into(), |t| format!("{t:.2} {unit}")), ratio));
+        }
+    };
+    rate_row("decode, batch 1", r.decode.as_ref().map(|d| d.tokens_per_s), num(&["decode", "tokens_per_s"]), "tokens/s");
+    rate_row("pages", r.pages.as_ref().map(|p| p.pages_per_s), num(&["pages", "pages_per_s"]), "pages/s");
+    if let Some(ours) = r.memory.device_reserved_peak_bytes {
+        let theirs = num(&["memory", "device_reserved_peak_bytes"]);
+        rows.push((
+            "peak device memory (reserved)".into(),
+            fmt_bytes(Some(ours)),
+            theirs.map_or("n/a".into(), |t| fmt_bytes(Some(t as u64))),
+            theirs.map_or("n/a".into(), |t| format!("{:.2}× of PyTorch's", ours as f64 / t)),
+        ));
+    }
+    let device = torch.get("device").and_then(|d| d.as_str()).unwrap_or("?");
+    let dtype = torch.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
+    let mut out = format!(
+        "dsocr ({} {}) vs PyTorch reference ({device}, {dtype}); speed-up > 1 means dsocr is faster\n\n| measurement | dsocr | PyTorch | speed-up |\n|---|---|---|---|\n",
+        r.backend, r.precision
+    );
+    for (name, ours, theirs, ratio) in rows {
+        out.push_str(&format!("| {name} | {ours} | {theirs} | {ratio} |\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -803,5 +885,66 @@ mod tests {
         let status = ProcStatus::read();
         let (rss, hwm) = (status.rss.unwrap(), status.hwm.unwrap());
         assert!(rss > 0 && hwm >= rss, "rss {rss} hwm {hwm}");
+    }
+
+    #[test]
+    fn comparison_ratios_point_the_right_way() {
+        let timing = |s: f64| Timing::new(s, vec![s]);
+        let report = Report {
+            backend: "cuda".into(),
+            precision: "bf16".into(),
+            expert_dispatch: "Auto".into(),
+            machine: Machine { cpu: "x".into(), cores: 1, memory_bytes: None, gpu: None, loadavg_start: None, loadavg_end: None },
+            model: "m".into(),
+            random_checkpoint_written: false,
+            parameters: 1,
+            image: "i".into(),
+            repeat: 1,
+            load_s: 2.0,
+            vision_gundam: Some(VisionResult {
+                mode: "gundam".into(),
+                tiles: 6,
+                grid: [3, 2],
+                image_tokens: 1,
+                total: timing(0.050),
+                preprocess: timing(0.01),
+            }),
+            vision_base: None,
+            prefill: None,
+            decode: Some(DecodeResult {
+                prompt_tokens: 1,
+                tokens: 10,
+                cold_tokens_per_s: 1.0,
+                tokens_per_s: 100.0,
+                runs_tokens_per_s: vec![100.0],
+                step_ms_median: 10.0,
+                step_ms_p90: 10.0,
+                step_ms_first_tenth: 10.0,
+                step_ms_last_tenth: 10.0,
+            }),
+            decode_step_breakdown: None,
+            pages: None,
+            memory: Memory {
+                peak_rss_bytes: None,
+                rss_after_load_bytes: None,
+                peak_rss_after_load_bytes: None,
+                rss_anon_end_bytes: None,
+                rss_file_end_bytes: None,
+                device_reserved_peak_bytes: None,
+                device_in_use_peak_bytes: None,
+                nvidia_smi_process_bytes: None,
+            },
+        };
+        let torch = serde_json::json!({
+            "device": "H100", "dtype": "bfloat16",
+            "load": {"cold_s": 4.0},
+            "vision_gundam": {"total": {"median_s": 0.1}},
+            "decode": {"tokens_per_s": 50.0}
+        });
+        let table = comparison(&report, &torch);
+        assert!(table.contains("| model load | 2.00 s | 4.00 s | 2.00× |"), "{table}");
+        assert!(table.contains("| vision, Gundam page | 50.0 ms | 100.0 ms | 2.00× |"), "{table}");
+        assert!(table.contains("| decode, batch 1 | 100.00 tokens/s | 50.00 tokens/s | 2.00× |"), "{table}");
+        assert!(!table.contains("prefill"), "stages dsocr skipped are left out: {table}");
     }
 }

@@ -2,9 +2,7 @@
 //! q/k/v/o projections, rotate-half RoPE on q and k, causal softmax(q kᵀ / √d) v.
 
 use burn::prelude::*;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use dsocr_weights::nn::Linear;
+use dsocr_weights::nn::{attention, Linear};
 use dsocr_weights::VarBuilder;
 
 use crate::kv_cache::KvCache;
@@ -56,12 +54,17 @@ impl Attention {
 
         let q = rope.apply(q, cos, sin);
         let k = rope.apply(k, cos, sin);
-        let (k, v) = cache.append(layer, k, v);
-
-        // Causal masking is bottom-right aligned (query i sees keys 0..=past + i); a single new
-        // token sees the whole cache, so it needs no mask.
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: t > 1 };
-        let out = attention(q, k, v, None, None, options); // [b, heads, t, head_dim]
+        // A decode step attends over the whole preallocated cache with the unwritten positions
+        // masked (fixed shapes within a chunk, see `KvCache::append_padded`). A prompt attends
+        // over the written positions with a causal mask that is bottom-right aligned (query i
+        // sees keys 0..=past + i).
+        let out = if t == 1 {
+            let (k, v, mask) = cache.append_padded(layer, k, v);
+            attention(q, k, v, None, Some(mask), false)
+        } else {
+            let (k, v) = cache.append(layer, k, v);
+            attention(q, k, v, None, None, true)
+        }; // [b, heads, t, head_dim]
         let out = out.swap_dims(1, 2).reshape([b, t, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }

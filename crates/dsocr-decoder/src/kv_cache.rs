@@ -23,12 +23,22 @@ pub struct KvCache {
     layers: Vec<LayerCache>,
     len: usize,
     chunk: usize,
+    /// `0..capacity` on the device, made once per capacity (for the decode mask).
+    positions: Option<Tensor<1, Int>>,
+    /// The decode mask of the current step: (valid length, capacity, `[1, 1, 1, capacity]`).
+    mask: Option<(usize, usize, Tensor<4, Bool>)>,
 }
 
 impl KvCache {
     /// An empty cache for `num_layers` layers that grows by `chunk` positions (min 1).
     pub fn new(num_layers: usize, chunk: usize) -> Self {
-        Self { layers: vec![LayerCache::default(); num_layers], len: 0, chunk: chunk.max(1) }
+        Self {
+            layers: vec![LayerCache::default(); num_layers],
+            len: 0,
+            chunk: chunk.max(1),
+            positions: None,
+            mask: None,
+        }
     }
 
     /// Number of cached positions (the position of the next token).
@@ -70,6 +80,48 @@ impl KvCache {
         let v_all = write(&mut entry.v, v, start, end, chunk);
         debug_assert_eq!(k_all.dims(), [b, h, end, d]);
         (k_all, v_all)
+    }
+
+    /// Like [`append`](Self::append), but returns the whole buffers `[batch, heads, capacity,
+    /// head_dim]` and a mask `[1, 1, 1, capacity]` that is `true` at the positions not written
+    /// yet (`len + t..capacity`).
+    ///
+    /// Used by decode steps: every step of a chunk then has the same shapes, so the GPU
+    /// backends reuse their compiled and fused kernels instead of building new ones for each
+    /// context length, and no strided view of the cache reaches the attention.
+    pub(crate) fn append_padded(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>, Tensor<4, Bool>) {
+        let t = k.dims()[2];
+        let (start, end) = (self.len, self.len + t);
+        let chunk = self.chunk;
+        let entry = &mut self.layers[layer];
+        write(&mut entry.k, k, start, end, chunk);
+        write(&mut entry.v, v, start, end, chunk);
+        let (k_all, v_all) = match (&entry.k, &entry.v) {
+            (Some(k), Some(v)) => (k.clone(), v.clone()),
+            _ => unreachable!("write always leaves a buffer"),
+        };
+        let mask = self.mask(end, k_all.dims()[2], &k_all.device());
+        (k_all, v_all, mask)
+    }
+
+    /// `positions >= valid` as `[1, 1, 1, capacity]`, shared by all layers of a step.
+    fn mask(&mut self, valid: usize, capacity: usize, device: &Device) -> Tensor<4, Bool> {
+        if let Some((v, c, mask)) = &self.mask {
+            if (*v, *c) == (valid, capacity) {
+                return mask.clone();
+            }
+        }
+        let positions = match &self.positions {
+            Some(p) if p.dims()[0] == capacity => p.clone(),
+            _ => {
+                let p = Tensor::<1, Int>::arange(0..capacity as i64, device);
+                self.positions = Some(p.clone());
+                p
+            }
+        };
+        let mask = positions.greater_equal_elem(valid as i64).reshape([1, 1, 1, capacity]);
+        self.mask = Some((valid, capacity, mask.clone()));
+        mask
     }
 
     pub(crate) fn advance(&mut self, t: usize) {

@@ -25,6 +25,11 @@ impl Mlp {
         })
     }
 
+    /// `[gate_proj, up_proj, down_proj]` weights in PyTorch `[out, in]` layout (views).
+    pub fn weights(&self) -> [Tensor<2>; 3] {
+        [&self.gate_proj, &self.up_proj, &self.down_proj].map(|l| l.weight.clone().transpose())
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let gate = silu(self.gate_proj.forward(x.clone()));
         self.down_proj.forward(gate * self.up_proj.forward(x))

@@ -9,22 +9,27 @@
 //! y      = y + Shared(x)                         one SwiGLU of width n_shared · moe_intermediate
 //! ```
 //!
-//! The routed experts are packed at load into `gate_up: [E, 2I, d]` (each expert's `gate_proj`
-//! rows, then its `up_proj` rows: the stacked PyTorch `[out, in]` layouts) and `down: [E, d, I]`;
-//! the matmuls see them through transposed views (`[E, d, 2I]` and `[E, I, d]`), so no weight is
-//! transposed on the host.
+//! The routed experts are stored in one of two ways, chosen by the expert path:
+//! - **packed** (GPU backends): `gate_up: [E, 2I, d]` (each expert's `gate_proj` rows, then its
+//!   `up_proj` rows: the stacked PyTorch `[out, in]` layouts) and `down: [E, d, I]`, so that the
+//!   chosen experts can be `select`ed on the device; the matmuls see them through transposed
+//!   views, so no weight is transposed on the host;
+//! - **separate** (CPU backends): one [`Mlp`] per expert, each weight a zero-copy view of the
+//!   memory-mapped checkpoint. Packing would copy all 64 experts of all layers into anonymous
+//!   memory (4.5 GiB in bf16) on top of the mapped file.
 //!
 //! Two ways of running the experts, with the same math:
 //! - [`Moe::forward_gathered`] (decode, few tokens): `select` the chosen experts' weights on the
-//!   device and run one batched matmul per projection; no host round trip.
+//!   device and run one batched matmul per projection; no host round trip. Needs packed experts.
 //! - [`Moe::forward_grouped`] (prefill): the top-k indices are read to the host ONCE per layer,
-//!   tokens are grouped per active expert, and each active expert runs one matmul on its rows.
+//!   tokens are grouped per active expert, and each active expert runs on its rows. Either store.
 //!
 //! [`ExpertDispatch`] picks between them.
 
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{DType, IndexingUpdateOp};
+use dsocr_weights::backend::is_host_device;
 use dsocr_weights::nn::Linear;
 use dsocr_weights::VarBuilder;
 
@@ -58,29 +63,23 @@ impl ExpertDispatch {
     }
 }
 
-/// Whether `device` is one of the CPU backends that compute in host memory.
-#[allow(unused_variables)]
-fn is_host_device(device: &Device) -> bool {
-    #[cfg(feature = "cpu")]
-    if *device == Device::flex() {
-        return true;
-    }
-    #[cfg(feature = "ndarray")]
-    #[allow(deprecated)]
-    if *device == Device::ndarray() {
-        return true;
-    }
-    false
+/// The routed experts' weights (module docs).
+#[derive(Debug, Clone)]
+enum Experts {
+    Packed {
+        /// `[E, 2I, d]`: rows `0..I` are `gate_proj`, rows `I..2I` are `up_proj` of each expert.
+        gate_up: Tensor<3>,
+        /// `[E, d, I]`: `down_proj` of each expert.
+        down: Tensor<3>,
+    },
+    Separate(Vec<Mlp>),
 }
 
 #[derive(Debug, Clone)]
 pub struct Moe {
     /// Router `gate.weight` `[E, d]` (as a Linear to `E` logits).
     router: Linear,
-    /// `[E, 2I, d]`: rows `0..I` are `gate_proj`, rows `I..2I` are `up_proj` of each expert.
-    gate_up: Tensor<3>,
-    /// `[E, d, I]`: `down_proj` of each expert.
-    down: Tensor<3>,
+    experts: Experts,
     shared: Option<Mlp>,
     num_experts: usize,
     top_k: usize,
@@ -106,19 +105,12 @@ impl Moe {
         };
         let router = Linear::load(&vb.pp("gate"), d, num_experts, false)?;
 
-        // One copy into the packed tensors: [g0, u0, g1, u1, ...] each [1, I, d], concatenated
-        // to [2E, I, d], which is [E, 2I, d] in the same memory.
         let experts = vb.pp("experts");
-        let mut gate_up = Vec::with_capacity(2 * num_experts);
-        let mut down = Vec::with_capacity(num_experts);
-        for e in 0..num_experts {
-            let ev = experts.pp(e);
-            gate_up.push(ev.pp("gate_proj").get("weight", [i, d])?.unsqueeze::<3>());
-            gate_up.push(ev.pp("up_proj").get("weight", [i, d])?.unsqueeze::<3>());
-            down.push(ev.pp("down_proj").get("weight", [d, i])?.unsqueeze::<3>());
-        }
-        let gate_up = Tensor::cat(gate_up, 0).reshape([num_experts, 2 * i, d]);
-        let down = Tensor::cat(down, 0);
+        let experts = (0..num_experts)
+            .map(|e| Mlp::load(&experts.pp(e), d, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let gather_on_device = ExpertDispatch::Auto.gathers_on(vb.device());
+        let experts = if gather_on_device { pack(&experts) } else { Experts::Separate(experts) };
 
         let shared = match cfg.shared_intermediate_size() {
             Some(width) => Some(Mlp::load(&vb.pp("shared_experts"), d, width)?),
@@ -126,20 +118,23 @@ impl Moe {
         };
         Ok(Self {
             router,
-            gate_up,
-            down,
+            experts,
             shared,
             num_experts,
             top_k,
             intermediate: i,
             norm_topk_prob: cfg.norm_topk_prob,
             routed_scaling_factor: cfg.routed_scaling_factor,
-            gather_on_device: ExpertDispatch::Auto.gathers_on(vb.device()),
+            gather_on_device,
         })
     }
 
+    /// Chooses the expert path; packs the experts (one copy) if on-device gathering needs it.
     pub fn set_dispatch(&mut self, dispatch: ExpertDispatch) {
-        self.gather_on_device = dispatch.gathers_on(&self.gate_up.device());
+        self.gather_on_device = dispatch.gathers_on(&self.router.weight.device());
+        if let (true, Experts::Separate(experts)) = (self.gather_on_device, &self.experts) {
+            self.experts = pack(experts);
+        }
     }
 
     /// `x: [batch, t, d]` → `[batch, t, d]`.
@@ -150,6 +145,7 @@ impl Moe {
         // Selecting weights copies k expert matrices per token: worth it only while that is
         // fewer than all experts (always true for one decode token).
         let routed = if self.gather_on_device && b * t * self.top_k <= self.num_experts {
+            // `gather_on_device` implies packed experts (load / set_dispatch).
             self.forward_gathered(x.clone(), indices, weights)
         } else {
             self.forward_grouped(x.clone(), indices, weights)
@@ -180,7 +176,13 @@ impl Moe {
 
     /// All on the device: gather the chosen experts' weights and run batched matmuls.
     /// `x: [n, d]`, `indices: [n, k]`, `weights: [n, k]` f32 → `[n, d]`.
+    ///
+    /// The experts must be packed ([`ExpertDispatch::OnDevice`] or a GPU device); with separate
+    /// experts this falls back to [`forward_grouped`](Self::forward_grouped).
     pub fn forward_gathered(&self, x: Tensor<2>, indices: Tensor<2, Int>, weights: Tensor<2>) -> Tensor<2> {
+        let Experts::Packed { gate_up, down } = &self.experts else {
+            return self.forward_grouped(x, indices, weights);
+        };
         let [n, d] = x.dims();
         let (k, i) = (self.top_k, self.intermediate);
         let dtype = x.dtype();
@@ -188,11 +190,11 @@ impl Moe {
 
         // Token j's row repeated for each of its k experts: [n·k, 1, d].
         let xs = x.unsqueeze_dim::<3>(1).repeat_dim(1, k).reshape([n * k, 1, d]);
-        let gate_up = self.gate_up.clone().select(0, flat.clone()); // [n·k, 2I, d]
-        let h = xs.matmul(gate_up.swap_dims(1, 2)); // [n·k, 1, 2I]
+        let gate_up = gate_up.clone().select(0, flat.clone()); // [n·k, 2I, d]
+        let h = matvec(gate_up, xs); // [n·k, 1, 2I]
         let act = silu(h.clone().narrow(2, 0, i)) * h.narrow(2, i, i);
-        let down = self.down.clone().select(0, flat); // [n·k, d, I]
-        let y = act.matmul(down.swap_dims(1, 2)); // [n·k, 1, d]
+        let down = down.clone().select(0, flat); // [n·k, d, I]
+        let y = matvec(down, act); // [n·k, 1, d]
 
         let y = y.reshape([n, k, d]).cast(DType::F32) * weights.unsqueeze_dim::<3>(2);
         y.sum_dim(1).reshape([n, d]).cast(dtype)
@@ -228,17 +230,51 @@ impl Moe {
             let slots = Tensor::<1, Int>::from_data(TensorData::new(slots, [m]), &device);
 
             let xe = x.clone().select(0, rows.clone()); // [m, d]
-            let gate_up = self.gate_up.clone().narrow(0, expert, 1).reshape([2 * i, d]);
-            let h = xe.matmul(gate_up.transpose()); // [m, 2I]
-            let act = silu(h.clone().narrow(1, 0, i)) * h.narrow(1, i, i);
-            let down = self.down.clone().narrow(0, expert, 1).reshape([d, i]);
-            let ye = act.matmul(down.transpose()); // [m, d]
+            let ye = match &self.experts {
+                Experts::Separate(experts) => experts[expert].forward(xe),
+                Experts::Packed { gate_up, down } => {
+                    let gate_up = gate_up.clone().narrow(0, expert, 1).reshape([2 * i, d]);
+                    let h = xe.matmul(gate_up.transpose()); // [m, 2I]
+                    let act = silu(h.clone().narrow(1, 0, i)) * h.narrow(1, i, i);
+                    let down = down.clone().narrow(0, expert, 1).reshape([d, i]);
+                    act.matmul(down.transpose()) // [m, d]
+                }
+            };
 
             let we = weights.clone().select(0, slots).unsqueeze_dim::<2>(1); // [m, 1]
             out = out.select_assign(0, rows, ye.cast(DType::F32) * we, IndexingUpdateOp::Add);
         }
         out.cast(dtype)
     }
+}
+
+/// `w: [m, out, in]` (PyTorch layout, rows contiguous) times `x: [m, 1, in]` → `[m, 1, out]`.
+///
+/// A batch of matrix-vector products, written as a multiply and a sum over the contiguous `in`
+/// axis (the GPU backends accumulate half-precision sums in f32, like a matmul). It reads each
+/// weight once; the untuned tiled matmul kernels (tensor-core tiles of 16 rows) were measured
+/// far slower on the H100 for one row per matrix (docs/performance.md).
+fn matvec(w: Tensor<3>, x: Tensor<3>) -> Tensor<3> {
+    let [m, out, _] = w.dims();
+    (w * x).sum_dim(2).reshape([m, 1, out])
+}
+
+/// Packs separate experts into `gate_up: [E, 2I, d]` and `down: [E, d, I]` (one copy):
+/// `[g0, u0, g1, u1, ...]` each `[1, I, d]`, concatenated to `[2E, I, d]`, which is
+/// `[E, 2I, d]` in the same memory.
+fn pack(experts: &[Mlp]) -> Experts {
+    let mut gate_up = Vec::with_capacity(2 * experts.len());
+    let mut down = Vec::with_capacity(experts.len());
+    for expert in experts {
+        let [gate, up, d] = expert.weights();
+        gate_up.push(gate.unsqueeze::<3>());
+        gate_up.push(up.unsqueeze::<3>());
+        down.push(d.unsqueeze::<3>());
+    }
+    let [_, i, d] = gate_up[0].dims();
+    let gate_up = Tensor::cat(gate_up, 0).reshape([experts.len(), 2 * i, d]);
+    let down = Tensor::cat(down, 0);
+    Experts::Packed { gate_up, down }
 }
 
 #[cfg(test)]
@@ -249,7 +285,8 @@ mod tests {
 
     use super::*;
 
-    /// The on-device (decode) and host-grouped (prefill) paths agree on the fixture's layer 1.
+    /// The on-device (decode) and host-grouped (prefill) paths agree on the fixture's layer 1,
+    /// with packed and with separate experts.
     #[test]
     fn gathered_and_grouped_paths_agree() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/reference-tiny");
@@ -257,17 +294,26 @@ mod tests {
         let cfg = DecoderConfig::from_hf_config_file(format!("{dir}/config.json")).unwrap();
         let files = Arc::new(SafetensorsFiles::open(format!("{dir}/model.safetensors")).unwrap());
         let vb = VarBuilder::new(files, &device, DType::F32);
-        let moe = Moe::load(&vb.pp("model.layers.1.mlp"), &cfg).unwrap();
+        let separate = Moe::load(&vb.pp("model.layers.1.mlp"), &cfg).unwrap();
+        assert!(matches!(separate.experts, Experts::Separate(_)), "CPU keeps the experts as loaded");
+        let mut packed = separate.clone();
+        packed.set_dispatch(ExpertDispatch::OnDevice);
+        assert!(matches!(packed.experts, Experts::Packed { .. }), "on-device gathering packs them");
 
         let n = 7;
         let values: Vec<f32> = (0..n * cfg.hidden_size).map(|j| ((j * 37 % 101) as f32 / 50.0) - 1.0).collect();
         let x = Tensor::<2>::from_data(TensorData::new(values, [n, cfg.hidden_size]), &device);
-        let (idx, w) = moe.route(x.clone());
-        let a: Vec<f32> = moe.forward_gathered(x.clone(), idx.clone(), w.clone()).into_data().iter::<f32>().collect();
-        let b: Vec<f32> = moe.forward_grouped(x, idx, w).into_data().iter::<f32>().collect();
-        let max = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
-        assert!(max < 1e-5, "max diff {max}");
-        assert!(a.iter().any(|v| v.abs() > 1e-3), "degenerate output");
+        let (idx, w) = separate.route(x.clone());
+        let host = |t: Tensor<2>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
+        let reference = host(separate.forward_grouped(x.clone(), idx.clone(), w.clone()));
+        assert!(reference.iter().any(|v| v.abs() > 1e-3), "degenerate output");
+        for (name, out) in [
+            ("gathered", packed.forward_gathered(x.clone(), idx.clone(), w.clone())),
+            ("grouped on packed", packed.forward_grouped(x.clone(), idx.clone(), w.clone())),
+        ] {
+            let max = host(out).iter().zip(&reference).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            assert!(max < 1e-5, "{name}: max diff {max}");
+        }
     }
 }
 
@@ -292,8 +338,7 @@ mod bench {
                 weight: Tensor::<2>::random([d, e], Distribution::Normal(0.0, 0.02), &device),
                 bias: None,
             },
-            gate_up: rnd([e, 2 * i, d]),
-            down: rnd([e, d, i]),
+            experts: Experts::Packed { gate_up: rnd([e, 2 * i, d]), down: rnd([e, d, i]) },
             shared: None,
             num_experts: e,
             top_k: k,

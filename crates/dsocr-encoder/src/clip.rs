@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use dsocr_weights::nn::{LayerNorm, Linear};
+use dsocr_weights::nn::{attention, LayerNorm, Linear};
 use dsocr_weights::VarBuilder;
 
 use crate::interpolate::resize_bicubic_aa;
@@ -53,7 +51,7 @@ impl ClipAttention {
         let [q, k, v]: [Tensor<4>; 3] =
             std::array::from_fn(|i| qkv.clone().narrow(0, i, 1).reshape([b, self.heads, n, self.head_dim]));
         // Default scale = 1/sqrt(head_dim), no mask.
-        let y = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let y = attention(q, k, v, None, None, false);
         self.out_proj.forward(y.swap_dims(1, 2).reshape([b, n, w]))
     }
 }

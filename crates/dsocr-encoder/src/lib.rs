@@ -41,9 +41,10 @@
 //! Every tensor is created in the [`VarBuilder`]'s dtype (position tables are resized on the
 //! host in f32 and cast to it once at load time); pixels in another dtype are cast to it at the
 //! start of [`DeepEncoder::forward`]. In f32 the outputs match the PyTorch float32 reference to
-//! about 1e-5. In f16/bf16 everything runs in that dtype (like the vLLM path, spec §6.8);
-//! LayerNorm and the attention softmax are left to Burn, whose CPU kernels accumulate them in
-//! f32. Unlike HF's autocast run, the CLIP residual stream is then not kept in f32.
+//! about 1e-5. In f16/bf16 the matmuls, convolutions and residual streams run in that dtype
+//! (like the vLLM path, spec §6.8), while LayerNorm and the attention softmax compute in f32
+//! and cast back ([`dsocr_weights::nn::LayerNorm`], [`dsocr_weights::nn::attention`]), as HF's
+//! autocast does. Unlike HF's autocast run, the CLIP residual stream is not kept in f32.
 
 mod clip;
 mod config;

@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
-use burn::tensor::module::{attention, conv2d};
-use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, PadMode};
-use dsocr_weights::nn::{LayerNorm, Linear};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::{ConvOptions, PadMode};
+use dsocr_weights::nn::{attention, LayerNorm, Linear};
 use dsocr_weights::VarBuilder;
 
 use crate::interpolate::{resize_bicubic_aa, resize_linear};
@@ -157,7 +157,7 @@ impl SamAttention {
 
         let bias = self.rel_pos_bias(&q, h, w)?;
         // softmax(q·kᵀ / sqrt(head_dim) + bias) · v; default scale = 1/sqrt(head_dim).
-        let y = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
+        let y = attention(q, k, v, Some(bias), None, false);
         // Heads concatenated as head * head_dim + d.
         let y = y.swap_dims(1, 2).reshape([b, h, w, c]);
         Ok(self.proj.forward(y))

@@ -80,6 +80,10 @@ impl Backend {
                 self.feature()
             )));
         }
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        if matches!(self, Backend::Wgpu | Backend::Cuda) {
+            crate::kernel_cache::configure();
+        }
         let mut device = self.raw_device();
         let dtype = precision.float_dtype();
         if !device.supports_dtype(DType::from(dtype)) {
@@ -109,6 +113,22 @@ impl Backend {
         }
         Device::default()
     }
+}
+
+/// Whether `device` is one of the CPU backends (flex, ndarray), which compute in host memory.
+/// GPU backends pay a kernel launch per operation and prefer fewer, fused operations.
+#[allow(unused_variables)]
+pub fn is_host_device(device: &Device) -> bool {
+    #[cfg(feature = "cpu")]
+    if *device == Device::flex() {
+        return true;
+    }
+    #[cfg(feature = "ndarray")]
+    #[allow(deprecated)]
+    if *device == Device::ndarray() {
+        return true;
+    }
+    false
 }
 
 impl fmt::Display for Backend {

@@ -12,6 +12,8 @@
 
 pub mod backend;
 mod error;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod kernel_cache;
 pub mod nn;
 mod safetensors_files;
 mod var_builder;
