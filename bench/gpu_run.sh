@@ -2,7 +2,7 @@
 # GPU checks on the accelerator machine (docs/gpu.md, docs/performance.md).
 # Expects the dsocr binary (built here with `cargo build --profile gpu -p dsocr-cli --features cuda,wgpu`,
 # compressed to .carry/dsocr.xz) and, for WGPU, the Vulkan loader debs in .gl/.
-# Usage: bench/gpu_run.sh parity|bench|all   (writes logs under $OUT)
+# Usage: [LIMIT=s] [REPEAT=n] [FRESH=1] bench/gpu_run.sh parity|bench|all   (writes logs under $OUT)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 BIN=/tmp/dsocr
@@ -35,7 +35,8 @@ bench|all)
   mkdir -p /tmp/full
   # The same page, prompt and forced lengths for both; PyTorch first, so dsocr's table can show ratios.
   [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
-  step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --json "$OUT/torch.json"
-  step bench-cuda-bf16 $BIN bench --model /tmp/full --device cuda --precision bf16 --json "$OUT/bench-cuda.json" --compare "$OUT/torch.json"
+  R=${REPEAT:-3}
+  step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --json "$OUT/torch.json"
+  step bench-cuda-bf16 $BIN bench --model /tmp/full --device cuda --precision bf16 --repeat $R --json "$OUT/bench-cuda.json" --compare "$OUT/torch.json"
   ;;
 esac

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::gelu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::{ConvOptions, PadMode};
@@ -48,8 +49,19 @@ impl Conv2d {
     }
 
     /// `[B, in, H, W] → [B, out, H', W']`.
+    ///
+    /// In half precision the convolution runs in f32 and its output is rounded back, as cuDNN
+    /// does under HF's autocast (f32 accumulation): CubeCL's direct convolution (the one used
+    /// without autotune) accumulates in the tensor's own dtype, which cost ~0.2 abs on the
+    /// fixture's SAM output in bf16 (docs/parity.md).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        conv2d(x, self.weight.clone(), self.bias.clone(), self.options.clone())
+        let dtype = x.dtype();
+        if dtype == DType::F32 {
+            return conv2d(x, self.weight.clone(), self.bias.clone(), self.options.clone());
+        }
+        let weight = self.weight.clone().cast(DType::F32);
+        let bias = self.bias.clone().map(|b| b.cast(DType::F32));
+        conv2d(x.cast(DType::F32), weight, bias, self.options.clone()).cast(dtype)
     }
 
     /// Output side for an input side (square kernels, dilation 1).
