@@ -110,7 +110,11 @@ pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
                 let run = run_case(&model, &fixture, case).with_context(|| format!("running case {}", case.name))?;
                 for row in compare(&run, case, &golden, &tol) {
                     let tol = row.tolerance.map(|t| format!("{t:e}")).unwrap_or_else(|| "exact".into());
-                    let result = if row.pass { "ok".to_string() } else { format!("FAIL {}", row.note) };
+                    let result = match (row.pass, row.note.is_empty()) {
+                        (true, true) => "ok".to_string(),
+                        (true, false) => format!("ok ({})", row.note),
+                        (false, _) => format!("FAIL {}", row.note),
+                    };
                     println!("{:<44} {:>12.3e} {:>10}  {}", row.name, row.max_abs_diff, tol, result);
                     failures += usize::from(!row.pass);
                 }

@@ -215,7 +215,9 @@ impl Tolerances {
         match precision {
             Precision::F32 => Self { vision: 1e-4, hidden: 1e-3, logits: 1e-3 },
             Precision::F16 => Self { vision: 5e-2, hidden: 5e-2, logits: 5e-2 },
-            Precision::Bf16 => Self { vision: 2e-1, hidden: 2e-1, logits: 2e-1 },
+            // hidden: 0.24 measured on flex and 0.22 on CUDA, at |x| ≈ 4–5 where one bf16 ulp is
+            // 0.031 (docs/parity.md); 0.3 is about 10 ulps after 12 decoder layers.
+            Precision::Bf16 => Self { vision: 2e-1, hidden: 3e-1, logits: 2e-1 },
         }
     }
 
@@ -314,11 +316,34 @@ fn divergence_step(run: &CaseRun, name: &str, golden: &SafetensorsFiles) -> Opti
 }
 
 /// The reference's top-1 minus top-2 logit at generation step `step` (0: the prompt's last
-/// position), where the fixture records those logits.
+/// position), where the fixture records those logits: for this case, or else for another case
+/// of the fixture with the same `input_ids` and the same generated ids up to `step` (the same
+/// computation up to that point: `gundam_page_ngram` and `gundam_page` differ only in their
+/// repeat guard, and only `gundam_page` records decode logits).
 fn reference_margin(golden: &SafetensorsFiles, case: &Case, step: usize) -> Option<f64> {
+    if let Some(margin) = margin_of(golden, &case.name, step) {
+        return Some(margin);
+    }
+    let ids = |case: &str, what: &str| golden.to_f32_vec(&format!("{case}.{what}")).ok().map(|(_, v)| v);
+    let (input, generated) = (ids(&case.name, "input_ids")?, ids(&case.name, "generated_ids")?);
+    let prefix = &generated[..generated.len().min(step)];
+    golden.names().into_iter().filter_map(|n| n.strip_suffix(".input_ids")).find_map(|other| {
+        let same = other != case.name
+            && ids(other, "input_ids").is_some_and(|v| v == input)
+            && ids(other, "generated_ids").is_some_and(|v| v.len() >= prefix.len() && &v[..prefix.len()] == prefix);
+        if same {
+            margin_of(golden, other, step)
+        } else {
+            None
+        }
+    })
+}
+
+/// [`reference_margin`] from the logits recorded for `case` itself.
+fn margin_of(golden: &SafetensorsFiles, case: &str, step: usize) -> Option<f64> {
     let (name, row) = match step {
-        0 => (format!("{}.prefill_logits_tail", case.name), None),
-        s => (format!("{}.decode_logits", case.name), Some(s - 1)),
+        0 => (format!("{case}.prefill_logits_tail"), None),
+        s => (format!("{case}.decode_logits"), Some(s - 1)),
     };
     let (shape, values) = golden.to_f32_vec(&name).ok()?;
     let vocab = *shape.last()?;
@@ -425,6 +450,11 @@ mod tests {
         t.insert("c.prefill_logits_tail".into(), f32s(vec![2, 4], vec![0.0, 0.0, 0.0, 0.0, 2.0, 1.0, 0.0, 0.0]));
         t.insert("c.decode_logits".into(), f32s(vec![2, 4], vec![0.0, 1.0, 1.01, 0.0, 0.5, 0.0, 0.0, 0.0]));
         t.insert("c.generated_ids".into(), HostTensor::ids(&[0, 2, 0, 3, 3]));
+        t.insert("c.input_ids".into(), HostTensor::ids(&[5, 6]));
+        // Case `d`: same inputs and ids as `c`, prompt logits but no decode logits of its own.
+        t.insert("d.input_ids".into(), HostTensor::ids(&[5, 6]));
+        t.insert("d.prefill_logits_tail".into(), f32s(vec![2, 4], vec![0.0, 0.0, 0.0, 0.0, 2.0, 1.0, 0.0, 0.0]));
+        t.insert("d.generated_ids".into(), HostTensor::ids(&[0, 2, 0, 3, 3]));
         let path = dir.join("golden.safetensors");
         write_safetensors(&path, &t).unwrap();
         SafetensorsFiles::open(&path).unwrap()
@@ -438,6 +468,7 @@ mod tests {
         // After the divergence at step 2 our second decode row is computed on another token.
         t.insert("c.decode_logits".into(), f32s(vec![2, 4], vec![0.0, 1.0, 1.01, 0.0, 9.0, 9.0, 9.0, 9.0]));
         t.insert("c.generated_ids".into(), HostTensor::ids(ids));
+        t.insert("c.input_ids".into(), HostTensor::ids(&[5, 6]));
         CaseRun { tensors: t, prepared: None }
     }
 
@@ -484,6 +515,19 @@ mod tests {
         // Same divergence with a run accurate to 0.001: the margin is 5× larger, so it fails.
         let rows = compare(&run(&[0, 1, 0, 3, 3], 0.001), &case(), &golden, &tol);
         assert!(!ids_row(&rows).pass);
+
+        // A case without logits borrows them from a case with the same inputs and ids so far.
+        let mut sibling = run(&[0, 1, 0, 3, 3], 0.006);
+        sibling.tensors = sibling
+            .tensors
+            .into_iter()
+            .filter(|(k, _)| k != "c.decode_logits")
+            .map(|(k, v)| (k.replacen("c.", "d.", 1), v))
+            .collect();
+        let d = Case { name: "d".into(), ..case() };
+        let rows = compare(&sibling, &d, &golden, &tol);
+        let row = rows.iter().find(|r| r.name == "d.generated_ids").unwrap();
+        assert!(row.pass && row.note.contains("near-tie"), "{row:?}");
 
         // After the recorded steps there is no margin to justify it; shorter output too.
         let rows = compare(&run(&[0, 2, 0, 3, 1], 0.05), &case(), &golden, &tol);
