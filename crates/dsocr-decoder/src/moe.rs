@@ -12,15 +12,15 @@
 //! The routed experts are stored in one of two ways, chosen by the expert path:
 //! - **packed** (GPU backends): `gate_up: [E, 2I, d]` (each expert's `gate_proj` rows, then its
 //!   `up_proj` rows: the stacked PyTorch `[out, in]` layouts) and `down: [E, d, I]`, so that the
-//!   chosen experts can be `select`ed on the device; the matmuls see them through transposed
-//!   views, so no weight is transposed on the host;
+//!   chosen experts can be `select`ed on the device; no weight is transposed on the host;
 //! - **separate** (CPU backends): one [`Mlp`] per expert, each weight a zero-copy view of the
 //!   memory-mapped checkpoint. Packing would copy all 64 experts of all layers into anonymous
 //!   memory (4.5 GiB in bf16) on top of the mapped file.
 //!
 //! Two ways of running the experts, with the same math:
 //! - [`Moe::forward_gathered`] (decode, few tokens): `select` the chosen experts' weights on the
-//!   device and run one batched matmul per projection; no host round trip. Needs packed experts.
+//!   device and run one batched matrix-vector product per projection (`matvec`); no host
+//!   round trip. Needs packed experts.
 //! - [`Moe::forward_grouped`] (prefill): the top-k indices are read to the host ONCE per layer,
 //!   tokens are grouped per active expert, and each active expert runs on its rows. Either store.
 //!
@@ -174,7 +174,8 @@ impl Moe {
         (indices, weights)
     }
 
-    /// All on the device: gather the chosen experts' weights and run batched matmuls.
+    /// All on the device: gather the chosen experts' weights and run batched matrix-vector
+    /// products.
     /// `x: [n, d]`, `indices: [n, k]`, `weights: [n, k]` f32 → `[n, d]`.
     ///
     /// The experts must be packed ([`ExpertDispatch::OnDevice`] or a GPU device); with separate
