@@ -40,8 +40,7 @@ impl Linear {
         let (d_in, d_out) = (self.in_dim(), self.out_dim());
         let rows = dims[..D.saturating_sub(1)].iter().product::<usize>();
         let y = if rows == 1 && !crate::backend::is_host_device(&x.device()) {
-            let w = self.weight.clone().transpose(); // [out, in], rows contiguous
-            (w * x.reshape([1, d_in])).sum_dim(1).reshape([1, d_out])
+            self.matvec(x.reshape([1, d_in]))
         } else {
             x.reshape([rows, d_in]).matmul(self.weight.clone())
         };
@@ -52,6 +51,13 @@ impl Linear {
         let mut out = dims;
         out[D - 1] = d_out;
         y.reshape(out)
+    }
+
+    /// `x: [1, in]` → `[1, out]` as a multiply and a sum over the rows of the stored
+    /// `[out, in]` weight (the GPU decode path of [`forward`](Self::forward)).
+    fn matvec(&self, x: Tensor<2>) -> Tensor<2> {
+        let w = self.weight.clone().transpose(); // [out, in], rows contiguous
+        (w * x).sum_dim(1).reshape([1, self.out_dim()])
     }
 
     pub fn in_dim(&self) -> usize {
@@ -186,6 +192,22 @@ mod tests {
         assert!(max_diff(got, want.clone()) < 1e-2);
         let unmasked = attention(q, k, v, None, None, false);
         assert!(max_diff(unmasked, want) > 1e-2);
+    }
+
+    /// The GPU decode path of `Linear` (multiply + row sum) equals the matmul path.
+    #[test]
+    fn matvec_equals_matmul() {
+        let device = Backend::Cpu.device(Precision::F32).unwrap();
+        let linear = Linear {
+            weight: Tensor::<2>::random([24, 40], Distribution::Normal(0.0, 1.0), &device).transpose(),
+            bias: None,
+        };
+        let x = Tensor::<2>::random([1, 40], Distribution::Normal(0.0, 1.0), &device);
+        let want = x.clone().matmul(linear.weight.clone());
+        let got = linear.matvec(x);
+        assert_eq!(got.dims(), [1, 24]);
+        let diff: f32 = (got - want).abs().max().into_scalar();
+        assert!(diff < 1e-4, "{diff}");
     }
 
     #[test]
