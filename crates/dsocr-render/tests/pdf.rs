@@ -108,26 +108,9 @@ fn renders_pages_with_the_right_sizes_and_content() {
 
     // Page 2: the 2×2 image on 100..300 × 400..600 pt → x 200..600, y 483.78..883.78 px.
     let p2 = pages[1].as_ref().unwrap();
-    assert!(
-        near(px(p2, 300, 584), [255, 0, 0], 8),
-        "{:?}",
-        px(p2, 300, 584)
-    );
-    assert!(
-        near(px(p2, 500, 584), [0, 255, 0], 8),
-        "{:?}",
-        px(p2, 500, 584)
-    );
-    assert!(
-        near(px(p2, 300, 784), [0, 0, 255], 8),
-        "{:?}",
-        px(p2, 300, 784)
-    );
-    assert!(
-        near(px(p2, 500, 784), [255, 255, 255], 8),
-        "{:?}",
-        px(p2, 500, 784)
-    );
+    for (x, y, want) in [(300, 584, [255, 0, 0]), (500, 584, [0, 255, 0]), (300, 784, [0, 0, 255]), (500, 784, [255, 255, 255])] {
+        assert!(near(px(p2, x, y), want, 8), "({x}, {y}): {:?}, want {want:?}", px(p2, x, y));
+    }
     assert_eq!(px(p2, 100, 100), [255, 255, 255]);
 
     // Page 4 (/Rotate 90): the blue band along the page's bottom edge (y 0..100 pt) ends up on
