@@ -55,11 +55,8 @@ fn parity_passes_and_fails_with_exit_codes() {
     }
     let golden = std::fs::read(fixture_dir().join("golden.safetensors")).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&golden).unwrap();
-    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> =
+        tensors.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     for (name, _, _, data) in owned.iter_mut() {
         if name == "text_only.prefill_logits_tail" {
             // bump the first f32 by 0.01 (> 1e-3 tolerance)

@@ -25,7 +25,12 @@ fn cache_repo(hub: &Path, repo: &str, with_shard: bool) {
     std::fs::write(root.join("refs/main"), COMMIT).unwrap();
 
     let weights = std::fs::read(model().join("model.safetensors")).unwrap();
-    let names = safetensors::SafeTensors::deserialize(&weights).unwrap().names().into_iter().map(String::from).collect::<Vec<_>>();
+    let names = safetensors::SafeTensors::deserialize(&weights)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
     let map: serde_json::Map<String, serde_json::Value> = names.into_iter().map(|n| (n, SHARD.into())).collect();
     let index = serde_json::json!({ "metadata": { "total_size": weights.len() }, "weight_map": map });
 
@@ -75,7 +80,9 @@ fn missing_model_without_network_is_explained() {
     let mut cmd = dsocr(&dir.join("hf-home"));
     let r = run(cmd.env("HF_HUB_OFFLINE", "1").args(["ocr", s(&image("small.png"))]));
     assert_eq!(r.code, 1, "{r}");
-    for needle in ["HF_HUB_OFFLINE is set", "deepseek-ai/DeepSeek-OCR", "missing config.json, tokenizer.json, model.safetensors"] {
+    for needle in
+        ["HF_HUB_OFFLINE is set", "deepseek-ai/DeepSeek-OCR", "missing config.json, tokenizer.json, model.safetensors"]
+    {
         assert!(r.stderr.contains(needle), "expected {needle:?} in: {r}");
     }
 
@@ -91,7 +98,17 @@ fn cached_repo_is_used_without_network_and_listed() {
     cache_repo(&hub, "test-org/tiny-ocr", true);
     cache_repo(&hub, "test-org/partial", false);
     let small = image("small.png");
-    let args = ["ocr", s(&small), "--model", "test-org/tiny-ocr", "--task", "free", "--max-new-tokens", "8", "--no-repeat-guard"];
+    let args = [
+        "ocr",
+        s(&small),
+        "--model",
+        "test-org/tiny-ocr",
+        "--task",
+        "free",
+        "--max-new-tokens",
+        "8",
+        "--no-repeat-guard",
+    ];
     let golden = format!("{}\n", golden_text("gundam_small"));
 
     // Cached: no network needed (the endpoint is unreachable), with or without HF_HUB_OFFLINE.
@@ -106,16 +123,26 @@ fn cached_repo_is_used_without_network_and_listed() {
     let r = dsocr_run(&dir, &["ocr", s(&image("small.png")), "--model", "test-org/partial"]);
     assert_eq!(r.code, 1, "{r}");
     assert!(r.stderr.contains(&format!("cannot download test-org/partial ({SHARD})")), "{r}");
-    let r = run(dsocr(&dir.join("hf-home")).env("HF_HUB_OFFLINE", "1").args(["ocr", s(&image("small.png")), "--model", "test-org/partial"]));
+    let r = run(dsocr(&dir.join("hf-home")).env("HF_HUB_OFFLINE", "1").args([
+        "ocr",
+        s(&image("small.png")),
+        "--model",
+        "test-org/partial",
+    ]));
     assert_eq!(r.code, 1, "{r}");
     assert!(r.stderr.contains(&format!("missing {SHARD}")), "{r}");
 
     let r = dsocr_run(&dir, &["models"]);
     assert_eq!(r.code, 0, "{r}");
     assert!(r.stdout.contains(&hub.display().to_string()), "{r}");
-    let row = |repo: &str| r.stdout.lines().find(|l| l.starts_with(repo)).unwrap_or_else(|| panic!("no {repo} row: {r}")).to_string();
+    let row = |repo: &str| {
+        r.stdout.lines().find(|l| l.starts_with(repo)).unwrap_or_else(|| panic!("no {repo} row: {r}")).to_string()
+    };
     let full = row("test-org/tiny-ocr");
-    assert!(full.contains("main (0123456789ab)") && full.ends_with("complete") && !full.contains("incomplete"), "{full}");
+    assert!(
+        full.contains("main (0123456789ab)") && full.ends_with("complete") && !full.contains("incomplete"),
+        "{full}"
+    );
     let cols: Vec<&str> = full.split_whitespace().collect();
     assert_eq!(cols[3], "4", "4 files: {full}");
     assert!(row("test-org/partial").ends_with("incomplete"), "{r}");
@@ -135,7 +162,8 @@ fn mock_hub() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::Arc;
 
     let weights = std::fs::read(model().join("model.safetensors")).unwrap();
-    let names: Vec<String> = safetensors::SafeTensors::deserialize(&weights).unwrap().names().into_iter().map(String::from).collect();
+    let names: Vec<String> =
+        safetensors::SafeTensors::deserialize(&weights).unwrap().names().into_iter().map(String::from).collect();
     let map: serde_json::Map<String, serde_json::Value> = names.into_iter().map(|n| (n, SHARD.into())).collect();
     let index = serde_json::to_vec(&serde_json::json!({ "weight_map": map })).unwrap();
     let files: Arc<Vec<(String, Vec<u8>)>> = Arc::new(vec![
@@ -175,12 +203,15 @@ fn mock_hub() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
                         }
                     }
                     let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
-                    let file = path.strip_prefix("/test-org/tiny-ocr/resolve/main/").and_then(|f| files.iter().find(|(n, _)| n == f));
+                    let file = path
+                        .strip_prefix("/test-org/tiny-ocr/resolve/main/")
+                        .and_then(|f| files.iter().find(|(n, _)| n == f));
                     let response = match file {
                         None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
                         Some((name, body)) => {
                             hits.fetch_add(1, Ordering::SeqCst);
-                            let (start, end) = range.map_or((0, body.len() - 1), |(a, b)| (a, b.unwrap_or(body.len() - 1)));
+                            let (start, end) =
+                                range.map_or((0, body.len() - 1), |(a, b)| (a, b.unwrap_or(body.len() - 1)));
                             let part = &body[start..=end.min(body.len() - 1)];
                             let mut r = format!(
                                 "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\n\
@@ -209,7 +240,17 @@ fn downloads_through_hf_endpoint_into_the_cache() {
     let dir = temp_dir("hub-download");
     let (url, hits) = mock_hub();
     let small = image("small.png");
-    let args = ["ocr", s(&small), "--model", "test-org/tiny-ocr", "--task", "free", "--max-new-tokens", "8", "--no-repeat-guard"];
+    let args = [
+        "ocr",
+        s(&small),
+        "--model",
+        "test-org/tiny-ocr",
+        "--task",
+        "free",
+        "--max-new-tokens",
+        "8",
+        "--no-repeat-guard",
+    ];
     let hf_home = dir.join("hf-home");
     std::fs::create_dir_all(&hf_home).unwrap();
     let r = run(dsocr(&hf_home).env("HF_ENDPOINT", &url).args(args));

@@ -27,7 +27,19 @@ fn image_to_out_dir_matches_the_reference_and_renders_back() {
     // Case gundam_small: small.png has both sides <= 640, so gundam mode uses no tiles.
     let r = dsocr_run(
         &dir,
-        &["ocr", s(&small), "--model", s(model()), "--task", "free", "--max-new-tokens", "8", "--no-repeat-guard", "--out", s(&out)],
+        &[
+            "ocr",
+            s(&small),
+            "--model",
+            s(model()),
+            "--task",
+            "free",
+            "--max-new-tokens",
+            "8",
+            "--no-repeat-guard",
+            "--out",
+            s(&out),
+        ],
     );
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(tree(&out), ["small.json", "small.mmd", "small_boxes.jpg", "small_det.mmd"], "{r}");
@@ -62,7 +74,8 @@ fn image_to_out_dir_matches_the_reference_and_renders_back() {
     // `render` rebuilds the same files from the saved raw output; finish reason and token
     // counts come from the JSON next to it.
     let out2 = dir.join("out2");
-    let r = dsocr_run(&dir, &["render", "--raw", s(&out.join("small_det.mmd")), "--image", s(&small), "--out", s(&out2)]);
+    let r =
+        dsocr_run(&dir, &["render", "--raw", s(&out.join("small_det.mmd")), "--image", s(&small), "--out", s(&out2)]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(tree(&out2), tree(&out));
     for f in ["small.mmd", "small_det.mmd"] {
@@ -75,7 +88,19 @@ fn image_to_out_dir_matches_the_reference_and_renders_back() {
 fn stdout_formats_and_mode_flags() {
     let dir = temp_dir("ocr-stdout");
     let page = image("page.png");
-    let base = ["ocr", s(&page), "--model", s(model()), "--task", "free", "--mode", "tiny", "--max-new-tokens", "8", "--no-repeat-guard"];
+    let base = [
+        "ocr",
+        s(&page),
+        "--model",
+        s(model()),
+        "--task",
+        "free",
+        "--mode",
+        "tiny",
+        "--max-new-tokens",
+        "8",
+        "--no-repeat-guard",
+    ];
     let golden = golden_text("tiny_page");
 
     // Default format: markdown on stdout (not a terminal: printed once at the end).
@@ -102,7 +127,19 @@ fn stdout_formats_and_mode_flags() {
     // A raw prompt is the same request as the task it spells out.
     let r = dsocr_run(
         &dir,
-        &["ocr", s(&page), "--model", s(model()), "--prompt", "<image>\\nFree OCR.", "--mode", "small", "--max-new-tokens", "8", "--no-repeat-guard"],
+        &[
+            "ocr",
+            s(&page),
+            "--model",
+            s(model()),
+            "--prompt",
+            "<image>\\nFree OCR.",
+            "--mode",
+            "small",
+            "--max-new-tokens",
+            "8",
+            "--no-repeat-guard",
+        ],
     );
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(r.stdout, format!("{}\n", golden_text("small_page")));
@@ -116,7 +153,22 @@ fn repeat_guard_flags_and_gundam_tiles() {
     // </td> whitelist (looked up by string in the tokenizer).
     let r = dsocr_run(
         &dir,
-        &["ocr", s(&page), "--model", s(model()), "--task", "free", "--ngram-size", "3", "--ngram-window", "8", "--max-new-tokens", "24", "--format", "json"],
+        &[
+            "ocr",
+            s(&page),
+            "--model",
+            s(model()),
+            "--task",
+            "free",
+            "--ngram-size",
+            "3",
+            "--ngram-window",
+            "8",
+            "--max-new-tokens",
+            "24",
+            "--format",
+            "json",
+        ],
     );
     assert_eq!(r.code, 0, "{r}");
     let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
@@ -129,7 +181,20 @@ fn repeat_guard_flags_and_gundam_tiles() {
 
     // The default guard (n=30, window 90) in base mode also ends in a loop within 40 tokens;
     // without the guard the same page ends by the length limit.
-    let base = ["ocr", s(&page), "--model", s(model()), "--task", "free", "--mode", "base", "--max-new-tokens", "40", "--format", "json"];
+    let base = [
+        "ocr",
+        s(&page),
+        "--model",
+        s(model()),
+        "--task",
+        "free",
+        "--mode",
+        "base",
+        "--max-new-tokens",
+        "40",
+        "--format",
+        "json",
+    ];
     let r = dsocr_run(&dir, &base);
     assert_eq!(r.code, 0, "{r}");
     let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
@@ -144,7 +209,22 @@ fn retry_loops_reruns_a_page_in_base_mode() {
     let dir = temp_dir("ocr-retry");
     let r = dsocr_run(
         &dir,
-        &["ocr", s(&image("page.png")), "--model", s(model()), "--task", "free", "--mode", "tiny", "--max-new-tokens", "8", "--no-repeat-guard", "--retry-loops", "--format", "json"],
+        &[
+            "ocr",
+            s(&image("page.png")),
+            "--model",
+            s(model()),
+            "--task",
+            "free",
+            "--mode",
+            "tiny",
+            "--max-new-tokens",
+            "8",
+            "--no-repeat-guard",
+            "--retry-loops",
+            "--format",
+            "json",
+        ],
     );
     assert_eq!(r.code, 0, "{r}");
     assert!(r.stderr.contains("retrying in base mode"), "{r}");
@@ -160,7 +240,10 @@ fn pdf_pages_go_through_one_after_another() {
     let pdf = dir.join("report.pdf");
     std::fs::write(&pdf, make_pdf(&["First page", "Second page", "Third page"], 300, 200)).unwrap();
     let out = dir.join("out");
-    let r = dsocr_run(&dir, &["ocr", s(&pdf), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "4", "--out", s(&out)]);
+    let r = dsocr_run(
+        &dir,
+        &["ocr", s(&pdf), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "4", "--out", s(&out)],
+    );
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(
         tree(&out),
@@ -203,7 +286,23 @@ fn pdf_pages_go_through_one_after_another() {
     assert_no_temp_files(&out);
 
     // --dpi changes the rendering size; stdout JSON for a PDF.
-    let r = dsocr_run(&dir, &["ocr", s(&pdf), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "2", "--dpi", "72", "--format", "json"]);
+    let r = dsocr_run(
+        &dir,
+        &[
+            "ocr",
+            s(&pdf),
+            "--model",
+            s(model()),
+            "--mode",
+            "tiny",
+            "--max-new-tokens",
+            "2",
+            "--dpi",
+            "72",
+            "--format",
+            "json",
+        ],
+    );
     assert_eq!(r.code, 0, "{r}");
     let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
     assert_eq!(json["dpi"], 72.0);
@@ -218,14 +317,18 @@ fn folder_with_broken_files_reports_each_and_goes_on() {
     std::fs::create_dir_all(input.join("sub")).unwrap();
     std::fs::copy(image("small.png"), input.join("a.png")).unwrap();
     // Page 2 of doc.pdf does not render; locked.pdf needs a password.
-    std::fs::write(input.join("sub/doc.pdf"), make_pdf_ext(&[Some("One"), None, Some("Three")], 300, 200, false)).unwrap();
+    std::fs::write(input.join("sub/doc.pdf"), make_pdf_ext(&[Some("One"), None, Some("Three")], 300, 200, false))
+        .unwrap();
     std::fs::write(input.join("locked.pdf"), make_pdf_ext(&[Some("Secret")], 300, 200, true)).unwrap();
     std::fs::write(input.join("broken.png"), b"\x89PNG\r\n\x1a\n this is not really a png").unwrap();
     std::fs::write(input.join("bad.pdf"), b"%PDF-1.4\nnothing else").unwrap();
     std::fs::write(input.join("empty.jpg"), b"").unwrap();
     std::fs::write(input.join("notes.txt"), b"not an input").unwrap();
     let out = dir.join("out");
-    let r = dsocr_run(&dir, &["ocr", s(&input), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "3", "--out", s(&out)]);
+    let r = dsocr_run(
+        &dir,
+        &["ocr", s(&input), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "3", "--out", s(&out)],
+    );
     assert_eq!(r.code, 2, "some inputs failed: {r}");
     for (file, reason) in [
         ("broken.png", "corrupt"),
@@ -240,13 +343,12 @@ fn folder_with_broken_files_reports_each_and_goes_on() {
     }
     assert!(!r.stderr.contains("notes.txt"), "other files in folders are ignored: {r}");
     let files = tree(&out);
-    for f in ["a.mmd", "a_det.mmd", "a.json", "a_boxes.jpg", "doc.mmd", "doc_det.mmd", "doc.json", "doc_page1_boxes.jpg"] {
+    for f in
+        ["a.mmd", "a_det.mmd", "a.json", "a_boxes.jpg", "doc.mmd", "doc_det.mmd", "doc.json", "doc_page1_boxes.jpg"]
+    {
         assert!(files.contains(&f.to_string()), "{f} missing: {files:?}");
     }
-    assert!(
-        !files.iter().any(|f| ["broken", "bad", "empty", "locked"].iter().any(|b| f.starts_with(b))),
-        "{files:?}"
-    );
+    assert!(!files.iter().any(|f| ["broken", "bad", "empty", "locked"].iter().any(|b| f.starts_with(b))), "{files:?}");
     // The page that failed is kept, empty, with its error; the pages around it are there.
     let doc = read_json(&out.join("doc.json"));
     let pages = doc["pages"].as_array().expect("pages");
@@ -256,8 +358,14 @@ fn folder_with_broken_files_reports_each_and_goes_on() {
     assert!(pages[0].get("error").is_none() && pages[2].get("error").is_none(), "{doc}");
     assert_eq!(pages[2]["generated_tokens"], 3);
     assert_eq!(read(&out.join("doc.mmd")).matches(PAGE_SPLIT).count(), 3);
-    assert!(files.contains(&"doc_page3_boxes.jpg".to_string()) && !files.contains(&"doc_page2_boxes.jpg".to_string()), "{files:?}");
-    assert!(r.stderr.contains("(4 failed)") && r.stderr.contains("(1 failed)"), "summary counts failed files and pages: {r}");
+    assert!(
+        files.contains(&"doc_page3_boxes.jpg".to_string()) && !files.contains(&"doc_page2_boxes.jpg".to_string()),
+        "{files:?}"
+    );
+    assert!(
+        r.stderr.contains("(4 failed)") && r.stderr.contains("(1 failed)"),
+        "summary counts failed files and pages: {r}"
+    );
     assert_no_temp_files(&out);
 }
 
@@ -270,13 +378,15 @@ fn a_failing_rerun_leaves_earlier_outputs_intact() {
     let args = ["ocr", s(&img), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "2", "--out", s(&out)];
     let r = dsocr_run(&dir, &args);
     assert_eq!(r.code, 0, "{r}");
-    let before: Vec<(String, Vec<u8>)> = tree(&out).into_iter().map(|f| (f.clone(), std::fs::read(out.join(&f)).unwrap())).collect();
+    let before: Vec<(String, Vec<u8>)> =
+        tree(&out).into_iter().map(|f| (f.clone(), std::fs::read(out.join(&f)).unwrap())).collect();
 
     std::fs::write(&img, b"GIF89a truncated").unwrap();
     let r = dsocr_run(&dir, &args);
     assert_eq!(r.code, 2, "{r}");
     assert!(r.stderr.contains("scan.png"), "{r}");
-    let after: Vec<(String, Vec<u8>)> = tree(&out).into_iter().map(|f| (f.clone(), std::fs::read(out.join(&f)).unwrap())).collect();
+    let after: Vec<(String, Vec<u8>)> =
+        tree(&out).into_iter().map(|f| (f.clone(), std::fs::read(out.join(&f)).unwrap())).collect();
     assert_eq!(before, after, "the failed input's earlier outputs are untouched");
 }
 
@@ -297,7 +407,20 @@ fn output_names_stay_inside_out() {
     let dots = input.join("..png");
     let r = dsocr_run(
         &dir,
-        &["ocr", s(&input), s(&dots), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "1", "--out", s(&out), "-q"],
+        &[
+            "ocr",
+            s(&input),
+            s(&dots),
+            "--model",
+            s(model()),
+            "--mode",
+            "tiny",
+            "--max-new-tokens",
+            "1",
+            "--out",
+            s(&out),
+            "-q",
+        ],
     );
     assert_eq!(r.code, 0, "{r}");
     let mmd: Vec<String> = tree(&out).into_iter().filter(|f| f.ends_with(".mmd") && !f.ends_with("_det.mmd")).collect();
@@ -342,7 +465,22 @@ fn repeat_guard_defaults_are_the_official_image_and_pdf_rules() {
     let cases = [(&small, "small", ["30", "90"], ["20", "50"]), (&pdf, "tiny", ["20", "50"], ["30", "90"])];
     for (input, mode, same, other) in cases {
         let markdown = |guard: &[&str]| {
-            let args = [&["ocr", s(input), "--model", s(model()), "--mode", mode, "--max-new-tokens", "100", "--format", "json"], guard].concat();
+            let args = [
+                &[
+                    "ocr",
+                    s(input),
+                    "--model",
+                    s(model()),
+                    "--mode",
+                    mode,
+                    "--max-new-tokens",
+                    "100",
+                    "--format",
+                    "json",
+                ],
+                guard,
+            ]
+            .concat();
             let r = dsocr_run(&dir, &args);
             assert_eq!(r.code, 0, "{r}");
             let json: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
@@ -350,6 +488,10 @@ fn repeat_guard_defaults_are_the_official_image_and_pdf_rules() {
         };
         let default = markdown(&[]);
         assert_eq!(default, markdown(&["--ngram-size", same[0], "--ngram-window", same[1]]), "{input:?}");
-        assert_ne!(default, markdown(&["--ngram-size", other[0], "--ngram-window", other[1]]), "{input:?}: the rules must differ here");
+        assert_ne!(
+            default,
+            markdown(&["--ngram-size", other[0], "--ngram-window", other[1]]),
+            "{input:?}: the rules must differ here"
+        );
     }
 }

@@ -13,7 +13,13 @@ const PAGE_SPLIT: &str = "\n\n<--- Page Split --->\n";
 
 /// A 1000x500 page: white, with a blue "figure" area.
 fn write_page(path: &Path) {
-    let img = RgbImage::from_fn(1000, 500, |x, y| if (100..400).contains(&x) && y >= 160 { Rgb([40, 90, 200]) } else { Rgb([255; 3]) });
+    let img = RgbImage::from_fn(1000, 500, |x, y| {
+        if (100..400).contains(&x) && y >= 160 {
+            Rgb([40, 90, 200])
+        } else {
+            Rgb([255; 3])
+        }
+    });
     img.save(path).unwrap();
 }
 
@@ -101,7 +107,15 @@ fn render_uses_the_earlier_json_and_the_pdf_pages() {
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(
         tree(&out),
-        ["images/scan_2_0.jpg", "scan.json", "scan.mmd", "scan_det.mmd", "scan_layouts.pdf", "scan_page1_boxes.jpg", "scan_page2_boxes.jpg"]
+        [
+            "images/scan_2_0.jpg",
+            "scan.json",
+            "scan.mmd",
+            "scan_det.mmd",
+            "scan_layouts.pdf",
+            "scan_page1_boxes.jpg",
+            "scan_page2_boxes.jpg"
+        ]
     );
     assert_eq!(read(&out.join("scan_det.mmd")), format!("{page1}{PAGE_SPLIT}{page2}{PAGE_SPLIT}"));
     assert_eq!(
@@ -113,7 +127,10 @@ fn render_uses_the_earlier_json_and_the_pdf_pages() {
     let pages = json["pages"].as_array().unwrap();
     assert_eq!(pages.len(), 2);
     assert_eq!((pages[0]["finish_reason"].as_str(), pages[0]["generated_tokens"].as_u64()), (Some("stop"), Some(17)));
-    assert_eq!((pages[1]["finish_reason"].as_str(), pages[1]["generated_tokens"].as_u64()), (Some("repetition"), Some(8192)));
+    assert_eq!(
+        (pages[1]["finish_reason"].as_str(), pages[1]["generated_tokens"].as_u64()),
+        (Some("repetition"), Some(8192))
+    );
     assert_eq!(pages[1]["complete"], false);
     assert_eq!((pages[1]["width"].as_u64(), pages[1]["height"].as_u64()), (Some(600), Some(400)));
     // [66, 100, 400, 400] on 600x400 -> [39, 40, 240, 160).

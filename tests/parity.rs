@@ -48,11 +48,7 @@ fn a_wrong_reference_is_detected() {
     let run = run_case(&model, &fixture, &case).unwrap();
     case.name = "tiny_page".into();
     let mut renamed = run;
-    renamed.tensors = renamed
-        .tensors
-        .into_iter()
-        .map(|(k, v)| (k.replacen("small_page", "tiny_page", 1), v))
-        .collect();
+    renamed.tensors = renamed.tensors.into_iter().map(|(k, v)| (k.replacen("small_page", "tiny_page", 1), v)).collect();
     let rows = compare(&renamed, &case, &golden, &Tolerances::for_precision(Precision::F32));
     assert!(rows.iter().any(|r| !r.pass), "comparing small_page outputs with tiny_page goldens must fail");
 }

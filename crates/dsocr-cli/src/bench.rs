@@ -789,7 +789,9 @@ fn markdown(r: &Report) -> String {
             fmt_bytes(mem.device_in_use_peak_bytes),
             mem.nvidia_smi_process_bytes.map(|b| format!("; nvidia-smi: {}", fmt_bytes(Some(b)))).unwrap_or_default()
         )),
-        None => out.push_str("| peak device memory | – | n/a | this backend reports no memory pool (host memory: see RSS) |\n"),
+        None => out.push_str(
+            "| peak device memory | – | n/a | this backend reports no memory pool (host memory: see RSS) |\n",
+        ),
     }
     if let Some(b) = &r.decode_step_breakdown {
         out.push_str(&format!(
@@ -825,15 +827,30 @@ fn comparison(r: &Report, torch: &serde_json::Value) -> String {
         num(&["vision_gundam", "total", "median_s"]),
         &ms,
     );
-    time_row("vision, Base", r.vision_base.as_ref().map(|v| v.total.median_s), num(&["vision_base", "total", "median_s"]), &ms);
+    time_row(
+        "vision, Base",
+        r.vision_base.as_ref().map(|v| v.total.median_s),
+        num(&["vision_base", "total", "median_s"]),
+        &ms,
+    );
     time_row("prefill", r.prefill.as_ref().map(|p| p.time.median_s), num(&["prefill", "time", "median_s"]), &ms);
     let mut rate_row = |name: &str, ours: Option<f64>, theirs: Option<f64>, unit: &str| {
         if let Some(ours) = ours {
             let ratio = theirs.map_or("n/a".into(), |t| format!("{:.2}×", ours / t));
-            rows.push((name.into(), format!("{ours:.2} {unit}"), theirs.map_or("n/a".into(), |t| format!("{t:.2} {unit}")), ratio));
+            rows.push((
+                name.into(),
+                format!("{ours:.2} {unit}"),
+                theirs.map_or("n/a".into(), |t| format!("{t:.2} {unit}")),
+                ratio,
+            ));
         }
     };
-    rate_row("decode, batch 1", r.decode.as_ref().map(|d| d.tokens_per_s), num(&["decode", "tokens_per_s"]), "tokens/s");
+    rate_row(
+        "decode, batch 1",
+        r.decode.as_ref().map(|d| d.tokens_per_s),
+        num(&["decode", "tokens_per_s"]),
+        "tokens/s",
+    );
     rate_row("pages", r.pages.as_ref().map(|p| p.pages_per_s), num(&["pages", "pages_per_s"]), "pages/s");
     if let Some(ours) = r.memory.device_reserved_peak_bytes {
         let theirs = num(&["memory", "device_reserved_peak_bytes"]);
@@ -894,7 +911,14 @@ mod tests {
             backend: "cuda".into(),
             precision: "bf16".into(),
             expert_dispatch: "Auto".into(),
-            machine: Machine { cpu: "x".into(), cores: 1, memory_bytes: None, gpu: None, loadavg_start: None, loadavg_end: None },
+            machine: Machine {
+                cpu: "x".into(),
+                cores: 1,
+                memory_bytes: None,
+                gpu: None,
+                loadavg_start: None,
+                loadavg_end: None,
+            },
             model: "m".into(),
             random_checkpoint_written: false,
             parameters: 1,

@@ -98,11 +98,8 @@ pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
             );
             println!("{:<44} {:>12} {:>10}  result", "tensor", "max |diff|", "tolerance");
             let mut failures = 0;
-            let selected: Vec<_> = fixture
-                .cases
-                .iter()
-                .filter(|c| cases.is_empty() || cases.contains(&c.name))
-                .collect();
+            let selected: Vec<_> =
+                fixture.cases.iter().filter(|c| cases.is_empty() || cases.contains(&c.name)).collect();
             if selected.is_empty() {
                 bail!("no matching case in {}/cases.json", fixture.dir.display());
             }

@@ -55,9 +55,7 @@ impl ModelSource {
         if is_repo_id(repo) {
             return Ok(ModelSource::Hub { repo: repo.to_string(), revision: revision.to_string() });
         }
-        bail!(
-            "--model {arg}: no such folder, and not a Hugging Face repo id (owner/name, e.g. {DEFAULT_MODEL})"
-        )
+        bail!("--model {arg}: no such folder, and not a Hugging Face repo id (owner/name, e.g. {DEFAULT_MODEL})")
     }
 }
 
@@ -209,7 +207,8 @@ pub fn index_shards(index: &Path) -> Result<Vec<String>> {
         .with_context(|| format!("{} has no `weight_map`", index.display()))?;
     let mut shards: Vec<String> = Vec::new();
     for value in map.values() {
-        let name = value.as_str().with_context(|| format!("{}: `weight_map` values must be file names", index.display()))?;
+        let name =
+            value.as_str().with_context(|| format!("{}: `weight_map` values must be file names", index.display()))?;
         if name.contains('/') || name.contains('\\') || name.contains("..") {
             bail!("{}: shard name `{name}` must be a plain file name", index.display());
         }
@@ -243,9 +242,9 @@ fn download_error(label: &str, file: &str, endpoint: &str, cache_root: &Path, e:
                 "cannot download {label} ({file}) from {endpoint}: access denied. The repo may be private or \
                  gated: set HF_TOKEN to a token with access."
             ),
-            ureq::Error::Status(404, _) => anyhow!(
-                "cannot download {label} ({file}) from {endpoint}: not found. Check the repo id and revision."
-            ),
+            ureq::Error::Status(404, _) => {
+                anyhow!("cannot download {label} ({file}) from {endpoint}: not found. Check the repo id and revision.")
+            }
             ureq::Error::Status(code, _) => {
                 anyhow!("cannot download {label} ({file}) from {endpoint}: HTTP status {code}.\n{fallback}")
             }

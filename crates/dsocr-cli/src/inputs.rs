@@ -61,11 +61,8 @@ pub fn expand(inputs: &[PathBuf], exclude: Option<&Path>) -> (Vec<InputFile>, Ve
             continue;
         }
         let before = files.len();
-        let walker = walkdir::WalkDir::new(input)
-            .follow_links(true)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_entry(|e| {
+        let walker =
+            walkdir::WalkDir::new(input).follow_links(true).sort_by_file_name().into_iter().filter_entry(|e| {
                 e.depth() == 0
                     || (!is_hidden(e.file_name())
                         && !exclude.as_ref().is_some_and(|x| e.path().canonicalize().is_ok_and(|p| p == *x)))

@@ -16,7 +16,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "dsocr", version, about = "DeepSeek-OCR, locally: images, folders and PDFs to markdown, text and layout boxes")]
+#[command(
+    name = "dsocr",
+    version,
+    about = "DeepSeek-OCR, locally: images, folders and PDFs to markdown, text and layout boxes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

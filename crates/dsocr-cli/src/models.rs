@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::HumanBytes;
 
-use crate::progress::write_stdout;
 use crate::hub::{self, index_shards, REQUIRED_FILES, SINGLE_WEIGHTS, WEIGHTS_INDEX};
+use crate::progress::write_stdout;
 
 #[derive(Args)]
 pub struct ModelsArgs {
@@ -58,7 +58,8 @@ pub fn scan_cache(cache: &Path) -> Result<Vec<CachedRevision>> {
     for (repo, dir) in repos {
         let refs = read_refs(&dir.join("refs"));
         let Ok(snapshots) = std::fs::read_dir(dir.join("snapshots")) else { continue };
-        let mut commits: Vec<PathBuf> = snapshots.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        let mut commits: Vec<PathBuf> =
+            snapshots.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
         commits.sort();
         for snap in commits {
             let commit = snap.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -73,9 +74,17 @@ pub fn scan_cache(cache: &Path) -> Result<Vec<CachedRevision>> {
                 let size = std::fs::metadata(entry.path()).ok().filter(|m| m.is_file()).map(|m| m.len());
                 files.push((rel, size));
             }
-            let mut revision_refs: Vec<String> = refs.iter().filter(|(_, c)| *c == commit).map(|(r, _)| r.clone()).collect();
+            let mut revision_refs: Vec<String> =
+                refs.iter().filter(|(_, c)| *c == commit).map(|(r, _)| r.clone()).collect();
             revision_refs.sort();
-            out.push(CachedRevision { complete: is_complete(&snap), repo: repo.clone(), commit, refs: revision_refs, files, dir: snap });
+            out.push(CachedRevision {
+                complete: is_complete(&snap),
+                repo: repo.clone(),
+                commit,
+                refs: revision_refs,
+                files,
+                dir: snap,
+            });
         }
     }
     Ok(out)
@@ -135,7 +144,8 @@ fn run_inner(args: ModelsArgs) -> Result<ExitCode> {
         .iter()
         .map(|r| {
             let short = &r.commit[..r.commit.len().min(12)];
-            let revision = if r.refs.is_empty() { short.to_string() } else { format!("{} ({short})", r.refs.join(", ")) };
+            let revision =
+                if r.refs.is_empty() { short.to_string() } else { format!("{} ({short})", r.refs.join(", ")) };
             let status = if r.complete { "complete" } else { "incomplete" };
             [r.repo.clone(), revision, r.files.len().to_string(), HumanBytes(r.size()).to_string(), status.to_string()]
         })
@@ -150,8 +160,15 @@ fn run_inner(args: ModelsArgs) -> Result<ExitCode> {
     let line = |cells: [&str; 5]| {
         format!(
             "{:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  {}",
-            cells[0], cells[1], cells[2], cells[3], cells[4],
-            w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3]
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
         )
     };
     text += &line(header);

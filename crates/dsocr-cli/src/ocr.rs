@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use dsocr_model::{Backend, DeepseekOcr, FinishReason, GenerationConfig, OcrRequest, OcrResult, Precision, RepeatGuard};
+use dsocr_model::{
+    Backend, DeepseekOcr, FinishReason, GenerationConfig, OcrRequest, OcrResult, Precision, RepeatGuard,
+};
 use dsocr_prompt::{load_image, Mode, RgbImage, Task};
 use dsocr_render::json::DocumentKindJson;
 use dsocr_render::{
@@ -132,9 +134,7 @@ fn raw_prompt(raw: &str) -> Result<String> {
     let prompt = raw.replace("\\n", "\n");
     let count = prompt.matches("<image>").count();
     if count != 1 {
-        bail!(
-            "--prompt must contain `<image>` exactly once (it has {count}), e.g. --prompt '<image>\\nFree OCR.'"
-        );
+        bail!("--prompt must contain `<image>` exactly once (it has {count}), e.g. --prompt '<image>\\nFree OCR.'");
     }
     Ok(prompt)
 }
@@ -535,7 +535,8 @@ impl Job<'_> {
             Ok(PageRun { result: second, mode: Mode::Base, first: Some(first_info) })
         } else {
             // Neither run ended cleanly: keep the first (more detailed) one.
-            self.ui.alert(format!("warn: {what}: the base-mode retry also ended without EOS; keeping the {mode} result"));
+            self.ui
+                .alert(format!("warn: {what}: the base-mode retry also ended without EOS; keeping the {mode} result"));
             Ok(PageRun { result: first, mode, first: Some(first_info) })
         }
     }

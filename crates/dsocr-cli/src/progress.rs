@@ -62,7 +62,9 @@ impl Ui {
             return ProgressBar::hidden();
         }
         let bar = self.add(ProgressBar::new(pages as u64));
-        bar.set_style(style("{prefix:>6} [{bar:30.green/white}] {pos}/{len} pages {elapsed_precise} eta {eta} {wide_msg}"));
+        bar.set_style(style(
+            "{prefix:>6} [{bar:30.green/white}] {pos}/{len} pages {elapsed_precise} eta {eta} {wide_msg}",
+        ));
         bar.set_prefix("pages");
         bar.set_message(name.to_string());
         bar
@@ -96,9 +98,7 @@ impl Ui {
 }
 
 fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template)
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ")
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ")
 }
 
 /// `12.3 s` / `4 min 05 s`.

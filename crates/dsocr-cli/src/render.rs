@@ -82,7 +82,8 @@ fn prior_json(args: &RenderArgs) -> Result<Option<DocumentJson>> {
         }
     };
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let doc = serde_json::from_str(&text).with_context(|| format!("{} is not a dsocr JSON document", path.display()))?;
+    let doc =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a dsocr JSON document", path.display()))?;
     eprintln!("finish reasons and token counts from {}", path.display());
     Ok(Some(doc))
 }
@@ -114,7 +115,11 @@ fn run_inner(args: RenderArgs) -> Result<ExitCode> {
         InputKind::Image => {
             let image = load_image(&args.image)?;
             if raw.contains(PAGE_SPLIT) {
-                eprintln!("note: {} contains page separators but {} is an image: rendered as one page", args.raw.display(), args.image.display());
+                eprintln!(
+                    "note: {} contains page separators but {} is an image: rendered as one page",
+                    args.raw.display(),
+                    args.image.display()
+                );
             }
             let mut w = DocumentWriter::new(&args.out, &name, DocumentKind::Image, options(false))?;
             w.set_source(args.image.display().to_string());
@@ -164,7 +169,15 @@ fn run_inner(args: RenderArgs) -> Result<ExitCode> {
             w.finish()?
         }
     };
-    print_files(&files.markdown, &files.raw, &files.json, files.text.as_deref(), &files.overlays, &files.figures, files.layouts_pdf.as_deref())?;
+    print_files(
+        &files.markdown,
+        &files.raw,
+        &files.json,
+        files.text.as_deref(),
+        &files.overlays,
+        &files.figures,
+        files.layouts_pdf.as_deref(),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -338,7 +338,6 @@ fn argmax_split(vocab: usize) -> Option<usize> {
     (root..=vocab / 16).find(|w| vocab % w == 0)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

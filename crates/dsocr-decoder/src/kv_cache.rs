@@ -89,7 +89,12 @@ impl KvCache {
     /// Used by decode steps: every step of a chunk then has the same shapes, so the GPU
     /// backends reuse their compiled and fused kernels instead of building new ones for each
     /// context length, and no strided view of the cache reaches the attention.
-    pub(crate) fn append_padded(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>, Tensor<4, Bool>) {
+    pub(crate) fn append_padded(
+        &mut self,
+        layer: usize,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4, Bool>) {
         let t = k.dims()[2];
         let (start, end) = (self.len, self.len + t);
         let chunk = self.chunk;

@@ -106,9 +106,7 @@ impl Moe {
         let router = Linear::load(&vb.pp("gate"), d, num_experts, false)?;
 
         let experts = vb.pp("experts");
-        let experts = (0..num_experts)
-            .map(|e| Mlp::load(&experts.pp(e), d, i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let experts = (0..num_experts).map(|e| Mlp::load(&experts.pp(e), d, i)).collect::<Result<Vec<_>, _>>()?;
         let gather_on_device = ExpertDispatch::Auto.gathers_on(vb.device());
         let experts = if gather_on_device { pack(&experts) } else { Experts::Separate(experts) };
 

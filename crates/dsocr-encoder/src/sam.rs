@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use burn::tensor::DType;
 use burn::tensor::activation::gelu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::{ConvOptions, PadMode};
+use burn::tensor::DType;
 use dsocr_weights::nn::{attention, LayerNorm, Linear};
 use dsocr_weights::VarBuilder;
 

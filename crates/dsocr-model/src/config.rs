@@ -23,13 +23,18 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     /// The real DeepSeek-OCR.
     fn default() -> Self {
-        Self { encoder: EncoderConfig::default(), projector: ProjectorConfig::default(), decoder: DecoderConfig::default() }
+        Self {
+            encoder: EncoderConfig::default(),
+            projector: ProjectorConfig::default(),
+            decoder: DecoderConfig::default(),
+        }
     }
 }
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::Config { path: path.to_path_buf(), message: format!("not valid JSON: {e}") })?;
         Self::from_json(&json).map_err(|message| ModelError::Config { path: path.to_path_buf(), message })

@@ -62,7 +62,11 @@ impl Fixture {
     pub fn case(&self, name: &str) -> Result<&Case, ModelError> {
         self.cases.iter().find(|c| c.name == name).ok_or_else(|| {
             let names: Vec<&str> = self.cases.iter().map(|c| c.name.as_str()).collect();
-            ModelError::Input(format!("no case `{name}` in {}/cases.json (cases: {})", self.dir.display(), names.join(", ")))
+            ModelError::Input(format!(
+                "no case `{name}` in {}/cases.json (cases: {})",
+                self.dir.display(),
+                names.join(", ")
+            ))
         })
     }
 
@@ -94,11 +98,8 @@ impl HostTensor {
 
     fn from_tensor<const D: usize>(t: Tensor<D>) -> Result<Self, ModelError> {
         let shape = t.dims().to_vec();
-        let data = t
-            .cast(DType::F32)
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| ModelError::Readback(format!("{e:?}")))?;
+        let data =
+            t.cast(DType::F32).into_data().try_to_vec::<f32>().map_err(|e| ModelError::Readback(format!("{e:?}")))?;
         Ok(HostTensor::F32 { shape, data })
     }
 
@@ -121,9 +122,11 @@ pub fn repeat_guard(model: &DeepseekOcr, spec: &Option<NgramSpec>) -> Result<Opt
         Some(NgramSpec::Window { n, window, whitelist }) => {
             let mut ids = Vec::with_capacity(whitelist.len());
             for token in whitelist {
-                ids.push(model.tokenizer.token_id(token).ok_or_else(|| {
-                    ModelError::Input(format!("whitelist token `{token}` is not in the tokenizer"))
-                })?);
+                ids.push(
+                    model.tokenizer.token_id(token).ok_or_else(|| {
+                        ModelError::Input(format!("whitelist token `{token}` is not in the tokenizer"))
+                    })?,
+                );
             }
             Some(RepeatGuard::Window { n: *n, window: *window, whitelist: ids })
         }
@@ -263,7 +266,13 @@ pub fn compare(run: &CaseRun, case: &Case, golden: &SafetensorsFiles, tol: &Tole
         if name == ids_name {
             continue; // after the logits, which it depends on
         }
-        rows.push(compare_tensor(run, name, golden, tol, name.ends_with(".decode_logits").then_some(divergence).flatten()));
+        rows.push(compare_tensor(
+            run,
+            name,
+            golden,
+            tol,
+            name.ends_with(".decode_logits").then_some(divergence).flatten(),
+        ));
     }
     if golden.names().contains(&ids_name.as_str()) {
         let mut row = compare_tensor(run, &ids_name, golden, tol, None);
@@ -374,7 +383,8 @@ fn compare_tensor(
     decode_rows: Option<usize>,
 ) -> Comparison {
     let tolerance = tol.for_name(name);
-    let fail = |note: String| Comparison { name: name.to_string(), tolerance, max_abs_diff: f64::INFINITY, pass: false, note };
+    let fail =
+        |note: String| Comparison { name: name.to_string(), tolerance, max_abs_diff: f64::INFINITY, pass: false, note };
     let Some(ours) = run.tensors.get(name) else {
         return fail("not produced".into());
     };

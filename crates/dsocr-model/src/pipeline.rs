@@ -7,7 +7,9 @@ use burn::prelude::*;
 use dsocr_decoder::{generate, FinishReason, Generation, GenerationConfig};
 use dsocr_encoder::pixels_from_chw;
 use dsocr_projector::TileGrid;
-use dsocr_prompt::{build_input_ids, normalize, normalize_batch, preprocess_with_max_tiles, Mode, PreparedImage, RgbImage};
+use dsocr_prompt::{
+    build_input_ids, normalize, normalize_batch, preprocess_with_max_tiles, Mode, PreparedImage, RgbImage,
+};
 
 use crate::{DeepseekOcr, ModelError};
 

@@ -44,10 +44,8 @@ pub fn layout_tokens(
         let [_, tile_tokens, _] = tiles.dims();
         let qt = grid_side(tile_tokens)?;
         // big[r·qt + y, c·qt + x] = tile[r·cols + c][y·qt + x]
-        let stitched = tiles
-            .reshape([rows, cols, qt, qt, d])
-            .permute([0, 2, 1, 3, 4])
-            .reshape([rows * qt, cols * qt, d]);
+        let stitched =
+            tiles.reshape([rows, cols, qt, qt, d]).permute([0, 2, 1, 3, 4]).reshape([rows * qt, cols * qt, d]);
         parts.push(rows_with_newline(stitched, newline));
     }
     parts.push(global);
@@ -74,10 +72,7 @@ mod tests {
         let newline = Tensor::<1>::from_floats([-1.], &device);
         let sep = Tensor::<1>::from_floats([-2.], &device);
         let seq = layout_tokens(global, Some((tiles, TileGrid { cols: 2, rows: 1 })), &newline, &sep).unwrap();
-        assert_eq!(
-            values(seq),
-            vec![10., 11., 20., 21., -1., 12., 13., 22., 23., -1., 99., -1., -2.]
-        );
+        assert_eq!(values(seq), vec![10., 11., 20., 21., -1., 12., 13., 22., 23., -1., 99., -1., -2.]);
     }
 
     #[test]

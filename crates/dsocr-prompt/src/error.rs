@@ -25,29 +25,16 @@ pub enum PromptError {
          (possible decompression bomb; raise the limit in LoadOptions if the file is trusted)",
         path.display(), *width as u64 * *height as u64
     )]
-    TooManyPixels {
-        path: PathBuf,
-        width: u32,
-        height: u32,
-        limit: u64,
-    },
+    TooManyPixels { path: PathBuf, width: u32, height: u32, limit: u64 },
     #[error("{}: image has a zero width or height ({width}x{height})", path.display())]
-    ZeroSize {
-        path: PathBuf,
-        width: u32,
-        height: u32,
-    },
-    #[error(
-        "cannot preprocess an image of size {width}x{height}: width and height must be at least 1"
-    )]
+    ZeroSize { path: PathBuf, width: u32, height: u32 },
+    #[error("cannot preprocess an image of size {width}x{height}: width and height must be at least 1")]
     EmptyImage { width: u32, height: u32 },
     #[error("invalid maximum tile count {value}: must be between 2 and 9")]
     InvalidMaxTiles { value: u32 },
     #[error("unknown mode `{value}` (expected tiny, small, base, large or gundam)")]
     InvalidMode { value: String },
-    #[error(
-        "unknown task `{value}` (expected markdown, ocr, free, figure, describe or locate:<text>)"
-    )]
+    #[error("unknown task `{value}` (expected markdown, ocr, free, figure, describe or locate:<text>)")]
     InvalidTask { value: String },
 
     #[error("cannot load tokenizer {}: {message}", path.display())]

@@ -41,10 +41,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            max_pixels: Some(DEFAULT_MAX_PIXELS),
-            exif_transpose: true,
-        }
+        Self { max_pixels: Some(DEFAULT_MAX_PIXELS), exif_transpose: true }
     }
 }
 
@@ -55,10 +52,7 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
 
 /// Loads an image file as 8-bit RGB.
 pub fn load_image_with(path: &Path, options: &LoadOptions) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|source| PromptError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| PromptError::Io { path: path.to_path_buf(), source })?;
     decode(&bytes, path.to_path_buf(), options)
 }
 
@@ -69,11 +63,7 @@ pub fn load_image_from_memory(bytes: &[u8], name: &str) -> Result<RgbImage> {
 }
 
 /// Decodes an in-memory image file as 8-bit RGB; `name` is only used in error messages.
-pub fn load_image_from_memory_with(
-    bytes: &[u8],
-    name: &str,
-    options: &LoadOptions,
-) -> Result<RgbImage> {
+pub fn load_image_from_memory_with(bytes: &[u8], name: &str, options: &LoadOptions) -> Result<RgbImage> {
     decode(bytes, PathBuf::from(name), options)
 }
 
@@ -83,10 +73,7 @@ fn decode(bytes: &[u8], path: PathBuf, options: &LoadOptions) -> Result<RgbImage
     }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| PromptError::Corrupt {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| PromptError::Corrupt { path: path.clone(), message: e.to_string() })?;
     let Some(format) = reader.format() else {
         return Err(PromptError::UnknownFormat { path });
     };
@@ -97,28 +84,16 @@ fn decode(bytes: &[u8], path: PathBuf, options: &LoadOptions) -> Result<RgbImage
 
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
-        return Err(PromptError::ZeroSize {
-            path,
-            width,
-            height,
-        });
+        return Err(PromptError::ZeroSize { path, width, height });
     }
     if let Some(limit) = options.max_pixels {
         if u64::from(width) * u64::from(height) > limit {
-            return Err(PromptError::TooManyPixels {
-                path,
-                width,
-                height,
-                limit,
-            });
+            return Err(PromptError::TooManyPixels { path, width, height, limit });
         }
     }
 
-    let orientation = if options.exif_transpose {
-        exif_orientation(&mut decoder, format)
-    } else {
-        Orientation::NoTransforms
-    };
+    let orientation =
+        if options.exif_transpose { exif_orientation(&mut decoder, format) } else { Orientation::NoTransforms };
     let image = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, &path))?;
     let mut rgb = to_rgb8_like_pillow(image);
     if orientation != Orientation::NoTransforms {
@@ -143,15 +118,9 @@ fn classify(error: ImageError, path: &Path) -> PromptError {
             PromptError::UnsupportedFormat { path, what }
         }
         ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            PromptError::Corrupt {
-                path,
-                message: "unexpected end of file".to_string(),
-            }
+            PromptError::Corrupt { path, message: "unexpected end of file".to_string() }
         }
-        other => PromptError::Corrupt {
-            path,
-            message: other.to_string(),
-        },
+        other => PromptError::Corrupt { path, message: other.to_string() },
     }
 }
 
@@ -191,13 +160,9 @@ fn to_rgb8_like_pillow(image: DynamicImage) -> RgbImage {
     match image {
         DynamicImage::ImageRgb8(rgb) => rgb,
         // Alpha is dropped, not composited; grey is replicated.
-        DynamicImage::ImageRgba8(_)
-        | DynamicImage::ImageLuma8(_)
-        | DynamicImage::ImageLumaA8(_) => image.to_rgb8(),
+        DynamicImage::ImageRgba8(_) | DynamicImage::ImageLuma8(_) | DynamicImage::ImageLumaA8(_) => image.to_rgb8(),
         // 16-bit colour and grey+alpha: Pillow unpacks the big-endian high byte.
-        DynamicImage::ImageRgb16(buf) => {
-            RgbImage::from_fn(w, h, |x, y| Rgb(buf.get_pixel(x, y).0.map(high_byte)))
-        }
+        DynamicImage::ImageRgb16(buf) => RgbImage::from_fn(w, h, |x, y| Rgb(buf.get_pixel(x, y).0.map(high_byte))),
         DynamicImage::ImageRgba16(buf) => RgbImage::from_fn(w, h, |x, y| {
             let [r, g, b, _] = buf.get_pixel(x, y).0;
             Rgb([r, g, b].map(high_byte))
@@ -206,9 +171,9 @@ fn to_rgb8_like_pillow(image: DynamicImage) -> RgbImage {
             RgbImage::from_fn(w, h, |x, y| Rgb([high_byte(buf.get_pixel(x, y).0[0]); 3]))
         }
         // 16-bit grey is Pillow mode `I;16`, whose conversion to RGB clips at 255.
-        DynamicImage::ImageLuma16(buf) => RgbImage::from_fn(w, h, |x, y| {
-            Rgb([buf.get_pixel(x, y).0[0].min(255) as u8; 3])
-        }),
+        DynamicImage::ImageLuma16(buf) => {
+            RgbImage::from_fn(w, h, |x, y| Rgb([buf.get_pixel(x, y).0[0].min(255) as u8; 3]))
+        }
         other => other.to_rgb8(),
     }
 }
@@ -219,9 +184,7 @@ mod tests {
 
     fn encode_png(image: &DynamicImage) -> Vec<u8> {
         let mut bytes = Vec::new();
-        image
-            .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
-            .expect("encode png");
+        image.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png).expect("encode png");
         bytes
     }
 
@@ -235,36 +198,25 @@ mod tests {
 
     #[test]
     fn grey_is_replicated_and_grey_alpha_drops_alpha() {
-        let la =
-            image::GrayAlphaImage::from_fn(2, 1, |x, _| image::LumaA([[30, 220][x as usize], 0]));
-        let rgb =
-            load_image_from_memory(&encode_png(&DynamicImage::ImageLumaA8(la)), "la.png").unwrap();
+        let la = image::GrayAlphaImage::from_fn(2, 1, |x, _| image::LumaA([[30, 220][x as usize], 0]));
+        let rgb = load_image_from_memory(&encode_png(&DynamicImage::ImageLumaA8(la)), "la.png").unwrap();
         assert_eq!(rgb.get_pixel(0, 0).0, [30; 3]);
         assert_eq!(rgb.get_pixel(1, 0).0, [220; 3]);
-        let la16 =
-            image::ImageBuffer::<image::LumaA<u16>, _>::from_pixel(1, 1, image::LumaA([0xab12, 0]));
-        let rgb =
-            load_image_from_memory(&encode_png(&DynamicImage::ImageLumaA16(la16)), "la16.png")
-                .unwrap();
+        let la16 = image::ImageBuffer::<image::LumaA<u16>, _>::from_pixel(1, 1, image::LumaA([0xab12, 0]));
+        let rgb = load_image_from_memory(&encode_png(&DynamicImage::ImageLumaA16(la16)), "la16.png").unwrap();
         assert_eq!(rgb.get_pixel(0, 0).0, [0xab; 3]);
     }
 
     #[test]
     fn sixteen_bit_conversions_follow_pillow() {
-        let rgb16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(
-            1,
-            1,
-            image::Rgb([0x12ff, 0xab01, 0x00ff]),
-        );
-        let rgb =
-            load_image_from_memory(&encode_png(&DynamicImage::ImageRgb16(rgb16)), "c.png").unwrap();
+        let rgb16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(1, 1, image::Rgb([0x12ff, 0xab01, 0x00ff]));
+        let rgb = load_image_from_memory(&encode_png(&DynamicImage::ImageRgb16(rgb16)), "c.png").unwrap();
         assert_eq!(rgb.get_pixel(0, 0).0, [0x12, 0xab, 0x00]);
 
         let grey16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(3, 1, |x, _| {
             image::Luma([[200, 255, 4000][x as usize]])
         });
-        let rgb = load_image_from_memory(&encode_png(&DynamicImage::ImageLuma16(grey16)), "g.png")
-            .unwrap();
+        let rgb = load_image_from_memory(&encode_png(&DynamicImage::ImageLuma16(grey16)), "g.png").unwrap();
         assert_eq!(rgb.get_pixel(0, 0).0, [200; 3]);
         assert_eq!(rgb.get_pixel(1, 0).0, [255; 3]);
         assert_eq!(rgb.get_pixel(2, 0).0, [255; 3]);
@@ -292,22 +244,10 @@ mod tests {
         let mut prefixed = b"Exif\0\0".to_vec();
         prefixed.extend(exif_block(6));
         assert_eq!(orientation_from_exif_chunk(prefixed), Orientation::Rotate90);
-        assert_eq!(
-            orientation_from_exif_chunk(exif_block(0)),
-            Orientation::NoTransforms
-        );
-        assert_eq!(
-            orientation_from_exif_chunk(exif_block(9)),
-            Orientation::NoTransforms
-        );
-        assert_eq!(
-            orientation_from_exif_chunk(b"MM\0\x2a\0\0\xff\xff".to_vec()),
-            Orientation::NoTransforms
-        );
-        assert_eq!(
-            orientation_from_exif_chunk(vec![1, 2, 3]),
-            Orientation::NoTransforms
-        );
+        assert_eq!(orientation_from_exif_chunk(exif_block(0)), Orientation::NoTransforms);
+        assert_eq!(orientation_from_exif_chunk(exif_block(9)), Orientation::NoTransforms);
+        assert_eq!(orientation_from_exif_chunk(b"MM\0\x2a\0\0\xff\xff".to_vec()), Orientation::NoTransforms);
+        assert_eq!(orientation_from_exif_chunk(vec![1, 2, 3]), Orientation::NoTransforms);
     }
 
     /// Orientation 6 ("rotate 90° clockwise to display") applied to a 2×1 image [A B]

@@ -32,13 +32,12 @@ pub mod tokenizer;
 pub use error::{PromptError, Result};
 pub use image::RgbImage;
 pub use image_io::{
-    load_image, load_image_from_memory, load_image_from_memory_with, load_image_with, LoadOptions,
-    DEFAULT_MAX_PIXELS,
+    load_image, load_image_from_memory, load_image_from_memory_with, load_image_with, LoadOptions, DEFAULT_MAX_PIXELS,
 };
 pub use preprocess::{
-    candidate_grids, choose_grid, normalize, normalize_batch, pad_geometry, pad_to_square,
-    preprocess, preprocess_with_max_tiles, query_grid, round_half_even, tile_grid, Mode,
-    PreparedImage, DEFAULT_MAX_TILES, MIN_TILES, PAD_COLOR, TILE_SIZE,
+    candidate_grids, choose_grid, normalize, normalize_batch, pad_geometry, pad_to_square, preprocess,
+    preprocess_with_max_tiles, query_grid, round_half_even, tile_grid, Mode, PreparedImage, DEFAULT_MAX_TILES,
+    MIN_TILES, PAD_COLOR, TILE_SIZE,
 };
 pub use prompt::{build_input_ids, PromptIds, Task};
 pub use resize::resize_bicubic;

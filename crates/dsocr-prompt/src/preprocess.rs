@@ -36,13 +36,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
-        Mode::Tiny,
-        Mode::Small,
-        Mode::Base,
-        Mode::Large,
-        Mode::Gundam,
-    ];
+    pub const ALL: [Mode; 5] = [Mode::Tiny, Mode::Small, Mode::Base, Mode::Large, Mode::Gundam];
 
     /// Side of the global view.
     pub fn base_size(self) -> u32 {
@@ -94,9 +88,7 @@ impl FromStr for Mode {
         Mode::ALL
             .into_iter()
             .find(|m| m.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| PromptError::InvalidMode {
-                value: s.to_string(),
-            })
+            .ok_or_else(|| PromptError::InvalidMode { value: s.to_string() })
     }
 }
 
@@ -153,11 +145,7 @@ pub fn preprocess(image: &RgbImage, mode: Mode) -> Result<PreparedImage> {
 
 /// Preprocesses an RGB image for `mode`; `max_tiles` (2..=9) bounds the Gundam grid
 /// (9 = HF `infer`, 6 = official vLLM scripts).
-pub fn preprocess_with_max_tiles(
-    image: &RgbImage,
-    mode: Mode,
-    max_tiles: u32,
-) -> Result<PreparedImage> {
+pub fn preprocess_with_max_tiles(image: &RgbImage, mode: Mode, max_tiles: u32) -> Result<PreparedImage> {
     if !(MIN_TILES..=MAX_MAX_TILES).contains(&max_tiles) {
         return Err(PromptError::InvalidMaxTiles { value: max_tiles });
     }
@@ -170,33 +158,20 @@ pub fn preprocess_with_max_tiles(
         pad_to_square(image, mode.base_size())
     } else if mode.image_size() <= 640 {
         // Tiny / Small: stretch to the square (aspect not kept); the pad is then a copy.
-        pad_to_square(
-            &resize_bicubic(image, mode.image_size(), mode.image_size()),
-            mode.image_size(),
-        )
+        pad_to_square(&resize_bicubic(image, mode.image_size(), mode.image_size()), mode.image_size())
     } else {
         pad_to_square(image, mode.image_size())
     };
 
     let (grid, tiles) = if mode.crop() {
         let grid = tile_grid(width, height, max_tiles);
-        let tiles = if grid == (1, 1) {
-            Vec::new()
-        } else {
-            make_tiles(image, grid)
-        };
+        let tiles = if grid == (1, 1) { Vec::new() } else { make_tiles(image, grid) };
         (grid, tiles)
     } else {
         ((1, 1), Vec::new())
     };
 
-    Ok(PreparedImage {
-        global,
-        tiles,
-        grid,
-        mode,
-        original_size: (width, height),
-    })
+    Ok(PreparedImage { global, tiles, grid, mode, original_size: (width, height) })
 }
 
 /// Python's `round()` on a double: round half to even (116.5 → 116, 145.5 → 146).
@@ -253,32 +228,8 @@ pub fn candidate_grids(max_tiles: u32) -> &'static [(u32, u32)] {
         &[(1, 2), (2, 1)],
         &[(1, 2), (2, 1), (3, 1), (1, 3)],
         &[(1, 2), (2, 1), (3, 1), (1, 3), (4, 1), (1, 4), (2, 2)],
-        &[
-            (1, 2),
-            (2, 1),
-            (3, 1),
-            (1, 3),
-            (4, 1),
-            (1, 4),
-            (2, 2),
-            (1, 5),
-            (5, 1),
-        ],
-        &[
-            (1, 2),
-            (2, 1),
-            (3, 1),
-            (1, 3),
-            (4, 1),
-            (1, 4),
-            (2, 2),
-            (1, 5),
-            (5, 1),
-            (6, 1),
-            (2, 3),
-            (1, 6),
-            (3, 2),
-        ],
+        &[(1, 2), (2, 1), (3, 1), (1, 3), (4, 1), (1, 4), (2, 2), (1, 5), (5, 1)],
+        &[(1, 2), (2, 1), (3, 1), (1, 3), (4, 1), (1, 4), (2, 2), (1, 5), (5, 1), (6, 1), (2, 3), (1, 6), (3, 2)],
         &[
             (1, 2),
             (2, 1),
@@ -383,14 +334,7 @@ fn make_tiles(image: &RgbImage, (cols, rows): (u32, u32)) -> Vec<RgbImage> {
     (0..cols * rows)
         .map(|i| {
             let (col, row) = (i % cols, i / cols);
-            image::imageops::crop_imm(
-                &resized,
-                col * TILE_SIZE,
-                row * TILE_SIZE,
-                TILE_SIZE,
-                TILE_SIZE,
-            )
-            .to_image()
+            image::imageops::crop_imm(&resized, col * TILE_SIZE, row * TILE_SIZE, TILE_SIZE, TILE_SIZE).to_image()
         })
         .collect()
 }
@@ -431,12 +375,7 @@ mod tests {
 
     #[test]
     fn candidate_orders_match_spec() {
-        let fmt = |v: &[(u32, u32)]| {
-            v.iter()
-                .map(|(c, r)| format!("({c},{r})"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let fmt = |v: &[(u32, u32)]| v.iter().map(|(c, r)| format!("({c},{r})")).collect::<Vec<_>>().join(" ");
         assert_eq!(
             fmt(candidate_grids(6)),
             "(1,2) (2,1) (3,1) (1,3) (4,1) (1,4) (2,2) (1,5) (5,1) (6,1) (2,3) (1,6) (3,2)"
@@ -457,10 +396,7 @@ mod tests {
             expected.sort();
             got.sort();
             assert_eq!(got, expected, "max {max}");
-            assert!(
-                grids.windows(2).all(|w| w[0].0 * w[0].1 <= w[1].0 * w[1].1),
-                "max {max}"
-            );
+            assert!(grids.windows(2).all(|w| w[0].0 * w[0].1 <= w[1].0 * w[1].1), "max {max}");
         }
     }
 
@@ -528,11 +464,7 @@ mod tests {
         let img = RgbImage::from_pixel(8, 4, Rgb([200, 0, 0]));
         let out = pad_to_square(&img, 4);
         for y in 0..4 {
-            let expect = if (1..3).contains(&y) {
-                [200, 0, 0]
-            } else {
-                PAD_COLOR
-            };
+            let expect = if (1..3).contains(&y) { [200, 0, 0] } else { PAD_COLOR };
             for x in 0..4 {
                 assert_eq!(out.get_pixel(x, y).0, expect, "({x},{y})");
             }
@@ -558,18 +490,12 @@ mod tests {
             assert_eq!(m.to_string().parse::<Mode>().unwrap(), m);
         }
         assert_eq!("Gundam".parse::<Mode>().unwrap(), Mode::Gundam);
-        assert!(matches!(
-            "huge".parse::<Mode>(),
-            Err(PromptError::InvalidMode { .. })
-        ));
+        assert!(matches!("huge".parse::<Mode>(), Err(PromptError::InvalidMode { .. })));
         assert!(matches!(
             preprocess_with_max_tiles(&RgbImage::new(4, 4), Mode::Gundam, 10),
             Err(PromptError::InvalidMaxTiles { value: 10 })
         ));
-        assert!(matches!(
-            preprocess(&RgbImage::new(0, 4), Mode::Base),
-            Err(PromptError::EmptyImage { .. })
-        ));
+        assert!(matches!(preprocess(&RgbImage::new(0, 4), Mode::Base), Err(PromptError::EmptyImage { .. })));
     }
 
     #[test]

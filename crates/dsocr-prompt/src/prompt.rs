@@ -65,9 +65,7 @@ impl FromStr for Task {
     /// Parses `markdown|ocr|free|figure|describe|locate:<text>` (keywords ASCII
     /// case-insensitive; the text after `locate:` is taken verbatim and must not be empty).
     fn from_str(s: &str) -> Result<Self> {
-        let invalid = || PromptError::InvalidTask {
-            value: s.to_string(),
-        };
+        let invalid = || PromptError::InvalidTask { value: s.to_string() };
         if let Some((keyword, text)) = s.split_once(':') {
             if keyword.trim().eq_ignore_ascii_case("locate") && !text.trim().is_empty() {
                 return Ok(Task::Locate(text.to_string()));
@@ -129,18 +127,12 @@ fn is_python_whitespace(c: char) -> bool {
 /// is an image without a placeholder or a placeholder without an image.
 ///
 /// [`PreparedImage::image_token_count`]: crate::PreparedImage::image_token_count
-pub fn build_input_ids(
-    tokenizer: &PromptTokenizer,
-    prompt: &str,
-    image_tokens: Option<usize>,
-) -> Result<PromptIds> {
+pub fn build_input_ids(tokenizer: &PromptTokenizer, prompt: &str, image_tokens: Option<usize>) -> Result<PromptIds> {
     let prompt = prompt.trim_matches(is_python_whitespace);
     let parts: Vec<&str> = prompt.split(IMAGE_TOKEN).collect();
     let placeholders = parts.len() - 1;
     if placeholders > 1 {
-        return Err(PromptError::TooManyImagePlaceholders {
-            count: placeholders,
-        });
+        return Err(PromptError::TooManyImagePlaceholders { count: placeholders });
     }
 
     let mut ids = vec![tokenizer.bos_id()?];
@@ -169,17 +161,11 @@ mod tests {
 
     #[test]
     fn task_prompts() {
-        assert_eq!(
-            Task::Markdown.prompt(),
-            "<image>\n<|grounding|>Convert the document to markdown."
-        );
+        assert_eq!(Task::Markdown.prompt(), "<image>\n<|grounding|>Convert the document to markdown.");
         assert_eq!(Task::Ocr.prompt(), "<image>\n<|grounding|>OCR this image.");
         assert_eq!(Task::Free.prompt(), "<image>\nFree OCR.");
         assert_eq!(Task::Figure.prompt(), "<image>\nParse the figure.");
-        assert_eq!(
-            Task::Describe.prompt(),
-            "<image>\nDescribe this image in detail."
-        );
+        assert_eq!(Task::Describe.prompt(), "<image>\nDescribe this image in detail.");
         assert_eq!(
             Task::Locate("the red car".into()).prompt(),
             "<image>\nLocate <|ref|>the red car<|/ref|> in the image."
@@ -194,26 +180,13 @@ mod tests {
 
     #[test]
     fn task_parsing() {
-        for task in [
-            Task::Markdown,
-            Task::Ocr,
-            Task::Free,
-            Task::Figure,
-            Task::Describe,
-            Task::Locate("a: b".into()),
-        ] {
+        for task in [Task::Markdown, Task::Ocr, Task::Free, Task::Figure, Task::Describe, Task::Locate("a: b".into())] {
             assert_eq!(task.to_string().parse::<Task>().unwrap(), task);
         }
         assert_eq!("OCR".parse::<Task>().unwrap(), Task::Ocr);
-        assert_eq!(
-            "locate:the title".parse::<Task>().unwrap(),
-            Task::Locate("the title".into())
-        );
+        assert_eq!("locate:the title".parse::<Task>().unwrap(), Task::Locate("the title".into()));
         for bad in ["", "markdown2", "locate", "locate:", "locate:  ", "free:x"] {
-            assert!(
-                matches!(bad.parse::<Task>(), Err(PromptError::InvalidTask { .. })),
-                "{bad:?}"
-            );
+            assert!(matches!(bad.parse::<Task>(), Err(PromptError::InvalidTask { .. })), "{bad:?}");
         }
     }
 

@@ -65,19 +65,11 @@ fn precompute_coeffs(in_size: usize, out_size: usize) -> AxisCoeffs {
         for (k, &w) in taps.iter_mut().zip(&weights[..n]) {
             let w = if sum != 0.0 { w / sum } else { w };
             let scaled = w * f64::from(1u32 << PRECISION_BITS);
-            *k = if w < 0.0 {
-                (scaled - 0.5) as i32
-            } else {
-                (scaled + 0.5) as i32
-            };
+            *k = if w < 0.0 { (scaled - 0.5) as i32 } else { (scaled + 0.5) as i32 };
         }
         bounds.push((lo, n));
     }
-    AxisCoeffs {
-        ksize,
-        bounds,
-        coeffs,
-    }
+    AxisCoeffs { ksize, bounds, coeffs }
 }
 
 /// `clip8(acc)`: arithmetic shift by the precision, clamped to a byte.
@@ -95,11 +87,7 @@ fn resample_horizontal(src: &RgbImage, out_w: u32) -> RgbImage {
     let in_row = in_w as usize * 3;
     let out_row = out_w as usize * 3;
     let mut out = vec![0u8; out_row * h as usize];
-    for (src_row, dst_row) in src
-        .as_raw()
-        .chunks_exact(in_row)
-        .zip(out.chunks_exact_mut(out_row))
-    {
+    for (src_row, dst_row) in src.as_raw().chunks_exact(in_row).zip(out.chunks_exact_mut(out_row)) {
         for (o, dst) in dst_row.chunks_exact_mut(3).enumerate() {
             let (lo, n) = axis.bounds[o];
             let taps = &axis.coeffs[o * axis.ksize..o * axis.ksize + n];
@@ -148,19 +136,9 @@ fn resample_vertical(src: &RgbImage, out_h: u32) -> RgbImage {
 /// resizing to the same size is a copy. `width` and `height` must be at least 1 (and so must the
 /// source's).
 pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> RgbImage {
-    assert!(
-        width > 0 && height > 0,
-        "resize target must be at least 1x1"
-    );
-    assert!(
-        src.width() > 0 && src.height() > 0,
-        "resize source must be at least 1x1"
-    );
-    let horizontal = if width != src.width() {
-        Some(resample_horizontal(src, width))
-    } else {
-        None
-    };
+    assert!(width > 0 && height > 0, "resize target must be at least 1x1");
+    assert!(src.width() > 0 && src.height() > 0, "resize source must be at least 1x1");
+    let horizontal = if width != src.width() { Some(resample_horizontal(src, width)) } else { None };
     let after_h = horizontal.as_ref().unwrap_or(src);
     if height != after_h.height() {
         resample_vertical(after_h, height)
@@ -174,9 +152,7 @@ mod tests {
     use super::*;
 
     fn row(values: &[u8]) -> RgbImage {
-        RgbImage::from_fn(values.len() as u32, 1, |x, _| {
-            image::Rgb([values[x as usize]; 3])
-        })
+        RgbImage::from_fn(values.len() as u32, 1, |x, _| image::Rgb([values[x as usize]; 3]))
     }
 
     fn reds(img: &RgbImage) -> Vec<u8> {
@@ -185,9 +161,7 @@ mod tests {
 
     #[test]
     fn identity_is_a_copy() {
-        let img = RgbImage::from_fn(7, 5, |x, y| {
-            image::Rgb([(x * 31 + y) as u8, (y * 17) as u8, (x ^ y) as u8])
-        });
+        let img = RgbImage::from_fn(7, 5, |x, y| image::Rgb([(x * 31 + y) as u8, (y * 17) as u8, (x ^ y) as u8]));
         assert_eq!(resize_bicubic(&img, 7, 5), img);
     }
 
@@ -211,14 +185,8 @@ mod tests {
     /// o=2, o=3 mirror o=1, o=0. Note the overshoot clipping at the edges (renormalised taps).
     #[test]
     fn upscale_by_hand() {
-        assert_eq!(
-            reds(&resize_bicubic(&row(&[0, 100]), 4, 1)),
-            vec![0, 21, 79, 109]
-        );
-        assert_eq!(
-            reds(&resize_bicubic(&row(&[100, 0]), 4, 1)),
-            vec![109, 79, 21, 0]
-        );
+        assert_eq!(reds(&resize_bicubic(&row(&[0, 100]), 4, 1)), vec![0, 21, 79, 109]);
+        assert_eq!(reds(&resize_bicubic(&row(&[100, 0]), 4, 1)), vec![109, 79, 21, 0]);
         // The same along the vertical axis (only the vertical pass runs).
         let col = RgbImage::from_fn(1, 2, |_, y| image::Rgb([[0u8, 100][y as usize]; 3]));
         assert_eq!(reds(&resize_bicubic(&col, 1, 4)), vec![0, 21, 79, 109]);
@@ -230,14 +198,8 @@ mod tests {
     /// [255, 0, 0, 0]: (2^21 + 255·1923834) >> 22 = 117; [0, 0, 0, 255]: negative → 0.
     #[test]
     fn downscale_by_hand() {
-        assert_eq!(
-            reds(&resize_bicubic(&row(&[0, 0, 0, 255]), 2, 1)),
-            vec![0, 117]
-        );
-        assert_eq!(
-            reds(&resize_bicubic(&row(&[255, 0, 0, 0]), 2, 1)),
-            vec![117, 0]
-        );
+        assert_eq!(reds(&resize_bicubic(&row(&[0, 0, 0, 255]), 2, 1)), vec![0, 117]);
+        assert_eq!(reds(&resize_bicubic(&row(&[255, 0, 0, 0]), 2, 1)), vec![117, 0]);
         let axis = precompute_coeffs(4, 2);
         assert_eq!(axis.bounds, vec![(0, 4), (0, 4)]);
         assert_eq!(&axis.coeffs[0..4], &[1923834, 1923834, 502623, -155987]);
@@ -251,15 +213,10 @@ mod tests {
         let src = RgbImage::from_fn(2, 2, |x, y| image::Rgb([if x == y { 0 } else { 100 }; 3]));
         let out = resize_bicubic(&src, 4, 4);
         let col = |a: i64, b: i64| -> Vec<u8> {
-            [
-                [4564390i64, -370086],
-                [3325484, 868820],
-                [868820, 3325484],
-                [-370086, 4564390],
-            ]
-            .iter()
-            .map(|k| ((2097152 + k[0] * a + k[1] * b) >> 22).clamp(0, 255) as u8)
-            .collect()
+            [[4564390i64, -370086], [3325484, 868820], [868820, 3325484], [-370086, 4564390]]
+                .iter()
+                .map(|k| ((2097152 + k[0] * a + k[1] * b) >> 22).clamp(0, 255) as u8)
+                .collect()
         };
         let h0 = [0i64, 21, 79, 109];
         let h1 = [109i64, 79, 21, 0];

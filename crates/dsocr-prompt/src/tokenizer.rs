@@ -37,10 +37,7 @@ pub struct PromptTokenizer {
 
 impl std::fmt::Debug for PromptTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PromptTokenizer")
-            .field("path", &self.path)
-            .field("vocab_size", &self.vocab_size())
-            .finish()
+        f.debug_struct("PromptTokenizer").field("path", &self.path).field("vocab_size", &self.vocab_size()).finish()
     }
 }
 
@@ -48,27 +45,16 @@ impl PromptTokenizer {
     /// Loads a `tokenizer.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| PromptError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| PromptError::Tokenizer {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| PromptError::Io { path: path.to_path_buf(), source })?;
+        let inner = Tokenizer::from_bytes(&bytes)
+            .map_err(|e| PromptError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
         Ok(Self::from_tokenizer(inner, path))
     }
 
     /// Wraps an already loaded tokenizer; `path` is only used in messages.
     pub fn from_tokenizer(inner: Tokenizer, path: impl AsRef<Path>) -> Self {
         let byte_level = matches!(inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
-        Self {
-            inner,
-            path: path.as_ref().to_path_buf(),
-            bos_fallback: None,
-            eos_fallback: None,
-            byte_level,
-        }
+        Self { inner, path: path.as_ref().to_path_buf(), bos_fallback: None, eos_fallback: None, byte_level }
     }
 
     /// Ids to use for BOS / EOS when the tokenizer lacks the token strings (`bos_token_id` /
@@ -101,10 +87,7 @@ impl PromptTokenizer {
         let encoding = self
             .inner
             .encode(text, false)
-            .map_err(|e| PromptError::Encode {
-                text: text.to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| PromptError::Encode { text: text.to_string(), message: e.to_string() })?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -119,10 +102,7 @@ impl PromptTokenizer {
     }
 
     fn require(&self, token: &str) -> Result<u32> {
-        self.token_id(token)
-            .ok_or_else(|| PromptError::MissingSpecialToken {
-                token: token.to_string(),
-            })
+        self.token_id(token).ok_or_else(|| PromptError::MissingSpecialToken { token: token.to_string() })
     }
 
     /// Id of the `<image>` placeholder.
@@ -134,27 +114,19 @@ impl PromptTokenizer {
     pub fn bos_id(&self) -> Result<u32> {
         self.token_id(BOS_TOKEN)
             .or(self.bos_fallback)
-            .ok_or_else(|| PromptError::MissingSpecialToken {
-                token: BOS_TOKEN.to_string(),
-            })
+            .ok_or_else(|| PromptError::MissingSpecialToken { token: BOS_TOKEN.to_string() })
     }
 
     /// Id of `<｜end▁of▁sentence｜>`, else the fallback id.
     pub fn eos_id(&self) -> Result<u32> {
         self.token_id(EOS_TOKEN)
             .or(self.eos_fallback)
-            .ok_or_else(|| PromptError::MissingSpecialToken {
-                token: EOS_TOKEN.to_string(),
-            })
+            .ok_or_else(|| PromptError::MissingSpecialToken { token: EOS_TOKEN.to_string() })
     }
 
     /// Decodes ids to text, keeping special tokens (as both reference paths do).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| PromptError::Decode {
-                message: e.to_string(),
-            })
+        self.inner.decode(ids, false).map_err(|e| PromptError::Decode { message: e.to_string() })
     }
 
     /// A decoder for generated ids arriving one at a time.
@@ -187,19 +159,14 @@ impl PromptTokenizer {
 /// Inverse of GPT-2's `bytes_to_unicode`: printable Latin-1 bytes map to themselves, the other
 /// 68 bytes to U+0100.. in increasing byte order.
 fn unicode_to_byte(ch: char) -> Option<u8> {
-    let printable = |b: u32| {
-        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
-    };
+    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
     let c = ch as u32;
     if c < 0x100 {
         return printable(c).then_some(c as u8);
     }
     let n = c - 0x100;
     // The n-th non-printable byte.
-    (0u32..=255)
-        .filter(|&b| !printable(b))
-        .nth(n as usize)
-        .map(|b| b as u8)
+    (0u32..=255).filter(|&b| !printable(b)).nth(n as usize).map(|b| b as u8)
 }
 
 /// Incremental decoder for generation: feed ids with [`step`](Self::step), get back only
@@ -221,13 +188,7 @@ pub struct StreamDecoder<'a> {
 
 impl<'a> StreamDecoder<'a> {
     pub fn new(tokenizer: &'a PromptTokenizer) -> Self {
-        Self {
-            tokenizer,
-            pending: Vec::new(),
-            ids: Vec::new(),
-            prefix_ids: 0,
-            prefix: String::new(),
-        }
+        Self { tokenizer, pending: Vec::new(), ids: Vec::new(), prefix_ids: 0, prefix: String::new() }
     }
 
     /// Adds one id; returns the text that became complete, if any.
@@ -325,9 +286,7 @@ mod tests {
         assert_eq!(unicode_to_byte('\u{144}'), None);
         assert_eq!(unicode_to_byte(' '), None);
         assert_eq!(unicode_to_byte('｜'), None);
-        let mut all: Vec<u8> = (0u32..0x144)
-            .filter_map(|c| char::from_u32(c).and_then(unicode_to_byte))
-            .collect();
+        let mut all: Vec<u8> = (0u32..0x144).filter_map(|c| char::from_u32(c).and_then(unicode_to_byte)).collect();
         all.sort();
         assert_eq!(all, (0..=255).collect::<Vec<u8>>());
     }

@@ -16,32 +16,21 @@ fn cases() -> Vec<Value> {
     let text = std::fs::read_to_string(fixture_dir().join("cases.json")).expect("read cases.json");
     let json: Value = serde_json::from_str(&text).expect("parse cases.json");
     let cases = json["cases"].as_array().expect("cases array").clone();
-    assert!(
-        cases.len() >= 9,
-        "expected the 9 fixture cases, found {}",
-        cases.len()
-    );
+    assert!(cases.len() >= 9, "expected the 9 fixture cases, found {}", cases.len());
     cases
 }
 
 fn reference_png(path: &Path) -> RgbImage {
     // The reference files are plain 8-bit RGB PNGs; decode them with the image crate directly.
-    image::open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
-        .into_rgb8()
+    image::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display())).into_rgb8()
 }
 
 fn assert_same_pixels(got: &RgbImage, expected: &RgbImage, what: &str) {
     assert_eq!(got.dimensions(), expected.dimensions(), "{what}: size");
     if got.as_raw() != expected.as_raw() {
         let (w, _) = got.dimensions();
-        let diffs: Vec<_> = got
-            .as_raw()
-            .iter()
-            .zip(expected.as_raw())
-            .enumerate()
-            .filter(|(_, (a, b))| a != b)
-            .collect();
+        let diffs: Vec<_> =
+            got.as_raw().iter().zip(expected.as_raw()).enumerate().filter(|(_, (a, b))| a != b).collect();
         let (i, (a, b)) = diffs[0];
         let px = i / 3;
         panic!(
@@ -64,50 +53,24 @@ fn preprocessing_matches_upstream_byte_for_byte() {
         let Some(image_name) = case["image"].as_str() else {
             continue;
         };
-        let mode: Mode = case["mode"]
-            .as_str()
-            .expect("mode")
-            .parse()
-            .expect("valid mode");
-        let image =
-            load_image(&dir.join("images").join(format!("{image_name}.png"))).expect("load image");
+        let mode: Mode = case["mode"].as_str().expect("mode").parse().expect("valid mode");
+        let image = load_image(&dir.join("images").join(format!("{image_name}.png"))).expect("load image");
         let prepared = preprocess(&image, mode).expect("preprocess");
 
         let grid = case["grid"].as_array().expect("grid");
-        let grid = (
-            grid[0].as_u64().unwrap() as u32,
-            grid[1].as_u64().unwrap() as u32,
-        );
+        let grid = (grid[0].as_u64().unwrap() as u32, grid[1].as_u64().unwrap() as u32);
         assert_eq!(prepared.grid, grid, "{name}: grid [cols, rows]");
-        assert_eq!(
-            prepared.num_tiles() as u64,
-            case["num_tiles"].as_u64().unwrap(),
-            "{name}: num_tiles"
-        );
-        assert_eq!(
-            prepared.image_token_count() as u64,
-            case["image_tokens"].as_u64().unwrap(),
-            "{name}: image_tokens"
-        );
+        assert_eq!(prepared.num_tiles() as u64, case["num_tiles"].as_u64().unwrap(), "{name}: num_tiles");
+        assert_eq!(prepared.image_token_count() as u64, case["image_tokens"].as_u64().unwrap(), "{name}: image_tokens");
         let global_size = case["global_size"].as_array().expect("global_size");
         assert_eq!(
-            (
-                prepared.global.width() as u64,
-                prepared.global.height() as u64
-            ),
-            (
-                global_size[0].as_u64().unwrap(),
-                global_size[1].as_u64().unwrap()
-            ),
+            (prepared.global.width() as u64, prepared.global.height() as u64),
+            (global_size[0].as_u64().unwrap(), global_size[1].as_u64().unwrap()),
             "{name}: global size"
         );
 
         let case_dir = dir.join("preprocess").join(name);
-        assert_same_pixels(
-            &prepared.global,
-            &reference_png(&case_dir.join("global.png")),
-            &format!("{name}/global"),
-        );
+        assert_same_pixels(&prepared.global, &reference_png(&case_dir.join("global.png")), &format!("{name}/global"));
         checked_views += 1;
         for (i, tile) in prepared.tiles.iter().enumerate() {
             let file = case_dir.join(format!("tile_{i}.png"));
@@ -116,9 +79,7 @@ fn preprocessing_matches_upstream_byte_for_byte() {
         }
         // No reference tile may be left unchecked.
         assert!(
-            !case_dir
-                .join(format!("tile_{}.png", prepared.tiles.len()))
-                .exists(),
+            !case_dir.join(format!("tile_{}.png", prepared.tiles.len())).exists(),
             "{name}: reference has more tiles than we produced"
         );
     }
@@ -126,9 +87,7 @@ fn preprocessing_matches_upstream_byte_for_byte() {
 }
 
 fn golden_ids(golden: &SafeTensors<'_>, name: &str) -> Vec<u32> {
-    let view = golden
-        .tensor(&format!("{name}.input_ids"))
-        .unwrap_or_else(|e| panic!("{name}.input_ids: {e}"));
+    let view = golden.tensor(&format!("{name}.input_ids")).unwrap_or_else(|e| panic!("{name}.input_ids: {e}"));
     assert_eq!(view.dtype(), Dtype::I64, "{name}.input_ids dtype");
     view.data()
         .chunks_exact(8)
@@ -146,13 +105,9 @@ fn input_ids_match_golden() {
     let golden = SafeTensors::deserialize(&bytes).expect("parse golden.safetensors");
     let tokenizer = PromptTokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
 
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let image_id = tokenizer.image_token_id().unwrap();
-    assert_eq!(
-        u64::from(image_id),
-        json["image_token_id"].as_u64().unwrap()
-    );
+    assert_eq!(u64::from(image_id), json["image_token_id"].as_u64().unwrap());
     assert_eq!(tokenizer.bos_id().unwrap(), 0);
     assert_eq!(tokenizer.eos_id().unwrap(), 1);
 
@@ -163,27 +118,15 @@ fn input_ids_match_golden() {
         let built = build_input_ids(&tokenizer, prompt, image_tokens).expect("build_input_ids");
         let expected = golden_ids(&golden, name);
         assert_eq!(built.ids, expected, "{name}: input_ids");
-        assert_eq!(
-            built.len() as u64,
-            case["prompt_len"].as_u64().unwrap(),
-            "{name}: prompt_len"
-        );
+        assert_eq!(built.len() as u64, case["prompt_len"].as_u64().unwrap(), "{name}: prompt_len");
 
         // The placeholder range holds exactly the image ids of the golden sequence.
-        let golden_positions: Vec<usize> = expected
-            .iter()
-            .enumerate()
-            .filter(|(_, &id)| id == image_id)
-            .map(|(i, _)| i)
-            .collect();
+        let golden_positions: Vec<usize> =
+            expected.iter().enumerate().filter(|(_, &id)| id == image_id).map(|(i, _)| i).collect();
         match (&built.image_range, image_tokens) {
             (Some(range), Some(n)) => {
                 assert_eq!(range.len(), n, "{name}");
-                assert_eq!(
-                    golden_positions,
-                    range.clone().collect::<Vec<_>>(),
-                    "{name}: image positions"
-                );
+                assert_eq!(golden_positions, range.clone().collect::<Vec<_>>(), "{name}: image positions");
             }
             (None, None) => assert!(golden_positions.is_empty(), "{name}"),
             other => panic!("{name}: unexpected image range {other:?}"),
@@ -194,23 +137,15 @@ fn input_ids_match_golden() {
 #[test]
 fn tokenizer_roundtrip_and_special_tokens() {
     let tokenizer = PromptTokenizer::from_file(fixture_dir().join("tokenizer.json")).unwrap();
-    let grounding = tokenizer
-        .token_id("<|grounding|>")
-        .expect("<|grounding|> token");
+    let grounding = tokenizer.token_id("<|grounding|>").expect("<|grounding|> token");
     let ids = tokenizer.encode_text("\n<|grounding|>Convert").unwrap();
-    assert!(
-        ids.contains(&grounding),
-        "special token matched as one token: {ids:?}"
-    );
+    assert!(ids.contains(&grounding), "special token matched as one token: {ids:?}");
     assert_eq!(ids.iter().filter(|&&id| id == grounding).count(), 1);
     // Special tokens are kept when decoding.
     assert_eq!(tokenizer.decode(&ids).unwrap(), "\n<|grounding|>Convert");
     let bos = tokenizer.bos_id().unwrap();
     let eos = tokenizer.eos_id().unwrap();
-    assert_eq!(
-        tokenizer.decode(&[bos, eos]).unwrap(),
-        "<｜begin▁of▁sentence｜><｜end▁of▁sentence｜>"
-    );
+    assert_eq!(tokenizer.decode(&[bos, eos]).unwrap(), "<｜begin▁of▁sentence｜><｜end▁of▁sentence｜>");
     assert!(tokenizer.encode_text("").unwrap().is_empty());
 }
 
@@ -244,24 +179,12 @@ fn stream_decoder_holds_split_characters() {
 
     let mut stream = tokenizer.stream_decoder();
     let pieces: Vec<Option<String>> = split.iter().map(|&id| stream.step(id).unwrap()).collect();
-    assert_eq!(
-        pieces,
-        vec![
-            Some("a".to_string()),
-            None,
-            None,
-            Some("中".to_string()),
-            Some("b".to_string())
-        ]
-    );
+    assert_eq!(pieces, vec![Some("a".to_string()), None, None, Some("中".to_string()), Some("b".to_string())]);
     assert_eq!(stream.finish().unwrap(), None);
 
     // Invalid and unfinished sequences: 0xE4 followed by 'b' is invalid → U+FFFD then "b";
     // a dangling 0xE4 0xB8 at the end is flushed by finish().
-    let ids: Vec<u32> = [0xE4, b'b', 0xE4, 0xB8]
-        .iter()
-        .map(|&b| byte_token(b).unwrap())
-        .collect();
+    let ids: Vec<u32> = [0xE4, b'b', 0xE4, 0xB8].iter().map(|&b| byte_token(b).unwrap()).collect();
     let mut stream = tokenizer.stream_decoder();
     let mut out = String::new();
     let mut steps = Vec::new();
@@ -278,10 +201,7 @@ fn stream_decoder_holds_split_characters() {
     // Special tokens stream through unchanged.
     let grounding = tokenizer.token_id("<|grounding|>").unwrap();
     let mut stream = tokenizer.stream_decoder();
-    assert_eq!(
-        stream.step(grounding).unwrap().as_deref(),
-        Some("<|grounding|>")
-    );
+    assert_eq!(stream.step(grounding).unwrap().as_deref(), Some("<|grounding|>"));
 }
 
 #[test]
@@ -292,14 +212,8 @@ fn prompt_errors() {
         build_input_ids(&tokenizer, "<image>\n<image>x", Some(10)),
         Err(TooManyImagePlaceholders { count: 2 })
     ));
-    assert!(matches!(
-        build_input_ids(&tokenizer, "Free OCR.", Some(10)),
-        Err(MissingImagePlaceholder)
-    ));
-    assert!(matches!(
-        build_input_ids(&tokenizer, "<image>\nFree OCR.", None),
-        Err(UnexpectedImagePlaceholder)
-    ));
+    assert!(matches!(build_input_ids(&tokenizer, "Free OCR.", Some(10)), Err(MissingImagePlaceholder)));
+    assert!(matches!(build_input_ids(&tokenizer, "<image>\nFree OCR.", None), Err(UnexpectedImagePlaceholder)));
     // HF strips the prompt: surrounding whitespace does not change the ids.
     let a = build_input_ids(&tokenizer, "  <image>\nFree OCR. \n", Some(3)).unwrap();
     let b = build_input_ids(&tokenizer, "<image>\nFree OCR.", Some(3)).unwrap();

@@ -3,15 +3,11 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use dsocr_prompt::{
-    load_image, load_image_from_memory, load_image_with, LoadOptions, PromptError, RgbImage,
-};
+use dsocr_prompt::{load_image, load_image_from_memory, load_image_with, LoadOptions, PromptError, RgbImage};
 use image::{DynamicImage, ImageFormat, Rgb};
 
 fn fixture_image(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/reference-tiny/images")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference-tiny/images").join(name)
 }
 
 /// A fresh scratch directory for one test.
@@ -28,10 +24,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 fn assert_names_file(err: &PromptError, file: &str) {
-    assert!(
-        err.to_string().contains(file),
-        "error message does not name {file}: {err}"
-    );
+    assert!(err.to_string().contains(file), "error message does not name {file}: {err}");
 }
 
 fn crc32(bytes: &[u8]) -> u32 {
@@ -39,11 +32,7 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
         }
     }
     !crc
@@ -60,9 +49,7 @@ fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
 
 fn encode_png(image: &RgbImage) -> Vec<u8> {
     let mut bytes = Vec::new();
-    DynamicImage::ImageRgb8(image.clone())
-        .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
-        .unwrap();
+    DynamicImage::ImageRgb8(image.clone()).write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png).unwrap();
     bytes
 }
 
@@ -86,17 +73,10 @@ fn zero_byte_file() {
 fn truncated_png() {
     let dir = scratch("truncated");
     let full = std::fs::read(fixture_image("small.png")).unwrap();
-    for (name, len) in [
-        ("half.png", full.len() / 2),
-        ("header-only.png", 40),
-        ("sig-only.png", 8),
-    ] {
+    for (name, len) in [("half.png", full.len() / 2), ("header-only.png", 40), ("sig-only.png", 8)] {
         let path = write(&dir, name, &full[..len]);
         let err = load_image(&path).unwrap_err();
-        assert!(
-            matches!(err, PromptError::Corrupt { .. }),
-            "{name}: {err:?}"
-        );
+        assert!(matches!(err, PromptError::Corrupt { .. }), "{name}: {err:?}");
         assert_names_file(&err, name);
     }
 }
@@ -118,10 +98,7 @@ fn unsupported_format() {
     ppm.extend_from_slice(&[200; 12]);
     let path = write(&dir, "scan.ppm", &ppm);
     let err = load_image(&path).unwrap_err();
-    assert!(
-        matches!(err, PromptError::UnsupportedFormat { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, PromptError::UnsupportedFormat { .. }), "{err:?}");
     assert_names_file(&err, "scan.ppm");
 }
 
@@ -141,54 +118,22 @@ fn too_many_pixels_checked_from_header() {
     let path = write(&dir, "bomb.png", &png);
     let err = load_image(&path).unwrap_err();
     assert!(
-        matches!(
-            err,
-            PromptError::TooManyPixels {
-                width: 20_000,
-                height: 20_000,
-                limit: 178_956_970,
-                ..
-            }
-        ),
+        matches!(err, PromptError::TooManyPixels { width: 20_000, height: 20_000, limit: 178_956_970, .. }),
         "{err:?}"
     );
     assert_names_file(&err, "bomb.png");
 
     // Without the guard the same file gets as far as decoding and is found corrupt.
-    let unguarded = LoadOptions {
-        max_pixels: None,
-        ..LoadOptions::default()
-    };
+    let unguarded = LoadOptions { max_pixels: None, ..LoadOptions::default() };
     let err = load_image_with(&path, &unguarded).unwrap_err();
     assert!(matches!(err, PromptError::Corrupt { .. }), "{err:?}");
 
     // A configurable limit: small.png is 600×400 = 240,000 pixels.
-    let strict = LoadOptions {
-        max_pixels: Some(239_999),
-        ..LoadOptions::default()
-    };
+    let strict = LoadOptions { max_pixels: Some(239_999), ..LoadOptions::default() };
     let err = load_image_with(&fixture_image("small.png"), &strict).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PromptError::TooManyPixels {
-                width: 600,
-                height: 400,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    let exact = LoadOptions {
-        max_pixels: Some(240_000),
-        ..LoadOptions::default()
-    };
-    assert_eq!(
-        load_image_with(&fixture_image("small.png"), &exact)
-            .unwrap()
-            .dimensions(),
-        (600, 400)
-    );
+    assert!(matches!(err, PromptError::TooManyPixels { width: 600, height: 400, .. }), "{err:?}");
+    let exact = LoadOptions { max_pixels: Some(240_000), ..LoadOptions::default() };
+    assert_eq!(load_image_with(&fixture_image("small.png"), &exact).unwrap().dimensions(), (600, 400));
 }
 
 #[test]
@@ -257,30 +202,18 @@ fn exif_orientation_all_eight() {
     for orientation in 1..=8u16 {
         let bytes = with_exif(&png, &exif_block(orientation));
         let got = load_image_from_memory(&bytes, "photo.png").unwrap();
-        assert_eq!(
-            got,
-            pillow_transpose(&src, orientation),
-            "orientation {orientation}"
-        );
+        assert_eq!(got, pillow_transpose(&src, orientation), "orientation {orientation}");
         // The eval-batch path does not transpose.
         let raw = dsocr_prompt::load_image_from_memory_with(
             &bytes,
             "photo.png",
-            &LoadOptions {
-                exif_transpose: false,
-                ..LoadOptions::default()
-            },
+            &LoadOptions { exif_transpose: false, ..LoadOptions::default() },
         )
         .unwrap();
         assert_eq!(raw, src);
     }
     // Out-of-range values and broken EXIF are ignored.
-    for exif in [
-        exif_block(0),
-        exif_block(9),
-        b"MM\0\x2a\0\0\xff\xff".to_vec(),
-        b"garbage".to_vec(),
-    ] {
+    for exif in [exif_block(0), exif_block(9), b"MM\0\x2a\0\0\xff\xff".to_vec(), b"garbage".to_vec()] {
         let got = load_image_from_memory(&with_exif(&png, &exif), "photo.png").unwrap();
         assert_eq!(got, src);
     }
@@ -296,17 +229,7 @@ fn zero_width_or_height() {
     let dir = scratch("zero");
     let path = write(&dir, "zero.gif", &gif);
     let err = load_image(&path).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PromptError::ZeroSize {
-                width: 0,
-                height: 0,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, PromptError::ZeroSize { width: 0, height: 0, .. }), "{err:?}");
     assert_names_file(&err, "zero.gif");
 
     // A TIFF with width 0 is already rejected by the TIFF decoder (reported as corrupt).
@@ -341,9 +264,7 @@ fn jpeg_exif_orientation() {
     // 32×16, left half black, right half white.
     let src = RgbImage::from_fn(32, 16, |x, _| Rgb([if x < 16 { 0 } else { 255 }; 3]));
     let mut jpeg = Vec::new();
-    DynamicImage::ImageRgb8(src)
-        .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
-        .unwrap();
+    DynamicImage::ImageRgb8(src).write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg).unwrap();
     let exif = exif_block(6);
     let mut app1 = vec![0xff, 0xe1];
     app1.extend_from_slice(&((2 + 6 + exif.len()) as u16).to_be_bytes());
@@ -358,14 +279,6 @@ fn jpeg_exif_orientation() {
     // Orientation 6: rotate 90° clockwise → 16×32, the left (black) half ends up on top.
     let rotated = load_image_from_memory(&with_app1, "photo.jpg").unwrap();
     assert_eq!(rotated.dimensions(), (16, 32));
-    assert!(
-        rotated.get_pixel(8, 4).0[0] < 30,
-        "{:?}",
-        rotated.get_pixel(8, 4)
-    );
-    assert!(
-        rotated.get_pixel(8, 27).0[0] > 225,
-        "{:?}",
-        rotated.get_pixel(8, 27)
-    );
+    assert!(rotated.get_pixel(8, 4).0[0] < 30, "{:?}", rotated.get_pixel(8, 4));
+    assert!(rotated.get_pixel(8, 27).0[0] > 225, "{:?}", rotated.get_pixel(8, 27));
 }

@@ -71,11 +71,7 @@ pub fn label_color(label: &str) -> Rgb<u8> {
         h ^= b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    Rgb([
-        (h % 200) as u8,
-        ((h >> 16) % 200) as u8,
-        ((h >> 32) % 255) as u8,
-    ])
+    Rgb([(h % 200) as u8, ((h >> 16) % 200) as u8, ((h >> 32) % 255) as u8])
 }
 
 /// Width and height of the label text box (glyph cells of [`GLYPH_SIZE`] px).
@@ -92,11 +88,7 @@ pub fn draw_overlay(image: &RgbImage, blocks: &[Block]) -> RgbImage {
 
     for block in blocks {
         let color = label_color(&block.label);
-        let width = if block.is_title() {
-            TITLE_WIDTH
-        } else {
-            BOX_WIDTH
-        };
+        let width = if block.is_title() { TITLE_WIDTH } else { BOX_WIDTH };
         for [x1, y1, x2, y2] in block.pixel_boxes(w, h) {
             if x2 < x1 || y2 < y1 {
                 continue;
@@ -221,18 +213,11 @@ pub fn figure_crops(image: &RgbImage, blocks: &[Block]) -> (Vec<FigureCrop>, Vec
             let [x1, y1, x2, y2] = b;
             let (x2, y2) = (x2.min(w), y2.min(h));
             if x2 <= x1 || y2 <= y1 {
-                warnings.push(format!(
-                    "figure {k} box {j}: empty crop {b:?} on a {w}x{h} image; not saved"
-                ));
+                warnings.push(format!("figure {k} box {j}: empty crop {b:?} on a {w}x{h} image; not saved"));
                 continue;
             }
             let crop = image::imageops::crop_imm(image, x1, y1, x2 - x1, y2 - y1).to_image();
-            crops.push(FigureCrop {
-                image_index: k,
-                box_index: j,
-                pixel_box: b,
-                image: crop,
-            });
+            crops.push(FigureCrop { image_index: k, box_index: j, pixel_box: b, image: crop });
         }
     }
     (crops, warnings)
@@ -241,8 +226,7 @@ pub fn figure_crops(image: &RgbImage, blocks: &[Block]) -> (Vec<FigureCrop>, Vec
 /// JPEG bytes of `image` at `quality` (1..=100).
 pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, image::ImageError> {
     let mut bytes = Vec::new();
-    let encoder =
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality.clamp(1, 100));
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality.clamp(1, 100));
     image.write_with_encoder(encoder)?;
     Ok(bytes)
 }

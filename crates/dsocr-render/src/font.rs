@@ -10,11 +10,7 @@ pub(crate) const GLYPH_SIZE: u32 = 8;
 /// Rows of the glyph for `c`; characters outside printable ASCII draw as `?`.
 pub(crate) fn glyph(c: char) -> &'static [u8; 8] {
     let code = c as u32;
-    let idx = if (0x20..=0x7E).contains(&code) {
-        code - 0x20
-    } else {
-        '?' as u32 - 0x20
-    };
+    let idx = if (0x20..=0x7E).contains(&code) { code - 0x20 } else { '?' as u32 - 0x20 };
     &FONT[idx as usize]
 }
 

@@ -94,10 +94,7 @@ impl Block {
 
     /// The boxes in pixels of a `width × height` image (see [`pixel_box`]).
     pub fn pixel_boxes(&self, width: u32, height: u32) -> Vec<[u32; 4]> {
-        self.boxes
-            .iter()
-            .map(|b| pixel_box(*b, width, height))
-            .collect()
+        self.boxes.iter().map(|b| pixel_box(*b, width, height)).collect()
     }
 }
 
@@ -107,12 +104,7 @@ impl Block {
 /// image.
 pub fn pixel_box(b: [u32; 4], width: u32, height: u32) -> [u32; 4] {
     let map = |v: u32, size: u32| (v as f64 / 999.0 * size as f64) as u32;
-    [
-        map(b[0], width),
-        map(b[1], height),
-        map(b[2], width),
-        map(b[3], height),
-    ]
+    [map(b[0], width), map(b[1], height), map(b[2], width), map(b[3], height)]
 }
 
 /// A non-fatal problem in a block's box list.
@@ -146,16 +138,13 @@ pub fn parse_grounding(text: &str) -> Grounding {
     for (order, tag) in tags.iter().enumerate() {
         let label = text[tag.label.clone()].to_string();
         let (boxes, problems) = parse_box_list(&text[tag.det.clone()]);
-        out.warnings
-            .extend(problems.into_iter().map(|message| GroundingWarning {
-                order,
-                label: label.clone(),
-                message,
-            }));
+        out.warnings.extend(problems.into_iter().map(|message| GroundingWarning {
+            order,
+            label: label.clone(),
+            message,
+        }));
 
-        let end = tags
-            .get(order + 1)
-            .map_or(text.len(), |next| next.span.start);
+        let end = tags.get(order + 1).map_or(text.len(), |next| next.span.start);
         let text_span = trim_span(text, tag.span.end..end);
         let image_index = tag.is_image.then(|| {
             image_count += 1;
@@ -191,18 +180,12 @@ pub fn parse_box_list(s: &str) -> (Vec<[u32; 4]>, Vec<String>) {
     let value = match ListParser::new(s).parse_document() {
         Ok(v) => v,
         Err(e) => {
-            warnings.push(format!(
-                "box list {:?} is not a list of numbers ({e}); no boxes",
-                abbreviate(s)
-            ));
+            warnings.push(format!("box list {:?} is not a list of numbers ({e}); no boxes", abbreviate(s)));
             return (Vec::new(), warnings);
         }
     };
     let Value::List(items) = value else {
-        warnings.push(format!(
-            "box list {:?} is a single number, not a list; no boxes",
-            abbreviate(s)
-        ));
+        warnings.push(format!("box list {:?} is a single number, not a list; no boxes", abbreviate(s)));
         return (Vec::new(), warnings);
     };
 
@@ -216,17 +199,12 @@ pub fn parse_box_list(s: &str) -> (Vec<[u32; 4]>, Vec<String>) {
     }
     for (i, item) in items.iter().enumerate() {
         match item {
-            Value::List(coords)
-                if coords.len() == 4 && coords.iter().all(|v| matches!(v, Value::Num(_))) =>
-            {
+            Value::List(coords) if coords.len() == 4 && coords.iter().all(|v| matches!(v, Value::Num(_))) => {
                 if let Some(b) = to_box(coords, &mut warnings) {
                     boxes.push(b);
                 }
             }
-            _ => warnings.push(format!(
-                "box {i} of {:?} is not 4 numbers; skipped",
-                abbreviate(s)
-            )),
+            _ => warnings.push(format!("box {i} of {:?} is not 4 numbers; skipped", abbreviate(s))),
         }
     }
     (boxes, warnings)
@@ -290,11 +268,7 @@ const MAX_DEPTH: usize = 16;
 
 impl<'a> ListParser<'a> {
     fn new(s: &'a str) -> Self {
-        Self {
-            s: s.as_bytes(),
-            pos: 0,
-            depth: 0,
-        }
+        Self { s: s.as_bytes(), pos: 0, depth: 0 }
     }
 
     fn parse_document(mut self) -> Result<Value, String> {
@@ -341,9 +315,7 @@ impl<'a> ListParser<'a> {
                             self.pos += 1;
                             break;
                         }
-                        Some(c) => {
-                            return Err(format!("unexpected {:?} at byte {}", c as char, self.pos))
-                        }
+                        Some(c) => return Err(format!("unexpected {:?} at byte {}", c as char, self.pos)),
                         None => return Err("unterminated list".into()),
                     }
                 }
@@ -359,9 +331,8 @@ impl<'a> ListParser<'a> {
     fn number(&mut self) -> Result<Value, String> {
         let start = self.pos;
         while let Some(c) = self.peek() {
-            let sign_after_exp = (c == b'-' || c == b'+')
-                && self.pos > start
-                && matches!(self.s[self.pos - 1], b'e' | b'E');
+            let sign_after_exp =
+                (c == b'-' || c == b'+') && self.pos > start && matches!(self.s[self.pos - 1], b'e' | b'E');
             if c.is_ascii_digit()
                 || c == b'.'
                 || c == b'e'
@@ -376,11 +347,7 @@ impl<'a> ListParser<'a> {
             }
         }
         let text: String = String::from_utf8_lossy(&self.s[start..self.pos]).replace('_', "");
-        text.parse::<f64>()
-            .ok()
-            .filter(|x| !x.is_nan())
-            .map(Value::Num)
-            .ok_or_else(|| format!("bad number {text:?}"))
+        text.parse::<f64>().ok().filter(|x| !x.is_nan()).map(Value::Num).ok_or_else(|| format!("bad number {text:?}"))
     }
 }
 
@@ -390,14 +357,8 @@ mod tests {
 
     #[test]
     fn box_list_forms() {
-        assert_eq!(
-            parse_box_list("[[1, 2, 3, 4]]"),
-            (vec![[1, 2, 3, 4]], vec![])
-        );
-        assert_eq!(
-            parse_box_list(" [[1,2,3,4], [5, 6, 7, 8],] ").0,
-            vec![[1, 2, 3, 4], [5, 6, 7, 8]]
-        );
+        assert_eq!(parse_box_list("[[1, 2, 3, 4]]"), (vec![[1, 2, 3, 4]], vec![]));
+        assert_eq!(parse_box_list(" [[1,2,3,4], [5, 6, 7, 8],] ").0, vec![[1, 2, 3, 4], [5, 6, 7, 8]]);
         assert_eq!(parse_box_list("[(1, 2, 3, 4)]").0, vec![[1, 2, 3, 4]]);
         assert_eq!(parse_box_list("[1, 2, 3, 4]").0, vec![[1, 2, 3, 4]]);
         assert_eq!(parse_box_list("[]"), (vec![], vec![]));
@@ -409,15 +370,7 @@ mod tests {
 
     #[test]
     fn malformed_box_lists_warn() {
-        for bad in [
-            "",
-            "[[1, 2, 3, 4]",
-            "[[1, 2, x, 4]]",
-            "[[1, 2, 3, 4]] junk",
-            "7",
-            "[[1,2,3]]",
-            "[[1,2,3,4,5]]",
-        ] {
+        for bad in ["", "[[1, 2, 3, 4]", "[[1, 2, x, 4]]", "[[1, 2, 3, 4]] junk", "7", "[[1,2,3]]", "[[1,2,3,4,5]]"] {
             let (boxes, warnings) = parse_box_list(bad);
             assert!(boxes.is_empty(), "{bad:?} gave {boxes:?}");
             assert!(!warnings.is_empty(), "{bad:?} gave no warning");

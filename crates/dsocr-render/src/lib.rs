@@ -44,9 +44,7 @@ pub use grounding::{parse_grounding, pixel_box, Block, Grounding, GroundingWarni
 pub use json::{BlockJson, DocumentJson, FinishReason, PageJson};
 pub use markdown::{strip_eos, to_markdown, to_plain_text, EOS, PAGE_SPLIT};
 pub use output::{
-    safe_stem, sanitize_name, write_atomic, write_document, write_image_result, DocumentKind,
-    DocumentWriter, GeneratedPage, OutputError, PageInput, WriterOptions, WrittenFiles,
+    safe_stem, sanitize_name, write_atomic, write_document, write_image_result, DocumentKind, DocumentWriter,
+    GeneratedPage, OutputError, PageInput, WriterOptions, WrittenFiles,
 };
-pub use pdf::{
-    page_count, render_pdf, PageError, PdfDocument, PdfError, RenderedPage, DEFAULT_DPI,
-};
+pub use pdf::{page_count, render_pdf, PageError, PdfDocument, PdfError, RenderedPage, DEFAULT_DPI};

@@ -64,29 +64,16 @@ pub fn to_plain_text(raw: &str) -> String {
 fn clean(raw: &str, figure_stem: Option<&str>, collapse: bool) -> String {
     let (text, _) = strip_eos(raw);
     let tags = find_tags(text);
-    let images: Vec<&str> = tags
-        .iter()
-        .filter(|t| t.is_image)
-        .map(|t| &text[t.span.clone()])
-        .collect();
-    let others: Vec<&str> = tags
-        .iter()
-        .filter(|t| !t.is_image)
-        .map(|t| &text[t.span.clone()])
-        .collect();
+    let images: Vec<&str> = tags.iter().filter(|t| t.is_image).map(|t| &text[t.span.clone()]).collect();
+    let others: Vec<&str> = tags.iter().filter(|t| !t.is_image).map(|t| &text[t.span.clone()]).collect();
 
     let mut out = text.to_string();
     for (k, m) in images.iter().enumerate() {
-        let replacement = figure_stem
-            .map(|stem| figure_link(stem, k))
-            .unwrap_or_default();
+        let replacement = figure_stem.map(|stem| figure_link(stem, k)).unwrap_or_default();
         out = out.replace(m, &replacement);
     }
     for m in &others {
-        out = out
-            .replace(m, "")
-            .replace("\\coloneqq", ":=")
-            .replace("\\eqqcolon", "=:");
+        out = out.replace(m, "").replace("\\coloneqq", ":=").replace("\\eqqcolon", "=:");
     }
     if collapse {
         out = collapse_blank_lines(&out);
@@ -132,27 +119,18 @@ mod tests {
             to_markdown(&format!("{img}\n$a \\coloneqq b$"), "d", false),
             "![](images/d_0.jpg)\n\n$a \\coloneqq b$"
         );
-        assert_eq!(
-            to_markdown(&format!("{txt}\n$a \\coloneqq b \\eqqcolon c$"), "d", false),
-            "\n$a := b =: c$"
-        );
+        assert_eq!(to_markdown(&format!("{txt}\n$a \\coloneqq b \\eqqcolon c$"), "d", false), "\n$a := b =: c$");
     }
 
     #[test]
     fn identical_image_matches_share_the_first_index() {
         // str.replace replaces all occurrences: both become link 0 (upstream behaviour).
         let img = "<|ref|>image<|/ref|><|det|>[[1,2,3,4]]<|/det|>";
-        assert_eq!(
-            to_markdown(&format!("{img}{img}"), "x", false),
-            "![](images/x_0.jpg)\n![](images/x_0.jpg)\n"
-        );
+        assert_eq!(to_markdown(&format!("{img}{img}"), "x", false), "![](images/x_0.jpg)\n![](images/x_0.jpg)\n");
     }
 
     #[test]
     fn collapse() {
-        assert_eq!(
-            collapse_blank_lines("a\n\n\n\n\n\n\nb\nc\n\nd\n\n\n"),
-            "a\n\nb\nc\n\nd\n\n"
-        );
+        assert_eq!(collapse_blank_lines("a\n\n\n\n\n\n\nb\nc\n\nd\n\n\n"), "a\n\nb\nc\n\nd\n\n");
     }
 }

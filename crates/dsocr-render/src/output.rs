@@ -71,10 +71,7 @@ pub const MAX_STEM_BYTES: usize = 150;
 /// `/abs/x.png` gives `x`.
 pub fn safe_stem(path: impl AsRef<Path>) -> String {
     let path = path.as_ref();
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     sanitize_name(&stem)
 }
 
@@ -84,16 +81,8 @@ pub fn safe_stem(path: impl AsRef<Path>) -> String {
 /// leading and trailing dots are removed (no `..`, no hidden files); at most [`MAX_STEM_BYTES`] bytes; an empty result
 /// becomes `input`.
 pub fn sanitize_name(name: &str) -> String {
-    let mapped: String = name
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || "-_.+@=,".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mapped: String =
+        name.chars().map(|c| if c.is_alphanumeric() || "-_.+@=,".contains(c) { c } else { '_' }).collect();
     // Collapse dot runs (no `..` anywhere), then drop leading/trailing dots.
     let mut dotted = String::with_capacity(mapped.len());
     for c in mapped.chars() {
@@ -131,17 +120,12 @@ pub fn write_atomic_with(
     write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
 ) -> Result<(), OutputError> {
     let path = path.as_ref();
-    let io_err = |source| OutputError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = |source| OutputError::Io { path: path.to_path_buf(), source };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io_err(io::Error::other("no file name")))?;
+    let file_name = path.file_name().ok_or_else(|| io_err(io::Error::other("no file name")))?;
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
         file_name.to_string_lossy(),
@@ -197,13 +181,7 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        Self {
-            jpeg_quality: 95,
-            overlays: true,
-            figures: true,
-            plain_text: false,
-            layouts_pdf: false,
-        }
+        Self { jpeg_quality: 95, overlays: true, figures: true, plain_text: false, layouts_pdf: false }
     }
 }
 
@@ -270,12 +248,8 @@ impl DocumentWriter {
         options: WriterOptions,
     ) -> Result<Self, OutputError> {
         let out_dir = out_dir.as_ref().to_path_buf();
-        let create = |p: &Path| {
-            fs::create_dir_all(p).map_err(|source| OutputError::Io {
-                path: p.to_path_buf(),
-                source,
-            })
-        };
+        let create =
+            |p: &Path| fs::create_dir_all(p).map_err(|source| OutputError::Io { path: p.to_path_buf(), source });
         create(&out_dir)?;
         if options.figures {
             create(&out_dir.join("images"))?;
@@ -316,26 +290,17 @@ impl DocumentWriter {
     /// crops and overlay now, keeps its text and JSON for [`finish`](Self::finish).
     pub fn add_page(&mut self, page: PageInput<'_>) -> Result<&PageJson, OutputError> {
         if !self.kind.is_pdf() && !self.pages.is_empty() {
-            return Err(OutputError::TooManyPages {
-                name: self.name.clone(),
-            });
+            return Err(OutputError::TooManyPages { name: self.name.clone() });
         }
         let page_no = self.pages.len() + 1;
         let (json, raw) = match page {
-            PageInput::Failed { error } => (
-                PageJson::failed(page_no, error),
-                String::new(),
-            ),
+            PageInput::Failed { error } => (PageJson::failed(page_no, error), String::new()),
             PageInput::Generated(g) => self.generated_page(page_no, g)?,
         };
         let markdown = json.markdown.clone();
         let text = to_plain_text(&raw);
         if self.kind.is_pdf() {
-            for (acc, s) in [
-                (&mut self.raw, &raw),
-                (&mut self.markdown, &markdown),
-                (&mut self.text, &text),
-            ] {
+            for (acc, s) in [(&mut self.raw, &raw), (&mut self.markdown, &markdown), (&mut self.text, &text)] {
                 acc.push_str(s);
                 acc.push_str(PAGE_SPLIT);
             }
@@ -349,11 +314,7 @@ impl DocumentWriter {
     }
 
     /// The JSON of a generated page and its raw text (EOS removed); writes crops and overlay.
-    fn generated_page(
-        &mut self,
-        page_no: usize,
-        g: GeneratedPage<'_>,
-    ) -> Result<(PageJson, String), OutputError> {
+    fn generated_page(&mut self, page_no: usize, g: GeneratedPage<'_>) -> Result<(PageJson, String), OutputError> {
         let (text, _) = strip_eos(g.raw);
         let grounding = parse_grounding(text);
         let (w, h) = g.image.dimensions();
@@ -362,8 +323,7 @@ impl DocumentWriter {
             DocumentKind::Pdf { .. } => format!("{}_{page_no}", self.name),
         };
         let markdown = to_markdown(text, &figure_stem, self.kind.is_pdf());
-        let mut warnings: Vec<String> =
-            grounding.warnings.iter().map(ToString::to_string).collect();
+        let mut warnings: Vec<String> = grounding.warnings.iter().map(ToString::to_string).collect();
 
         // Figure crops: images/<figure_stem>_<k>.jpg (+ _<j> for further boxes of one match).
         let mut linked: Vec<Option<String>> = vec![None; grounding.blocks.len()];
@@ -373,21 +333,12 @@ impl DocumentWriter {
             for crop in crops {
                 let rel = format!("images/{}", crop.file_name(&figure_stem));
                 let path = self.out_dir.join(&rel);
-                let bytes =
-                    encode_jpeg(&crop.image, self.options.jpeg_quality).map_err(|source| {
-                        OutputError::Image {
-                            path: path.clone(),
-                            source,
-                        }
-                    })?;
+                let bytes = encode_jpeg(&crop.image, self.options.jpeg_quality)
+                    .map_err(|source| OutputError::Image { path: path.clone(), source })?;
                 write_atomic(&path, &bytes)?;
                 self.files.figures.push(path);
                 if crop.box_index == 0 {
-                    if let Some(b) = grounding
-                        .blocks
-                        .iter()
-                        .position(|b| b.image_index == Some(crop.image_index))
-                    {
+                    if let Some(b) = grounding.blocks.iter().position(|b| b.image_index == Some(crop.image_index)) {
                         linked[b] = Some(rel);
                     }
                 }
@@ -401,23 +352,15 @@ impl DocumentWriter {
             };
             let path = self.out_dir.join(file);
             let overlay = draw_overlay(g.image, &grounding.blocks);
-            let bytes = encode_jpeg(&overlay, self.options.jpeg_quality).map_err(|source| {
-                OutputError::Image {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
+            let bytes = encode_jpeg(&overlay, self.options.jpeg_quality)
+                .map_err(|source| OutputError::Image { path: path.clone(), source })?;
             write_atomic(&path, &bytes)?;
             self.files.overlays.push(path.clone());
             self.layout_pages.push((path, w, h));
         }
 
-        let blocks = grounding
-            .blocks
-            .iter()
-            .zip(linked)
-            .map(|(b, figure)| BlockJson::from_block(b, w, h, figure))
-            .collect();
+        let blocks =
+            grounding.blocks.iter().zip(linked).map(|(b, figure)| BlockJson::from_block(b, w, h, figure)).collect();
         let json = PageJson {
             page: page_no,
             width: w,
@@ -440,13 +383,7 @@ impl DocumentWriter {
             DocumentKind::Image => (DocumentKindJson::Image, None),
             DocumentKind::Pdf { dpi } => (DocumentKindJson::Pdf, Some(dpi)),
         };
-        DocumentJson {
-            name: self.name.clone(),
-            source: self.source.clone(),
-            kind,
-            dpi,
-            pages: self.pages.clone(),
-        }
+        DocumentJson { name: self.name.clone(), source: self.source.clone(), kind, dpi, pages: self.pages.clone() }
     }
 
     /// Writes `.mmd`, `_det.mmd`, `.txt` (if enabled) and `.json` with the pages so far.
@@ -458,12 +395,8 @@ impl DocumentWriter {
             write_atomic(&path, self.text.as_bytes())?;
             self.files.text = Some(path);
         }
-        let json = serde_json::to_vec_pretty(&self.document_json()).map_err(|source| {
-            OutputError::Json {
-                path: self.files.json.clone(),
-                source,
-            }
-        })?;
+        let json = serde_json::to_vec_pretty(&self.document_json())
+            .map_err(|source| OutputError::Json { path: self.files.json.clone(), source })?;
         write_atomic(&self.files.json, &json)
     }
 
@@ -510,25 +443,15 @@ pub fn write_document<'a>(
 
 /// A minimal PDF with one JPEG (DCTDecode) image per page, each page `px · 72 / dpi` points
 /// (the size of the original PDF page), like upstream's img2pdf layouts file.
-fn write_layouts_pdf(
-    path: &Path,
-    pages: &[(PathBuf, u32, u32)],
-    dpi: f32,
-) -> Result<(), OutputError> {
+fn write_layouts_pdf(path: &Path, pages: &[(PathBuf, u32, u32)], dpi: f32) -> Result<(), OutputError> {
     // Read the JPEGs first so that a missing file is reported with its own path.
     let mut jpegs = Vec::with_capacity(pages.len());
     for (p, w, h) in pages {
-        let bytes = fs::read(p).map_err(|source| OutputError::Io {
-            path: p.clone(),
-            source,
-        })?;
+        let bytes = fs::read(p).map_err(|source| OutputError::Io { path: p.clone(), source })?;
         jpegs.push((bytes, *w, *h));
     }
     write_atomic_with(path, |out| {
-        let mut w = CountingWriter {
-            inner: out,
-            written: 0,
-        };
+        let mut w = CountingWriter { inner: out, written: 0 };
         let mut offsets: Vec<u64> = Vec::new();
         w.write_all(b"%PDF-1.4\n%\xE2\xE3\xCF\xD3\n")?;
         let n = jpegs.len();
@@ -537,11 +460,7 @@ fn write_layouts_pdf(
         w.write_all(b"1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n")?;
         offsets.push(w.written);
         let kids: Vec<String> = (0..n).map(|i| format!("{} 0 R", 3 + 3 * i)).collect();
-        write!(
-            w,
-            "2 0 obj\n<< /Type /Pages /Kids [{}] /Count {n} >>\nendobj\n",
-            kids.join(" ")
-        )?;
+        write!(w, "2 0 obj\n<< /Type /Pages /Kids [{}] /Count {n} >>\nendobj\n", kids.join(" "))?;
         let scale = 72.0 / dpi as f64;
         for (i, (jpeg, pw, ph)) in jpegs.iter().enumerate() {
             let (page_obj, content_obj, image_obj) = (3 + 3 * i, 4 + 3 * i, 5 + 3 * i);
@@ -554,11 +473,7 @@ fn write_layouts_pdf(
             )?;
             let content = format!("q {wpt:.4} 0 0 {hpt:.4} 0 0 cm /Im0 Do Q");
             offsets.push(w.written);
-            write!(
-                w,
-                "{content_obj} 0 obj\n<< /Length {} >>\nstream\n{content}\nendstream\nendobj\n",
-                content.len()
-            )?;
+            write!(w, "{content_obj} 0 obj\n<< /Length {} >>\nstream\n{content}\nendstream\nendobj\n", content.len())?;
             offsets.push(w.written);
             write!(
                 w,
@@ -574,11 +489,7 @@ fn write_layouts_pdf(
         for off in &offsets {
             writeln!(w, "{off:010} 00000 n ")?;
         }
-        writeln!(
-            w,
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF",
-            offsets.len() + 1
-        )?;
+        writeln!(w, "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF", offsets.len() + 1)?;
         Ok(())
     })
 }

@@ -59,27 +59,13 @@ pub enum PdfError {
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
     #[error("{}: page {page} does not exist (the document has {count} pages)", path.display())]
-    OutOfRange {
-        path: PathBuf,
-        page: usize,
-        count: usize,
-    },
+    OutOfRange { path: PathBuf, page: usize, count: usize },
     #[error("{}: page {page}: {width}x{height} px at {dpi} DPI is too large to render", path.display())]
-    TooLarge {
-        path: PathBuf,
-        page: usize,
-        width: u64,
-        height: u64,
-        dpi: f32,
-    },
+    TooLarge { path: PathBuf, page: usize, width: u64, height: u64, dpi: f32 },
     #[error("{}: page {page}: the content stream cannot be decoded", path.display())]
     UnreadableContent { path: PathBuf, page: usize },
     #[error("{}: page {page}: the renderer panicked: {message}", path.display())]
-    Panicked {
-        path: PathBuf,
-        page: usize,
-        message: String,
-    },
+    Panicked { path: PathBuf, page: usize, message: String },
     #[error("invalid DPI {dpi} (must be finite and > 0)")]
     InvalidDpi { dpi: f32 },
 }
@@ -112,10 +98,7 @@ pub struct PdfDocument {
 
 impl std::fmt::Debug for PdfDocument {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PdfDocument")
-            .field("path", &self.path)
-            .field("pages", &self.page_count())
-            .finish()
+        f.debug_struct("PdfDocument").field("path", &self.path).field("pages", &self.page_count()).finish()
     }
 }
 
@@ -124,10 +107,7 @@ impl PdfDocument {
     /// MuPDF does); otherwise [`PdfError::Encrypted`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, PdfError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| PdfError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| PdfError::Io { path: path.to_path_buf(), source })?;
         Self::from_bytes(bytes, path)
     }
 
@@ -138,18 +118,10 @@ impl PdfDocument {
         let pdf = match loaded {
             Ok(Ok(pdf)) => pdf,
             Ok(Err(LoadPdfError::Decryption(e))) => {
-                return Err(PdfError::Encrypted {
-                    path,
-                    reason: format!("{e:?}"),
-                });
+                return Err(PdfError::Encrypted { path, reason: format!("{e:?}") });
             }
             Ok(Err(LoadPdfError::Invalid)) => return Err(PdfError::Corrupt { path }),
-            Err(payload) => {
-                return Err(PdfError::Panicked {
-                    path,
-                    message: panic_message(&payload),
-                })
-            }
+            Err(payload) => return Err(PdfError::Panicked { path, message: panic_message(&payload) }),
         };
         let doc = Self { path, pdf };
         if doc.page_count() == 0 {
@@ -193,12 +165,7 @@ impl PdfDocument {
     /// Renders all pages in order, sharing font caches between pages. A failing page yields an
     /// `Err` item and the iteration goes on.
     pub fn pages(&self, dpi: f32) -> PageIter<'_> {
-        PageIter {
-            doc: self,
-            dpi,
-            next: 0,
-            cache: RenderCache::new(),
-        }
+        PageIter { doc: self, dpi, next: 0, cache: RenderCache::new() }
     }
 
     fn page(&self, index: usize) -> Result<&Page<'_>, PageError> {
@@ -212,13 +179,7 @@ impl PdfDocument {
 
     fn check_size(&self, index: usize, w: u64, h: u64, dpi: f32) -> Result<(u32, u32), PageError> {
         if w > u16::MAX as u64 || h > u16::MAX as u64 || w * h > MAX_PAGE_PIXELS {
-            return Err(PageError::TooLarge {
-                path: self.path.clone(),
-                page: index + 1,
-                width: w,
-                height: h,
-                dpi,
-            });
+            return Err(PageError::TooLarge { path: self.path.clone(), page: index + 1, width: w, height: h, dpi });
         }
         Ok((w as u32, h as u32))
     }
@@ -257,40 +218,21 @@ impl PdfDocument {
             let s = (dpi / 72.0 * user_unit(page)) as f64;
             let transform = Affine::scale(s) * page.initial_transform(true).to_kurbo();
             let mut ctx = RenderContext::new(w as u16, h as u16);
-            render_into(
-                page,
-                cache,
-                &settings,
-                &RenderSettings::default(),
-                &mut ctx,
-                transform,
-            );
+            render_into(page, cache, &settings, &RenderSettings::default(), &mut ctx, transform);
             ctx.flush();
             let mut pixmap = Pixmap::new(w as u16, h as u16);
             ctx.render_with(
                 &mut pixmap,
                 &mut Resources::default(),
-                RasterizerSettings {
-                    target_init: TargetInit::Clear(WHITE),
-                    ..Default::default()
-                },
+                RasterizerSettings { target_init: TargetInit::Clear(WHITE), ..Default::default() },
             );
             Some(pixmap)
         }));
         let pixmap = match result {
             Ok(Some(p)) => p,
-            Ok(None) => {
-                return Err(PageError::UnreadableContent {
-                    path: path(),
-                    page: page_no,
-                })
-            }
+            Ok(None) => return Err(PageError::UnreadableContent { path: path(), page: page_no }),
             Err(payload) => {
-                return Err(PageError::Panicked {
-                    path: path(),
-                    page: page_no,
-                    message: panic_message(&payload),
-                });
+                return Err(PageError::Panicked { path: path(), page: page_no, message: panic_message(&payload) });
             }
         };
 
@@ -307,11 +249,7 @@ impl PdfDocument {
             message: "pixmap size mismatch".into(),
         })?;
         let warnings = warnings.lock().map(|v| v.clone()).unwrap_or_default();
-        Ok(RenderedPage {
-            index,
-            image,
-            warnings,
-        })
+        Ok(RenderedPage { index, image, warnings })
     }
 }
 
@@ -348,10 +286,7 @@ pub fn page_count(path: impl AsRef<Path>) -> Result<usize, PdfError> {
 
 /// Renders every page of `path` at `dpi`. The outer error is about the file; each page has its
 /// own result. Holds all pages in memory: prefer [`PdfDocument::pages`] for long documents.
-pub fn render_pdf(
-    path: impl AsRef<Path>,
-    dpi: f32,
-) -> Result<Vec<Result<RgbImage, PageError>>, PdfError> {
+pub fn render_pdf(path: impl AsRef<Path>, dpi: f32) -> Result<Vec<Result<RgbImage, PageError>>, PdfError> {
     check_dpi(dpi).map_err(|dpi| PdfError::InvalidDpi { dpi })?;
     let doc = PdfDocument::open(path)?;
     Ok(doc.pages(dpi).map(|r| r.map(|p| p.image)).collect())

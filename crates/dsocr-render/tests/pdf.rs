@@ -15,10 +15,8 @@ fn sample_pdf() -> Vec<u8> {
     let font = b.add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_vec());
     // Rows top to bottom: red, green / blue, white.
     let img = b.add_rgb_image(2, 2, &[255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255]);
-    let mut letter = PageSpec::new(
-        "0 0 612 792",
-        "BT /F1 48 Tf 72 700 Td (Hello PDF) Tj ET\n1 0 0 rg 100 100 200 100 re f",
-    );
+    let mut letter =
+        PageSpec::new("0 0 612 792", "BT /F1 48 Tf 72 700 Td (Hello PDF) Tj ET\n1 0 0 rg 100 100 200 100 re f");
     letter.resources = format!("/Font << /F1 {font} 0 R >>");
     let mut a4 = PageSpec::new("0 0 595.276 841.89", "q 200 0 0 200 100 400 cm /Im0 Do Q");
     a4.resources = format!("/XObject << /Im0 {img} 0 R >>");
@@ -68,47 +66,26 @@ fn renders_pages_with_the_right_sizes_and_content() {
     assert_eq!(page_count(&path).unwrap(), 7);
 
     let pages = render_pdf(&path, DEFAULT_DPI).unwrap();
-    let sizes: Vec<(u32, u32)> = pages
-        .iter()
-        .map(|p| p.as_ref().unwrap().dimensions())
-        .collect();
-    assert_eq!(
-        sizes,
-        vec![
-            (1224, 1584),
-            (1191, 1684),
-            (1190, 1684),
-            (1584, 1224),
-            (201, 101),
-            (600, 400),
-            (600, 400)
-        ]
-    );
+    let sizes: Vec<(u32, u32)> = pages.iter().map(|p| p.as_ref().unwrap().dimensions()).collect();
+    assert_eq!(sizes, vec![(1224, 1584), (1191, 1684), (1190, 1684), (1584, 1224), (201, 101), (600, 400), (600, 400)]);
 
     // Page 1: text is drawn (dark pixels where "Hello PDF" is: x from 144 px, baseline at
     // (792 − 700)·2 = 184 px, cap height ≈ 69 px), the red rectangle (100..300 × 100..200 pt →
     // x 200..600, y 1184..1384 px) is red, the rest is white.
     let p1 = pages[0].as_ref().unwrap();
-    let dark = (144..600)
-        .flat_map(|x| (110..190).map(move |y| (x, y)))
-        .filter(|&(x, y)| px(p1, x, y)[0] < 100)
-        .count();
-    assert!(
-        dark > 1500,
-        "only {dark} dark pixels where the text should be"
-    );
+    let dark = (144..600).flat_map(|x| (110..190).map(move |y| (x, y))).filter(|&(x, y)| px(p1, x, y)[0] < 100).count();
+    assert!(dark > 1500, "only {dark} dark pixels where the text should be");
     assert_eq!(px(p1, 400, 1284), [255, 0, 0]);
     assert_eq!(px(p1, 199, 1284), [255, 255, 255]);
     assert_eq!(px(p1, 1000, 800), [255, 255, 255]);
     let non_white = p1.pixels().filter(|p| p.0 != [255, 255, 255]).count();
-    assert!(
-        non_white < 1224 * 1584 / 10,
-        "page 1 mostly white, got {non_white} non-white pixels"
-    );
+    assert!(non_white < 1224 * 1584 / 10, "page 1 mostly white, got {non_white} non-white pixels");
 
     // Page 2: the 2×2 image on 100..300 × 400..600 pt → x 200..600, y 483.78..883.78 px.
     let p2 = pages[1].as_ref().unwrap();
-    for (x, y, want) in [(300, 584, [255, 0, 0]), (500, 584, [0, 255, 0]), (300, 784, [0, 0, 255]), (500, 784, [255, 255, 255])] {
+    for (x, y, want) in
+        [(300, 584, [255, 0, 0]), (500, 584, [0, 255, 0]), (300, 784, [0, 0, 255]), (500, 784, [255, 255, 255])]
+    {
         assert!(near(px(p2, x, y), want, 8), "({x}, {y}): {:?}, want {want:?}", px(p2, x, y));
     }
     assert_eq!(px(p2, 100, 100), [255, 255, 255]);
@@ -133,47 +110,27 @@ fn page_iterator_and_single_pages() {
     let p = doc.render_page(4, 144.0).unwrap();
     assert_eq!((p.index, p.image.dimensions()), (4, (201, 101)));
     match doc.render_page(7, 144.0) {
-        Err(
-            e @ PageError::OutOfRange {
-                page: 8, count: 7, ..
-            },
-        ) => assert!(e.to_string().contains("mem.pdf")),
+        Err(e @ PageError::OutOfRange { page: 8, count: 7, .. }) => assert!(e.to_string().contains("mem.pdf")),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        doc.render_page(0, 0.0),
-        Err(PageError::InvalidDpi { .. })
-    ));
-    assert!(matches!(
-        doc.render_page(0, f32::NAN),
-        Err(PageError::InvalidDpi { .. })
-    ));
+    assert!(matches!(doc.render_page(0, 0.0), Err(PageError::InvalidDpi { .. })));
+    assert!(matches!(doc.render_page(0, f32::NAN), Err(PageError::InvalidDpi { .. })));
 }
 
 #[test]
 fn not_a_pdf_is_a_typed_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_tmp(
-        &dir,
-        "garbage.pdf",
-        b"this is not a PDF at all\n\x00\x01\x02",
-    );
+    let path = write_tmp(&dir, "garbage.pdf", b"this is not a PDF at all\n\x00\x01\x02");
     let err = render_pdf(&path, 144.0).unwrap_err();
     assert!(matches!(err, PdfError::Corrupt { .. }), "{err:?}");
     assert!(err.to_string().contains("garbage.pdf"), "{err}");
 
     let missing = dir.path().join("missing.pdf");
     let err = page_count(&missing).unwrap_err();
-    assert!(
-        matches!(err, PdfError::Io { .. }) && err.to_string().contains("missing.pdf"),
-        "{err}"
-    );
+    assert!(matches!(err, PdfError::Io { .. }) && err.to_string().contains("missing.pdf"), "{err}");
 
     let err = PdfDocument::from_bytes(Vec::new(), "empty.pdf").unwrap_err();
-    assert!(
-        matches!(err, PdfError::Corrupt { .. }) && err.to_string().contains("empty.pdf"),
-        "{err}"
-    );
+    assert!(matches!(err, PdfError::Corrupt { .. }) && err.to_string().contains("empty.pdf"), "{err}");
 }
 
 #[test]
@@ -185,10 +142,7 @@ fn truncated_pdf_is_a_typed_error_naming_the_file() {
     for cut in [bytes.len() / 2, 40, 9] {
         let path = write_tmp(&dir, "cut.pdf", &bytes[..cut]);
         let err = render_pdf(&path, 144.0).unwrap_err();
-        assert!(
-            matches!(err, PdfError::Corrupt { .. } | PdfError::NoPages { .. }),
-            "cut {cut}: {err:?}"
-        );
+        assert!(matches!(err, PdfError::Corrupt { .. } | PdfError::NoPages { .. }), "cut {cut}: {err:?}");
         assert!(err.to_string().contains("cut.pdf"), "{err}");
     }
 }
@@ -206,10 +160,7 @@ fn encrypted_pdf_is_a_typed_error_naming_the_file() {
         )
         .into_bytes(),
     );
-    b.trailer_extra(&format!(
-        "/Encrypt {enc} 0 R /ID [<{0}> <{0}>]",
-        "01".repeat(16)
-    ));
+    b.trailer_extra(&format!("/Encrypt {enc} 0 R /ID [<{0}> <{0}>]", "01".repeat(16)));
     let bytes = b.finish(vec![PageSpec::new("0 0 612 792", "")]);
     let dir = tempfile::tempdir().unwrap();
     let path = write_tmp(&dir, "secret.pdf", &bytes);
@@ -224,26 +175,16 @@ fn a_page_that_cannot_be_rendered_is_a_page_error_and_the_others_render() {
     // ASCIIHex with non-hex data).
     let mut bad = PageSpec::new("0 0 612 792", "ZZ-not-hex");
     bad.content_dict = "/Filter /ASCIIHexDecode".into();
-    let bytes = PdfBuilder::new().finish(vec![
-        PageSpec::new("0 0 612 792", ""),
-        bad,
-        PageSpec::new("0 0 595 842", ""),
-    ]);
+    let bytes = PdfBuilder::new().finish(vec![PageSpec::new("0 0 612 792", ""), bad, PageSpec::new("0 0 595 842", "")]);
     let dir = tempfile::tempdir().unwrap();
     let path = write_tmp(&dir, "partly broken.pdf", &bytes);
     let pages = render_pdf(&path, 144.0).unwrap();
     assert_eq!(pages.len(), 3);
     assert_eq!(pages[0].as_ref().unwrap().dimensions(), (1224, 1584));
     let err = pages[1].as_ref().unwrap_err();
-    assert!(
-        matches!(err, PageError::UnreadableContent { page: 2, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, PageError::UnreadableContent { page: 2, .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("partly broken.pdf") && msg.contains("page 2"),
-        "{msg}"
-    );
+    assert!(msg.contains("partly broken.pdf") && msg.contains("page 2"), "{msg}");
     assert_eq!(pages[2].as_ref().unwrap().dimensions(), (1190, 1684));
 }
 
@@ -253,23 +194,9 @@ fn huge_page_is_a_page_error() {
     let bytes = PdfBuilder::new().finish(vec![PageSpec::new("0 0 20000 20000", "")]);
     let doc = PdfDocument::from_bytes(bytes, "huge.pdf").unwrap();
     let err = doc.render_page(0, 144.0).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PageError::TooLarge {
-                page: 1,
-                width: 40000,
-                height: 40000,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, PageError::TooLarge { page: 1, width: 40000, height: 40000, .. }), "{err:?}");
     // At 1 DPI it is small enough.
-    assert_eq!(
-        doc.render_page(0, 1.0).unwrap().image.dimensions(),
-        (278, 278)
-    );
+    assert_eq!(doc.render_page(0, 1.0).unwrap().image.dimensions(), (278, 278));
 }
 
 #[test]
@@ -277,8 +204,6 @@ fn documents_can_move_between_threads() {
     fn assert_send<T: Send>() {}
     assert_send::<PdfDocument>();
     let doc = PdfDocument::from_bytes(sample_pdf(), "mem.pdf").unwrap();
-    let size = std::thread::spawn(move || doc.render_page(0, 72.0).unwrap().image.dimensions())
-        .join()
-        .unwrap();
+    let size = std::thread::spawn(move || doc.render_page(0, 72.0).unwrap().image.dimensions()).join().unwrap();
     assert_eq!(size, (612, 792));
 }

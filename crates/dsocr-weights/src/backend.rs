@@ -53,10 +53,7 @@ impl Backend {
 
     /// The backends compiled into this binary, fastest first.
     pub fn compiled() -> Vec<Backend> {
-        [Backend::Cuda, Backend::Wgpu, Backend::Cpu, Backend::Ndarray]
-            .into_iter()
-            .filter(|b| b.is_compiled())
-            .collect()
+        [Backend::Cuda, Backend::Wgpu, Backend::Cpu, Backend::Ndarray].into_iter().filter(|b| b.is_compiled()).collect()
     }
 
     /// The precision this backend runs fastest in while staying faithful (docs/parity.md).

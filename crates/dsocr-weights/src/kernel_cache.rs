@@ -36,7 +36,8 @@ pub fn configure() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let has_file = has_config_file();
-        let mut config = if has_file { CubeClRuntimeConfig::from_current_dir() } else { CubeClRuntimeConfig::default() };
+        let mut config =
+            if has_file { CubeClRuntimeConfig::from_current_dir() } else { CubeClRuntimeConfig::default() };
         if !has_file {
             config.compilation.cache = true;
             if let Some(dir) = cache_dir() {
@@ -55,7 +56,8 @@ fn has_config_file() -> bool {
             return true;
         }
         if ["burn.toml", "Burn.toml"].iter().any(|f| {
-            std::fs::read_to_string(dir.join(f)).is_ok_and(|s| s.lines().any(|l| l.trim() == "[cubecl]" || l.trim().starts_with("[cubecl.")))
+            std::fs::read_to_string(dir.join(f))
+                .is_ok_and(|s| s.lines().any(|l| l.trim() == "[cubecl]" || l.trim().starts_with("[cubecl.")))
         }) {
             return true;
         }

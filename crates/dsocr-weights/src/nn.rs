@@ -184,7 +184,8 @@ mod tests {
         let (q, k, v) = (rnd([1, 2, 1, 16]), rnd([1, 2, 12, 16]), rnd([1, 2, 12, 16]));
         let valid = 7;
         let mask = Tensor::<1, Int>::arange(0..12, &device).greater_equal_elem(valid as i64).reshape([1, 1, 1, 12]);
-        let want = attention(q.clone(), k.clone().narrow(2, 0, valid), v.clone().narrow(2, 0, valid), None, None, false);
+        let want =
+            attention(q.clone(), k.clone().narrow(2, 0, valid), v.clone().narrow(2, 0, valid), None, None, false);
         let got = attention(q.clone(), k.clone(), v.clone(), None, Some(mask.clone()), false);
         assert!(max_diff(got, want.clone()) < 1e-5);
         let half = |t: &Tensor<4>| t.clone().cast(DType::F16);
@@ -220,7 +221,11 @@ mod tests {
             eps: 1e-6,
         };
         let want = norm.forward(x.clone());
-        let half = LayerNorm { weight: norm.weight.clone().cast(DType::BF16), bias: norm.bias.clone().cast(DType::BF16), eps: 1e-6 };
+        let half = LayerNorm {
+            weight: norm.weight.clone().cast(DType::BF16),
+            bias: norm.bias.clone().cast(DType::BF16),
+            eps: 1e-6,
+        };
         let got = half.forward(x.cast(DType::BF16));
         assert_eq!(got.dtype(), DType::BF16);
         let diff: f32 = (got.cast(DType::F32) - want).abs().max().into_scalar();

@@ -67,10 +67,8 @@ impl SafetensorsFiles {
     pub fn open_index(index_path: &Path) -> Result<Self, WeightError> {
         let text = std::fs::read_to_string(index_path)
             .map_err(|source| WeightError::Io { path: index_path.to_path_buf(), source })?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| WeightError::Index {
-            path: index_path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| WeightError::Index { path: index_path.to_path_buf(), message: e.to_string() })?;
         let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| WeightError::Index {
             path: index_path.to_path_buf(),
             message: "no `weight_map` object".into(),
@@ -115,10 +113,8 @@ impl SafetensorsFiles {
             // SAFETY: the map is read-only; a checkpoint modified while we run is a user error
             // that at worst gives wrong numbers, as with every mmap-based loader.
             let mmap = unsafe { Mmap::map(&handle) }.map_err(io)?;
-            let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| WeightError::Format {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
+                .map_err(|e| WeightError::Format { path: path.clone(), message: e.to_string() })?;
             let data_start = 8 + header_len;
             for (name, info) in metadata.tensors() {
                 let dtype = match info.dtype {
@@ -134,7 +130,13 @@ impl SafetensorsFiles {
                 let (start, end) = info.data_offsets;
                 index.insert(
                     name,
-                    TensorInfo { file, dtype, shape: info.shape.clone(), start: data_start + start, end: data_start + end },
+                    TensorInfo {
+                        file,
+                        dtype,
+                        shape: info.shape.clone(),
+                        start: data_start + start,
+                        end: data_start + end,
+                    },
                 );
             }
             maps.push(bytes::Bytes::from_owner(mmap));
@@ -179,18 +181,15 @@ impl SafetensorsFiles {
 pub(crate) fn bytes_to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
     match dtype {
         DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-            .collect(),
-        DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-            .collect(),
-        DType::I64 => bytes
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-            .collect(),
+        DType::BF16 => {
+            bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+        }
+        DType::F16 => {
+            bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+        }
+        DType::I64 => {
+            bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()
+        }
         DType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
         _ => Vec::new(),
     }

@@ -54,7 +54,11 @@ impl VarBuilder {
 
     /// Full checkpoint name of `name` under this prefix.
     pub fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {

@@ -31,10 +31,7 @@ impl PageSpec {
 
 impl PdfBuilder {
     pub fn new() -> Self {
-        Self {
-            objects: Vec::new(),
-            trailer_extra: String::new(),
-        }
+        Self { objects: Vec::new(), trailer_extra: String::new() }
     }
 
     pub fn reserve(&mut self) -> usize {
@@ -76,13 +73,8 @@ impl PdfBuilder {
         let pages_id = self.reserve();
         let mut page_ids = Vec::new();
         for p in &pages {
-            let content = p
-                .content
-                .as_ref()
-                .map(|c| self.add_stream(&p.content_dict, c));
-            let contents = content
-                .map(|c| format!("/Contents {c} 0 R"))
-                .unwrap_or_default();
+            let content = p.content.as_ref().map(|c| self.add_stream(&p.content_dict, c));
+            let contents = content.map(|c| format!("/Contents {c} 0 R")).unwrap_or_default();
             let id = self.add(
                 format!(
                     "<< /Type /Page /Parent {pages_id} 0 R {} /Resources << {} >> {contents} >>",
@@ -95,19 +87,12 @@ impl PdfBuilder {
         let kids: Vec<String> = page_ids.iter().map(|i| format!("{i} 0 R")).collect();
         self.set(
             pages_id,
-            format!(
-                "<< /Type /Pages /Kids [{}] /Count {} >>",
-                kids.join(" "),
-                page_ids.len()
-            )
-            .into_bytes(),
+            format!("<< /Type /Pages /Kids [{}] /Count {} >>", kids.join(" "), page_ids.len()).into_bytes(),
         );
         let catalog = self.add(format!("<< /Type /Catalog /Pages {pages_id} 0 R >>").into_bytes());
         let tail = [pages_id, catalog];
-        let order: Vec<usize> = (1..=self.objects.len())
-            .filter(|i| !tail.contains(i))
-            .chain(tail.iter().copied())
-            .collect();
+        let order: Vec<usize> =
+            (1..=self.objects.len()).filter(|i| !tail.contains(i)).chain(tail.iter().copied()).collect();
 
         let mut out = b"%PDF-1.4\n%\xE2\xE3\xCF\xD3\n".to_vec();
         let mut offsets = vec![0; self.objects.len()];
@@ -118,9 +103,7 @@ impl PdfBuilder {
             out.extend_from_slice(b"\nendobj\n");
         }
         let xref = out.len();
-        out.extend_from_slice(
-            format!("xref\n0 {}\n0000000000 65535 f \n", offsets.len() + 1).as_bytes(),
-        );
+        out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", offsets.len() + 1).as_bytes());
         for off in offsets {
             out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
         }
