@@ -37,6 +37,6 @@ bench|all)
   [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
   R=${REPEAT:-3}
   step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --json "$OUT/torch.json"
-  step bench-cuda-bf16 $BIN bench --model /tmp/full --device cuda --precision bf16 --repeat $R --json "$OUT/bench-cuda.json" --compare "$OUT/torch.json"
+  step bench-cuda-bf16 $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --json "$OUT/bench-cuda.json" --compare "$OUT/torch.json"
   ;;
 esac

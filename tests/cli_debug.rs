@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use dsocr_model::parity::Fixture;
+use dsocr_testkit::parity::Fixture;
 use dsocr_tests::{dsocr_bin, fixture_dir, temp_dir};
 
 #[test]

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use dsocr_model::parity::{compare, run_case, Fixture, Tolerances};
-use dsocr_model::{Backend, DeepseekOcr, Precision};
+use dsocr_model::{Backend, DeepseekOcr, LoadOptions, Precision};
+use dsocr_testkit::parity::{compare, run_case, write_safetensors, Fixture, HostTensor, Tolerances};
 use dsocr_tests::fixture_dir;
 
 #[test]
@@ -13,7 +13,7 @@ fn every_case_matches_every_golden_tensor_on_cpu_f32() {
     let dir = fixture_dir();
     let fixture = Fixture::open(&dir).unwrap();
     let golden = fixture.golden().unwrap();
-    let model = DeepseekOcr::load(&dir, Backend::Cpu, Precision::F32).unwrap();
+    let model = DeepseekOcr::load(&dir, &LoadOptions::new(Backend::Cpu, Precision::F32)).unwrap();
     let tol = Tolerances::for_precision(Precision::F32);
     assert_eq!((tol.vision, tol.hidden, tol.logits), (1e-4, 1e-3, 1e-3));
 
@@ -43,7 +43,7 @@ fn a_wrong_reference_is_detected() {
     let dir = fixture_dir();
     let fixture = Fixture::open(&dir).unwrap();
     let golden = fixture.golden().unwrap();
-    let model = DeepseekOcr::load(&dir, Backend::Cpu, Precision::F32).unwrap();
+    let model = DeepseekOcr::load(&dir, &LoadOptions::new(Backend::Cpu, Precision::F32)).unwrap();
     let mut case = fixture.case("small_page").unwrap().clone();
     let run = run_case(&model, &fixture, &case).unwrap();
     case.name = "tiny_page".into();
@@ -51,4 +51,48 @@ fn a_wrong_reference_is_detected() {
     renamed.tensors = renamed.tensors.into_iter().map(|(k, v)| (k.replacen("small_page", "tiny_page", 1), v)).collect();
     let rows = compare(&renamed, &case, &golden, &Tolerances::for_precision(Precision::F32));
     assert!(rows.iter().any(|r| !r.pass), "comparing small_page outputs with tiny_page goldens must fail");
+}
+
+#[test]
+fn the_harness_keeps_as_many_decode_logits_as_the_fixture_records() {
+    // A copy of the fixture whose golden file records 3 decode steps of `gundam_page` instead of
+    // 4 (the upstream exporter's count is a setting, not a law): the harness must follow the
+    // file, not a constant, and still compare every tensor.
+    let src = fixture_dir();
+    let dir = std::env::temp_dir().join(format!("dsocr-parity-3-steps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json", "cases.json"] {
+        std::fs::copy(src.join(file), dir.join(file)).unwrap();
+    }
+    std::os::unix::fs::symlink(src.join("images"), dir.join("images")).unwrap();
+    let golden = Fixture::open(&src).unwrap().golden().unwrap();
+    let mut tensors = std::collections::BTreeMap::new();
+    for name in golden.names().into_iter().filter(|n| n.starts_with("gundam_page.")) {
+        let (mut shape, mut values) = golden.to_f32_vec(name).unwrap();
+        if name.ends_with(".decode_logits") {
+            assert_eq!(shape[0], 4, "the fixture records 4 steps");
+            values.truncate(3 * shape[1]);
+            shape[0] = 3;
+        }
+        let tensor = if name.ends_with("_ids") {
+            HostTensor::I64 { shape, data: values.iter().map(|&v| v as i64).collect() }
+        } else {
+            HostTensor::F32 { shape, data: values }
+        };
+        tensors.insert(name.to_string(), tensor);
+    }
+    write_safetensors(&dir.join("golden.safetensors"), &tensors).unwrap();
+
+    let fixture = Fixture::open(&dir).unwrap();
+    let golden = fixture.golden().unwrap();
+    let model = DeepseekOcr::load(&dir, &LoadOptions::new(Backend::Cpu, Precision::F32)).unwrap();
+    let case = fixture.case("gundam_page").unwrap();
+    let run = run_case(&model, &fixture, case).unwrap();
+    assert_eq!(run.tensors["gundam_page.decode_logits"].shape(), [3, 512]);
+    let rows = compare(&run, case, &golden, &Tolerances::for_precision(Precision::F32));
+    assert_eq!(rows.len(), tensors.len(), "every recorded tensor compared");
+    let failed: Vec<_> = rows.iter().filter(|r| !r.pass).map(|r| format!("{} {}", r.name, r.note)).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 /// The reference fixture copied into the repository.
 pub fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/reference-tiny")
+    dsocr_testkit::fixtures::reference_tiny()
 }
 
 /// The `dsocr` binary built by `cargo test --workspace` into the same target folder.

@@ -1,16 +1,16 @@
 //! Developer commands: `cargo xtask <command>`.
 //!
 //! - `make-checkpoint --out DIR`: a full-size DeepSeek-OCR model folder with random bf16 weights,
-//!   the real tensor names (crates/dsocr-model/weight-names.txt, 2,710 tensors) and shapes
+//!   the real tensor names (crates/dsocr-testkit/weight-names.txt, 2,710 tensors) and shapes
 //!   (spec §2), a real `config.json`, and the fixture's small tokenizer. 6.67 GB; never commit it.
-//!   The writer lives in `dsocr_model::random_checkpoint`, so `dsocr bench --model DIR` can make
+//!   The writer lives in `dsocr_testkit::random_checkpoint`, so `dsocr bench --model DIR` can make
 //!   the same folder on a machine without cargo.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use dsocr_model::random_checkpoint;
+use dsocr_testkit::random_checkpoint;
 
 #[derive(Parser)]
 #[command(name = "xtask")]

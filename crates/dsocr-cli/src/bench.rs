@@ -17,11 +17,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use clap::Args;
-use dsocr_decoder::{greedy_token, ExpertDispatch};
-use dsocr_model::{
-    random_checkpoint, Backend, DeepseekOcr, GenerationConfig, OcrRequest, Precision, RepeatGuard, VisionOutput,
-};
-use dsocr_prompt::{load_image, Mode, RgbImage, Task};
+use dsocr::input::load_image;
+use dsocr::model::{Backend, DeepseekOcr, ExpertDispatch, GenerationConfig, LoadOptions, Precision, VisionOutput};
+use dsocr::{Mode, Ocr, OcrOptions};
+use dsocr_decoder::greedy_token;
+use dsocr_testkit::random_checkpoint;
 use serde::Serialize;
 
 /// The EOS id of forced generation: outside any vocabulary, so never generated.
@@ -44,12 +44,14 @@ pub struct BenchArgs {
     /// f16 on wgpu, bf16 on cuda).
     #[arg(long)]
     precision: Option<String>,
-    /// Page image (default: the fixture page, 1280×800: Gundam 3×2 = 6 tiles).
-    #[arg(long, default_value = "tests/fixtures/reference-tiny/images/page.png")]
-    image: PathBuf,
-    /// Largest Gundam tile grid (2..=9).
-    #[arg(long, default_value_t = 9)]
-    max_crops: usize,
+    /// Page image [default: the fixture page of the workspace this binary was built in, 1280×800:
+    /// Gundam 3×2 = 6 tiles; required when the binary runs outside it].
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Largest Gundam tile grid (2..=9) [default: the official 6; the fixture page takes a 3×2
+    /// grid under 6 and under upstream HF's 9 alike].
+    #[arg(long)]
+    max_crops: Option<usize>,
     /// Forced decode length at batch 1 (EOS ignored).
     #[arg(long, default_value_t = 1000)]
     decode_tokens: usize,
@@ -220,24 +222,55 @@ struct Report {
     memory: Memory,
 }
 
+/// The fixture page under the workspace this binary lives in (`target/<profile>/dsocr`) or was
+/// built from; `None` when neither has it (a binary carried to another machine).
+fn default_image() -> Option<PathBuf> {
+    const PAGE: &str = "tests/fixtures/reference-tiny/images/page.png";
+    let exe = std::env::current_exe().ok();
+    let from_exe = exe.iter().flat_map(|e| e.ancestors().skip(1)).map(|dir| dir.join(PAGE));
+    let built_in = Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().map(|dir| dir.join(PAGE));
+    from_exe.chain(built_in).find(|p| p.is_file())
+}
+
+/// The page settings of the benchmark: the library's official options, with the bench's own
+/// `--max-crops` and a forced length (EOS never produced).
+fn page_options(args: &BenchArgs, max_new_tokens: usize) -> OcrOptions {
+    let official = OcrOptions::official();
+    OcrOptions {
+        max_crops: args.max_crops.unwrap_or(official.max_crops),
+        max_new_tokens,
+        eos_token_id: Some(NEVER_EOS),
+        ..official
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let backend: Backend = args.device.parse()?;
     let precision: Precision = match &args.precision {
         Some(p) => p.parse().map_err(anyhow::Error::msg)?,
         None => backend.fast_precision(),
     };
-    let dispatch = parse_dispatch(&args.experts)?;
+    let dispatch: ExpertDispatch = args.experts.parse().map_err(|e: String| anyhow::anyhow!("--experts: {e}"))?;
+    let image = match (&args.image, args.load_only) {
+        (Some(path), _) => path.clone(),
+        (None, true) => PathBuf::new(),
+        (None, false) => default_image().context(
+            "no --image given and the fixture page (tests/fixtures/reference-tiny/images/page.png) is not in the \
+             workspace of this binary: pass --image PAGE",
+        )?,
+    };
 
     let written = ensure_checkpoint(&args.model, args.seed)?;
 
     let machine = machine();
     eprintln!("loading {} on {backend} ({precision})", args.model.display());
     let start = Instant::now();
-    let mut model = DeepseekOcr::load(&args.model, backend, precision)
+    let mut load = LoadOptions::new(backend, precision);
+    load.expert_dispatch = dispatch;
+    let model = DeepseekOcr::load(&args.model, &load)
         .with_context(|| format!("loading the model in {}", args.model.display()))?;
     model.device.sync().map_err(|e| anyhow::anyhow!("device sync after load: {e:?}"))?;
     let load_s = start.elapsed().as_secs_f64();
-    model.decoder.set_expert_dispatch(dispatch);
     let status = ProcStatus::read();
     let parameters = parameter_count(&args.model);
     eprintln!(
@@ -257,7 +290,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         model: args.model.display().to_string(),
         random_checkpoint_written: written,
         parameters,
-        image: args.image.display().to_string(),
+        image: image.display().to_string(),
         repeat: args.repeat,
         load_s,
         vision_gundam: None,
@@ -278,8 +311,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         },
     };
 
+    let ocr = Ocr::new(model);
     if !args.load_only {
-        run_stages(&args, &model, &mut report, &mut mem)?;
+        run_stages(&args, &image, &ocr, &mut report, &mut mem)?;
     }
 
     let status = ProcStatus::read();
@@ -306,8 +340,16 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_stages(args: &BenchArgs, model: &DeepseekOcr, report: &mut Report, mem: &mut MemorySampler) -> Result<()> {
-    let image = load_image(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+fn run_stages(
+    args: &BenchArgs,
+    image_path: &Path,
+    ocr: &Ocr,
+    report: &mut Report,
+    mem: &mut MemorySampler,
+) -> Result<()> {
+    let model = ocr.model();
+    let options = page_options(args, args.page_tokens);
+    let image = load_image(image_path).with_context(|| format!("reading {}", image_path.display()))?;
     let repeat = args.repeat;
     let sync = || model.device.sync().map_err(|e| anyhow::anyhow!("device sync: {e:?}"));
 
@@ -316,7 +358,7 @@ fn run_stages(args: &BenchArgs, model: &DeepseekOcr, report: &mut Report, mem: &
     let mut vision_stage = |mode: Mode, keep: bool| -> Result<(VisionResult, Option<VisionOutput>)> {
         let once = || -> Result<(f64, f64, VisionOutput)> {
             let start = Instant::now();
-            let prepared = model.prepare(&image, mode, args.max_crops)?;
+            let prepared = model.prepare(&image, mode, options.max_crops)?;
             let prep = start.elapsed().as_secs_f64();
             let out = model.encode_image(prepared)?;
             sync()?;
@@ -362,9 +404,9 @@ fn run_stages(args: &BenchArgs, model: &DeepseekOcr, report: &mut Report, mem: &
     let needs_prompt = !(args.skip_prefill && args.skip_decode);
     if needs_prompt && gundam_vision.is_none() {
         eprintln!("vision Gundam (untimed, for the prompt)");
-        gundam_vision = Some(model.encode_image(model.prepare(&image, Mode::Gundam, args.max_crops)?)?);
+        gundam_vision = Some(model.encode_image(model.prepare(&image, options.mode, options.max_crops)?)?);
     }
-    let prompt = Task::Markdown.prompt();
+    let prompt = options.prompt.text();
 
     if !args.skip_prefill {
         let vision = gundam_vision.as_ref().context("no vision output")?;
@@ -496,22 +538,12 @@ fn run_stages(args: &BenchArgs, model: &DeepseekOcr, report: &mut Report, mem: &
     drop(gundam_vision);
 
     if !args.skip_pages && args.pages > 0 {
-        let whitelist: Vec<u32> = ["<td>", "</td>"].iter().filter_map(|t| model.tokenizer.token_id(t)).collect();
-        let gen = GenerationConfig {
-            max_new_tokens: args.page_tokens,
-            eos_token_id: NEVER_EOS,
-            // The official vLLM image setting.
-            repeat_guard: Some(RepeatGuard::Window { n: 30, window: 90, whitelist }),
-            trace: None,
-        };
+        // Whole pages through the library's document loop: image file → markdown, with the
+        // official settings (repeat guard included) and a forced length.
         let page = || -> Result<()> {
-            let image: RgbImage = load_image(&args.image)?;
-            let mut request = OcrRequest::new(prompt.clone(), Some(image), Mode::Gundam);
-            request.max_crops = args.max_crops;
-            request.generation = gen.clone();
-            let result = model.run(&request, |_| {})?;
-            if result.generated_tokens() != args.page_tokens {
-                bail!("a page produced {} tokens instead of {}", result.generated_tokens(), args.page_tokens);
+            let doc = ocr.run_file(image_path, &options, |_| ControlFlow::Continue(()))?;
+            if doc.tokens != args.page_tokens {
+                bail!("a page produced {} tokens instead of {}", doc.tokens, args.page_tokens);
             }
             Ok(())
         };
@@ -565,15 +597,6 @@ fn ensure_checkpoint(dir: &Path, seed: u64) -> Result<bool> {
         start.elapsed().as_secs_f64()
     );
     Ok(true)
-}
-
-fn parse_dispatch(s: &str) -> Result<ExpertDispatch> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "auto" => ExpertDispatch::Auto,
-        "on-device" | "ondevice" | "gathered" => ExpertDispatch::OnDevice,
-        "host-grouped" | "hostgrouped" | "grouped" => ExpertDispatch::HostGrouped,
-        other => bail!("unknown --experts `{other}`: use auto, on-device or host-grouped"),
-    })
 }
 
 /// Parameters in the checkpoint's header (0 if it cannot be read).
@@ -887,14 +910,6 @@ mod tests {
         assert_eq!(percentile(&v, 0.9), Some(9.0));
         assert_eq!(percentile(&v, 1.0), Some(10.0));
         assert_eq!(percentile(&v, 0.0), Some(1.0));
-    }
-
-    #[test]
-    fn expert_dispatch_names() {
-        assert_eq!(parse_dispatch("auto").unwrap(), ExpertDispatch::Auto);
-        assert_eq!(parse_dispatch("On-Device").unwrap(), ExpertDispatch::OnDevice);
-        assert_eq!(parse_dispatch("host-grouped").unwrap(), ExpertDispatch::HostGrouped);
-        assert!(parse_dispatch("gpu").is_err());
     }
 
     #[test]

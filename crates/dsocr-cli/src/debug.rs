@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use dsocr_model::parity::{compare, run_case, write_safetensors, Fixture, Tolerances};
-use dsocr_model::{Backend, DeepseekOcr, Precision};
+use dsocr::model::{Backend, DeepseekOcr, LoadOptions, Precision};
+use dsocr_testkit::parity::{compare, run_case, write_safetensors, Fixture, Tolerances};
 
 #[derive(Subcommand)]
 pub enum DebugCommand {
@@ -56,7 +56,7 @@ impl Target {
         let backend: Backend = self.device.parse()?;
         let precision: Precision = self.precision.parse().map_err(anyhow::Error::msg)?;
         let fixture = Fixture::open(&self.fixture)?;
-        let model = DeepseekOcr::load(&self.fixture, backend, precision)
+        let model = DeepseekOcr::load(&self.fixture, &LoadOptions::new(backend, precision))
             .with_context(|| format!("loading the model in {}", self.fixture.display()))?;
         Ok((fixture, model))
     }

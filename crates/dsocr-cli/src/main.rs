@@ -2,13 +2,10 @@
 
 mod bench;
 mod debug;
-mod hub;
-mod inputs;
 mod models;
 mod ocr;
 mod progress;
 mod render;
-mod stream;
 
 use std::process::ExitCode;
 

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::HumanBytes;
 
-use crate::hub::{self, index_shards, REQUIRED_FILES, SINGLE_WEIGHTS, WEIGHTS_INDEX};
 use crate::progress::write_stdout;
+use dsocr::hub::{self, index_shards, REQUIRED_FILES, SINGLE_WEIGHTS, WEIGHTS_INDEX};
 
 #[derive(Args)]
 pub struct ModelsArgs {

@@ -12,14 +12,14 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use dsocr_prompt::load_image;
-use dsocr_render::{
+use dsocr::input::load_image;
+use dsocr::render::{
     safe_stem, sanitize_name, DocumentJson, DocumentKind, DocumentWriter, FinishReason, GeneratedPage, PageInput,
     PageJson, PdfDocument, WriterOptions, DEFAULT_DPI, PAGE_SPLIT,
 };
 
-use crate::inputs::{sniff_kind, InputKind};
 use crate::progress::write_stdout;
+use dsocr::inputs::{sniff_kind, InputKind};
 
 #[derive(Args)]
 pub struct RenderArgs {

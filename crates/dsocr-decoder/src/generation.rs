@@ -96,8 +96,11 @@ fn windowed_bans(generated: &[u32], n: usize, window: usize) -> Vec<u32> {
     ngram_bans(generated, n, len.saturating_sub(window))
 }
 
-/// Why generation stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why generation stopped: the one finish reason of dsocr (the JSON output, the CLI and the
+/// server use this type; its serde and [`as_str`](Self::as_str) names are `stop`, `length`,
+/// `repetition`, `cancelled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// The EOS token was generated (it is the last id of [`Generation::ids`]).
     Stop,
@@ -112,6 +115,41 @@ pub enum FinishReason {
     Repetition,
     /// The token callback returned [`ControlFlow::Break`].
     Cancelled,
+}
+
+impl FinishReason {
+    /// The machine name: `stop`, `length`, `repetition`, `cancelled` (as in the JSON output).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Repetition => "repetition",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+
+    /// The reason in words, for messages to a person.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "end of text",
+            FinishReason::Length => "token limit reached",
+            FinishReason::Repetition => {
+                "repetition loop (token limit reached while the repeat guard was banning repeats)"
+            }
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the model ended the text itself (EOS).
+    pub fn is_complete(self) -> bool {
+        self == FinishReason::Stop
+    }
+}
+
+impl std::fmt::Display for FinishReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What [`generate`] does.

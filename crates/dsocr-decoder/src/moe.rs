@@ -52,6 +52,20 @@ pub enum ExpertDispatch {
     HostGrouped,
 }
 
+impl std::str::FromStr for ExpertDispatch {
+    type Err = String;
+
+    /// `auto`, `on-device` or `host-grouped` (case-insensitive; `gathered` and `grouped` too).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => ExpertDispatch::Auto,
+            "on-device" | "ondevice" | "gathered" => ExpertDispatch::OnDevice,
+            "host-grouped" | "hostgrouped" | "grouped" => ExpertDispatch::HostGrouped,
+            other => return Err(format!("unknown expert dispatch `{other}`: use auto, on-device or host-grouped")),
+        })
+    }
+}
+
 impl ExpertDispatch {
     /// Whether small batches gather weights on the device, for tensors living on `device`.
     fn gathers_on(self, device: &Device) -> bool {

@@ -3,14 +3,17 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use dsocr_model::{DeepseekOcr, OcrRequest};
+//! use std::ops::ControlFlow;
+//! use dsocr_model::{Backend, DeepseekOcr, LoadOptions, OcrRequest, Precision};
 //! use dsocr_prompt::{Mode, Task};
-//! use dsocr_weights::{Backend, Precision};
 //!
-//! let model = DeepseekOcr::load("path/to/DeepSeek-OCR".as_ref(), Backend::Cpu, Precision::F32)?;
+//! let model = DeepseekOcr::load("path/to/DeepSeek-OCR".as_ref(), &LoadOptions::new(Backend::Cpu, Precision::F32))?;
 //! let image = dsocr_prompt::load_image("page.png".as_ref())?;
 //! let request = OcrRequest::new(Task::Markdown.prompt(), Some(image), Mode::Gundam);
-//! let result = model.run(&request, |piece| print!("{piece}"))?;
+//! let result = model.run(&request, |piece| {
+//!     print!("{piece}");
+//!     ControlFlow::Continue(())
+//! })?;
 //! println!("\n{} tokens, finish: {:?}", result.generated_tokens(), result.finish);
 //! # Ok(()) }
 //! ```
@@ -18,14 +21,12 @@
 mod config;
 mod error;
 mod model;
-pub mod parity;
 mod pipeline;
-pub mod random_checkpoint;
 
 pub use config::ModelConfig;
 pub use error::ModelError;
-pub use model::{DeepseekOcr, ModelFiles};
+pub use model::{DeepseekOcr, LoadOptions, ModelFiles};
 pub use pipeline::{OcrRequest, OcrResult, VisionOutput};
 
-pub use dsocr_decoder::{FinishReason, GenerationConfig, RepeatGuard};
+pub use dsocr_decoder::{ExpertDispatch, FinishReason, GenerationConfig, RepeatGuard};
 pub use dsocr_weights::{Backend, Precision};

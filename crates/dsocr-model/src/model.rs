@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::prelude::Device;
-use dsocr_decoder::Decoder;
+use dsocr_decoder::{Decoder, ExpertDispatch};
 use dsocr_encoder::DeepEncoder;
 use dsocr_projector::Projector;
 use dsocr_prompt::PromptTokenizer;
@@ -42,6 +42,30 @@ impl ModelFiles {
     }
 }
 
+/// How to load a model: where it runs and in which precision, how the MoE experts are
+/// dispatched. Non-exhaustive so that later choices (weight quantization) fit in without
+/// breaking callers: build one with [`LoadOptions::new`] and set the public fields.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    pub backend: Backend,
+    pub precision: Precision,
+    /// Expert path of the MoE layers ([`ExpertDispatch::Auto`]: by backend).
+    pub expert_dispatch: ExpertDispatch,
+}
+
+impl LoadOptions {
+    /// `backend` in `precision`, experts dispatched by backend.
+    pub fn new(backend: Backend, precision: Precision) -> Self {
+        Self { backend, precision, expert_dispatch: ExpertDispatch::Auto }
+    }
+
+    /// `backend` in its fast precision (bf16 on CUDA, f16 on WGPU, f32 on the CPU).
+    pub fn fast(backend: Backend) -> Self {
+        Self::new(backend, backend.fast_precision())
+    }
+}
+
 /// DeepSeek-OCR: DeepEncoder → projector → MoE decoder, plus its tokenizer, on one device.
 pub struct DeepseekOcr {
     pub config: ModelConfig,
@@ -58,10 +82,11 @@ pub struct DeepseekOcr {
 
 impl DeepseekOcr {
     /// Loads a model folder (`config.json`, `model.safetensors` or a sharded index,
-    /// `tokenizer.json`) onto `backend` in `precision`. Weights are memory-mapped; each tensor
-    /// is converted (if needed) and uploaded on its own, so no second full copy is held.
-    pub fn load(dir: &Path, backend: Backend, precision: Precision) -> Result<Self, ModelError> {
+    /// `tokenizer.json`) as `options` say. Weights are memory-mapped; each tensor is converted
+    /// (if needed) and uploaded on its own, so no second full copy is held.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self, ModelError> {
         let start = Instant::now();
+        let (backend, precision) = (options.backend, options.precision);
         let files = ModelFiles::in_dir(dir)?;
         let config = ModelConfig::from_file(&files.config)?;
         let tokenizer = PromptTokenizer::from_file(&files.tokenizer)?
@@ -71,7 +96,8 @@ impl DeepseekOcr {
         let vb = VarBuilder::new(weights, &device, precision.dtype());
         let encoder = DeepEncoder::load(&vb, &config.encoder)?;
         let projector = Projector::load(&vb, &config.projector)?;
-        let decoder = Decoder::load(&vb, &config.decoder)?;
+        let mut decoder = Decoder::load(&vb, &config.decoder)?;
+        decoder.set_expert_dispatch(options.expert_dispatch);
         Ok(Self {
             config,
             encoder,

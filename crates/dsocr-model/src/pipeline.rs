@@ -111,8 +111,13 @@ impl DeepseekOcr {
     }
 
     /// Runs a request end to end. `on_text` receives the output as it is generated, in pieces
-    /// that are always valid UTF-8.
-    pub fn run(&self, request: &OcrRequest, mut on_text: impl FnMut(&str)) -> Result<OcrResult, ModelError> {
+    /// that are always valid UTF-8; returning [`ControlFlow::Break`] stops generation (the result
+    /// then has [`FinishReason::Cancelled`]).
+    pub fn run(
+        &self,
+        request: &OcrRequest,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<OcrResult, ModelError> {
         let vision_start = Instant::now();
         let vision = match &request.image {
             Some(image) => Some(self.encode_image(self.prepare(image, request.mode, request.max_crops)?)?),
@@ -126,20 +131,25 @@ impl DeepseekOcr {
         let mut stream_error = None;
         let eos = request.generation.eos_token_id;
         let generation: Generation = generate(&self.decoder, embeds, &prompt_ids, &request.generation, |id| {
-            if id != eos {
-                match stream.step(id) {
-                    Ok(Some(piece)) => on_text(&piece),
-                    Ok(None) => {}
-                    Err(e) => stream_error = Some(e),
+            if id == eos {
+                return ControlFlow::Continue(());
+            }
+            match stream.step(id) {
+                Ok(Some(piece)) => on_text(&piece),
+                Ok(None) => ControlFlow::Continue(()),
+                Err(e) => {
+                    stream_error = Some(e);
+                    ControlFlow::Break(())
                 }
             }
-            ControlFlow::Continue(())
         })?;
         if let Some(e) = stream_error {
             return Err(e.into());
         }
-        if let Some(rest) = stream.finish()? {
-            on_text(&rest);
+        if generation.finish != FinishReason::Cancelled {
+            if let Some(rest) = stream.finish()? {
+                let _ = on_text(&rest);
+            }
         }
         let generation_time = gen_start.elapsed();
 

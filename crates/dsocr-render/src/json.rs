@@ -27,19 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::grounding::Block;
 
-/// Why generation of a page stopped (mirrors `dsocr_decoder::FinishReason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// EOS was generated.
-    Stop,
-    /// The token limit was reached.
-    Length,
-    /// The token limit was reached while the repeat guard was active (upstream drops such pages).
-    Repetition,
-    /// Generation was interrupted.
-    Cancelled,
-}
+/// Why generation of a page stopped: the decoder's type, serialised as `stop`, `length`,
+/// `repetition`, `cancelled`.
+pub use dsocr_decoder::FinishReason;
 
 /// Input kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

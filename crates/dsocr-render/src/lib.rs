@@ -1,9 +1,13 @@
-//! Post-processing and document I/O of the `dsocr` CLI, independent of the model.
+//! Everything after the model: post-processing and document output of dsocr. Needs no model and
+//! no device (its one dependency on the decoder is the shared `FinishReason` type).
 //!
 //! - [`grounding`]: parse `<|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2], ...]<|/det|>` blocks of
 //!   the raw output into [`Block`]s (0..=999 boxes, pixel mapping `trunc(v / 999 · W)`).
 //! - [`markdown`]: upstream's markdown cleaning (figure links, tag removal), EOS stripping,
 //!   plain text.
+//! - [`render_page`]: one page's raw output → markdown, plain text, blocks, warnings, without
+//!   files; [`Document`] collects the pages of one input in memory.
+//! - [`live`]: the [`LiveCleaner`] that hides grounding tags while the text is streamed.
 //! - [`draw`]: the box overlay (deterministic colours, built-in bitmap font) and figure crops.
 //! - [`json`]: the serde model of `<name>.json` (pages → blocks, finish reason, token counts).
 //! - [`pdf`]: native PDF rasterisation at 144 DPI (pure Rust, `hayro`), MuPDF page sizes.
@@ -36,15 +40,19 @@ pub mod draw;
 mod font;
 pub mod grounding;
 pub mod json;
+pub mod live;
 pub mod markdown;
 pub mod output;
+mod page;
 pub mod pdf;
 
 pub use grounding::{parse_grounding, pixel_box, Block, Grounding, GroundingWarning};
-pub use json::{BlockJson, DocumentJson, FinishReason, PageJson};
+pub use json::{BlockJson, DocumentJson, DocumentKindJson, FinishReason, PageJson};
+pub use live::LiveCleaner;
 pub use markdown::{strip_eos, to_markdown, to_plain_text, EOS, PAGE_SPLIT};
 pub use output::{
-    safe_stem, sanitize_name, write_atomic, write_document, write_image_result, DocumentKind, DocumentWriter,
+    safe_stem, sanitize_name, write_atomic, write_document, write_image_result, Document, DocumentKind, DocumentWriter,
     GeneratedPage, OutputError, PageInput, WriterOptions, WrittenFiles,
 };
+pub use page::{render_page, PageKind, PageOutput, PageStats};
 pub use pdf::{page_count, render_pdf, PageError, PdfDocument, PdfError, RenderedPage, DEFAULT_DPI};

@@ -33,9 +33,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use image::RgbImage;
 
 use crate::draw::{draw_overlay, encode_jpeg, figure_crops};
-use crate::grounding::parse_grounding;
-use crate::json::{BlockJson, DocumentJson, DocumentKindJson, FinishReason, PageJson};
-use crate::markdown::{strip_eos, to_markdown, to_plain_text, PAGE_SPLIT};
+use crate::json::{DocumentJson, DocumentKindJson, FinishReason, PageJson};
+use crate::markdown::PAGE_SPLIT;
+use crate::page::{render_page, PageKind, PageOutput, PageStats};
 
 /// Errors while writing outputs; each names the file concerned.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +159,7 @@ pub enum DocumentKind {
 }
 
 impl DocumentKind {
-    fn is_pdf(self) -> bool {
+    pub fn is_pdf(self) -> bool {
         matches!(self, DocumentKind::Pdf { .. })
     }
 }
@@ -197,6 +197,17 @@ pub struct GeneratedPage<'a> {
     pub generated_tokens: usize,
 }
 
+impl GeneratedPage<'_> {
+    /// The generation facts the JSON records.
+    pub fn stats(&self) -> PageStats {
+        PageStats {
+            finish_reason: self.finish_reason,
+            prompt_tokens: self.prompt_tokens,
+            generated_tokens: self.generated_tokens,
+        }
+    }
+}
+
 /// One page handed to [`DocumentWriter::add_page`].
 #[derive(Debug, Clone)]
 pub enum PageInput<'a> {
@@ -219,20 +230,138 @@ pub struct WrittenFiles {
     pub layouts_pdf: Option<PathBuf>,
 }
 
-/// Writes the outputs of one input, page by page: figure crops and overlays are written in
-/// [`add_page`](Self::add_page), the text files and JSON in [`finish`](Self::finish) (and in
-/// [`flush`](Self::flush), for checkpoints during long documents).
-#[derive(Debug)]
-pub struct DocumentWriter {
-    out_dir: PathBuf,
+/// One document's text and JSON, page by page, in memory: what stdout, a server's answer and
+/// [`DocumentWriter`]'s text files hold. Each page goes through [`render_page`]; PDF pages are
+/// each followed by [`PAGE_SPLIT`].
+#[derive(Debug, Clone)]
+pub struct Document {
     name: String,
     kind: DocumentKind,
-    options: WriterOptions,
     source: Option<String>,
     raw: String,
     markdown: String,
     text: String,
     pages: Vec<PageJson>,
+}
+
+impl Document {
+    /// An empty document; `name` (passed through [`sanitize_name`]) names its figure files.
+    pub fn new(name: &str, kind: DocumentKind) -> Self {
+        Self {
+            name: sanitize_name(name),
+            kind,
+            source: None,
+            raw: String::new(),
+            markdown: String::new(),
+            text: String::new(),
+            pages: Vec::new(),
+        }
+    }
+
+    /// Records the input as given (the JSON's `source`).
+    pub fn set_source(&mut self, source: impl Into<String>) {
+        self.source = Some(source.into());
+    }
+
+    /// The sanitised name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> DocumentKind {
+        self.kind
+    }
+
+    /// Number of the page the next [`add_page`](Self::add_page) adds (1-based).
+    pub fn next_page(&self) -> usize {
+        self.pages.len() + 1
+    }
+
+    /// The stem of page `page`'s figure files: `<name>` for an image, `<name>_<page>` for a PDF.
+    pub fn figure_stem(&self, page: usize) -> String {
+        match self.kind {
+            DocumentKind::Image => self.name.clone(),
+            DocumentKind::Pdf { .. } => format!("{}_{page}", self.name),
+        }
+    }
+
+    /// Renders the next page of `self` (no files: blocks have no `figure`).
+    pub fn render(&self, raw: &str, size: (u32, u32)) -> PageOutput {
+        let kind = if self.kind.is_pdf() { PageKind::PdfPage } else { PageKind::Image };
+        render_page(raw, size, &self.figure_stem(self.next_page()), kind)
+    }
+
+    /// Adds a generated page, rendered without files.
+    pub fn add_page(&mut self, page: GeneratedPage<'_>) -> Result<&PageJson, OutputError> {
+        let rendered = self.render(page.raw, page.image.dimensions());
+        let json = rendered.to_json(self.next_page(), page.stats(), &[]);
+        self.push(json, &rendered.raw, &rendered.text)
+    }
+
+    /// Adds a page that has no result, kept as an empty page with its error.
+    pub fn add_failed(&mut self, error: String) -> Result<&PageJson, OutputError> {
+        let json = PageJson::failed(self.next_page(), error);
+        self.push(json, "", "")
+    }
+
+    /// Appends a page's JSON, raw output and plain text (its markdown is in the JSON).
+    pub fn push(&mut self, json: PageJson, raw: &str, text: &str) -> Result<&PageJson, OutputError> {
+        if !self.kind.is_pdf() && !self.pages.is_empty() {
+            return Err(OutputError::TooManyPages { name: self.name.clone() });
+        }
+        if self.kind.is_pdf() {
+            for (acc, s) in [(&mut self.raw, raw), (&mut self.markdown, json.markdown.as_str()), (&mut self.text, text)]
+            {
+                acc.push_str(s);
+                acc.push_str(PAGE_SPLIT);
+            }
+        } else {
+            self.raw = raw.to_string();
+            self.markdown = json.markdown.clone();
+            self.text = text.to_string();
+        }
+        self.pages.push(json);
+        Ok(&self.pages[self.pages.len() - 1])
+    }
+
+    /// The raw output of all pages (`_det.mmd`).
+    pub fn raw(&self) -> &str {
+        &self.raw
+    }
+
+    /// The cleaned markdown of all pages (`.mmd`).
+    pub fn markdown(&self) -> &str {
+        &self.markdown
+    }
+
+    /// The plain text of all pages (`.txt`).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn pages(&self) -> &[PageJson] {
+        &self.pages
+    }
+
+    /// The JSON document of the pages so far.
+    pub fn to_json(&self) -> DocumentJson {
+        let (kind, dpi) = match self.kind {
+            DocumentKind::Image => (DocumentKindJson::Image, None),
+            DocumentKind::Pdf { dpi } => (DocumentKindJson::Pdf, Some(dpi)),
+        };
+        DocumentJson { name: self.name.clone(), source: self.source.clone(), kind, dpi, pages: self.pages.clone() }
+    }
+}
+
+/// Writes the outputs of one input, page by page: figure crops and overlays are written in
+/// [`add_page`](Self::add_page), the text files and JSON in [`finish`](Self::finish) (and in
+/// [`flush`](Self::flush), for checkpoints during long documents). The text comes from the
+/// [`Document`] it fills.
+#[derive(Debug)]
+pub struct DocumentWriter {
+    out_dir: PathBuf,
+    options: WriterOptions,
+    doc: Document,
     files: WrittenFiles,
     /// Overlay files of PDF pages with their pixel size, for the layouts PDF.
     layout_pages: Vec<(PathBuf, u32, u32)>,
@@ -254,82 +383,67 @@ impl DocumentWriter {
         if options.figures {
             create(&out_dir.join("images"))?;
         }
-        let name = sanitize_name(name);
+        let doc = Document::new(name, kind);
+        let name = doc.name();
         let files = WrittenFiles {
             markdown: out_dir.join(format!("{name}.mmd")),
             raw: out_dir.join(format!("{name}_det.mmd")),
             json: out_dir.join(format!("{name}.json")),
             ..Default::default()
         };
-        Ok(Self {
-            out_dir,
-            name,
-            kind,
-            options,
-            source: None,
-            raw: String::new(),
-            markdown: String::new(),
-            text: String::new(),
-            pages: Vec::new(),
-            files,
-            layout_pages: Vec::new(),
-        })
+        Ok(Self { out_dir, options, doc, files, layout_pages: Vec::new() })
     }
 
     /// Records the input as given (the JSON's `source`).
     pub fn set_source(&mut self, source: impl Into<String>) {
-        self.source = Some(source.into());
+        self.doc.set_source(source);
     }
 
     /// The sanitised output name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.doc.name()
+    }
+
+    /// The text and JSON of the pages so far.
+    pub fn document(&self) -> &Document {
+        &self.doc
     }
 
     /// Processes the next page (pages are numbered 1, 2, … in call order): writes its figure
     /// crops and overlay now, keeps its text and JSON for [`finish`](Self::finish).
     pub fn add_page(&mut self, page: PageInput<'_>) -> Result<&PageJson, OutputError> {
-        if !self.kind.is_pdf() && !self.pages.is_empty() {
-            return Err(OutputError::TooManyPages { name: self.name.clone() });
-        }
-        let page_no = self.pages.len() + 1;
-        let (json, raw) = match page {
-            PageInput::Failed { error } => (PageJson::failed(page_no, error), String::new()),
-            PageInput::Generated(g) => self.generated_page(page_no, g)?,
-        };
-        let markdown = json.markdown.clone();
-        let text = to_plain_text(&raw);
-        if self.kind.is_pdf() {
-            for (acc, s) in [(&mut self.raw, &raw), (&mut self.markdown, &markdown), (&mut self.text, &text)] {
-                acc.push_str(s);
-                acc.push_str(PAGE_SPLIT);
+        match page {
+            PageInput::Failed { error } => self.doc.add_failed(error),
+            PageInput::Generated(g) => {
+                if !self.doc.kind().is_pdf() && !self.doc.pages().is_empty() {
+                    return Err(OutputError::TooManyPages { name: self.doc.name().to_string() });
+                }
+                let page_no = self.doc.next_page();
+                let rendered = self.doc.render(g.raw, g.image.dimensions());
+                let (figures, crop_warnings) = self.write_page_files(page_no, g.image, &rendered)?;
+                let mut json = rendered.to_json(page_no, g.stats(), &figures);
+                json.warnings.extend(crop_warnings);
+                self.doc.push(json, &rendered.raw, &rendered.text)
             }
-        } else {
-            self.raw = raw;
-            self.markdown = markdown;
-            self.text = text;
         }
-        self.pages.push(json);
-        Ok(&self.pages[self.pages.len() - 1])
     }
 
-    /// The JSON of a generated page and its raw text (EOS removed); writes crops and overlay.
-    fn generated_page(&mut self, page_no: usize, g: GeneratedPage<'_>) -> Result<(PageJson, String), OutputError> {
-        let (text, _) = strip_eos(g.raw);
-        let grounding = parse_grounding(text);
-        let (w, h) = g.image.dimensions();
-        let figure_stem = match self.kind {
-            DocumentKind::Image => self.name.clone(),
-            DocumentKind::Pdf { .. } => format!("{}_{page_no}", self.name),
-        };
-        let markdown = to_markdown(text, &figure_stem, self.kind.is_pdf());
-        let mut warnings: Vec<String> = grounding.warnings.iter().map(ToString::to_string).collect();
-
+    /// Writes a page's figure crops and overlay; returns the crop file linked to each block and
+    /// the warnings of crops that could not be made.
+    fn write_page_files(
+        &mut self,
+        page_no: usize,
+        image: &RgbImage,
+        rendered: &PageOutput,
+    ) -> Result<(Vec<Option<String>>, Vec<String>), OutputError> {
+        let blocks = &rendered.blocks;
         // Figure crops: images/<figure_stem>_<k>.jpg (+ _<j> for further boxes of one match).
-        let mut linked: Vec<Option<String>> = vec![None; grounding.blocks.len()];
+        let mut linked: Vec<Option<String>> = vec![None; blocks.len()];
+        let mut warnings = Vec::new();
         if self.options.figures {
-            let (crops, crop_warnings) = figure_crops(g.image, &grounding.blocks);
-            warnings.extend(crop_warnings);
+            let figure_stem = self.doc.figure_stem(page_no);
+            let (crops, crop_warnings) = figure_crops(image, blocks);
+            warnings = crop_warnings;
             for crop in crops {
                 let rel = format!("images/{}", crop.file_name(&figure_stem));
                 let path = self.out_dir.join(&rel);
@@ -338,7 +452,7 @@ impl DocumentWriter {
                 write_atomic(&path, &bytes)?;
                 self.files.figures.push(path);
                 if crop.box_index == 0 {
-                    if let Some(b) = grounding.blocks.iter().position(|b| b.image_index == Some(crop.image_index)) {
+                    if let Some(b) = blocks.iter().position(|b| b.image_index == Some(crop.image_index)) {
                         linked[b] = Some(rel);
                     }
                 }
@@ -346,53 +460,34 @@ impl DocumentWriter {
         }
 
         if self.options.overlays {
-            let file = match self.kind {
-                DocumentKind::Image => format!("{}_boxes.jpg", self.name),
-                DocumentKind::Pdf { .. } => format!("{}_page{page_no}_boxes.jpg", self.name),
+            let name = self.doc.name();
+            let file = match self.doc.kind() {
+                DocumentKind::Image => format!("{name}_boxes.jpg"),
+                DocumentKind::Pdf { .. } => format!("{name}_page{page_no}_boxes.jpg"),
             };
             let path = self.out_dir.join(file);
-            let overlay = draw_overlay(g.image, &grounding.blocks);
+            let overlay = draw_overlay(image, blocks);
             let bytes = encode_jpeg(&overlay, self.options.jpeg_quality)
                 .map_err(|source| OutputError::Image { path: path.clone(), source })?;
             write_atomic(&path, &bytes)?;
             self.files.overlays.push(path.clone());
-            self.layout_pages.push((path, w, h));
+            self.layout_pages.push((path, rendered.width, rendered.height));
         }
-
-        let blocks =
-            grounding.blocks.iter().zip(linked).map(|(b, figure)| BlockJson::from_block(b, w, h, figure)).collect();
-        let json = PageJson {
-            page: page_no,
-            width: w,
-            height: h,
-            finish_reason: Some(g.finish_reason),
-            complete: g.finish_reason == FinishReason::Stop,
-            prompt_tokens: g.prompt_tokens,
-            generated_tokens: g.generated_tokens,
-            markdown,
-            blocks,
-            warnings,
-            error: None,
-        };
-        Ok((json, text.to_string()))
+        Ok((linked, warnings))
     }
 
     /// The JSON document of the pages so far.
     pub fn document_json(&self) -> DocumentJson {
-        let (kind, dpi) = match self.kind {
-            DocumentKind::Image => (DocumentKindJson::Image, None),
-            DocumentKind::Pdf { dpi } => (DocumentKindJson::Pdf, Some(dpi)),
-        };
-        DocumentJson { name: self.name.clone(), source: self.source.clone(), kind, dpi, pages: self.pages.clone() }
+        self.doc.to_json()
     }
 
     /// Writes `.mmd`, `_det.mmd`, `.txt` (if enabled) and `.json` with the pages so far.
     pub fn flush(&mut self) -> Result<(), OutputError> {
-        write_atomic(&self.files.raw, self.raw.as_bytes())?;
-        write_atomic(&self.files.markdown, self.markdown.as_bytes())?;
+        write_atomic(&self.files.raw, self.doc.raw().as_bytes())?;
+        write_atomic(&self.files.markdown, self.doc.markdown().as_bytes())?;
         if self.options.plain_text {
-            let path = self.out_dir.join(format!("{}.txt", self.name));
-            write_atomic(&path, self.text.as_bytes())?;
+            let path = self.out_dir.join(format!("{}.txt", self.doc.name()));
+            write_atomic(&path, self.doc.text().as_bytes())?;
             self.files.text = Some(path);
         }
         let json = serde_json::to_vec_pretty(&self.document_json())
@@ -403,9 +498,9 @@ impl DocumentWriter {
     /// Writes the text files, the JSON and (PDFs, if enabled) the layouts PDF.
     pub fn finish(mut self) -> Result<WrittenFiles, OutputError> {
         self.flush()?;
-        if let DocumentKind::Pdf { dpi } = self.kind {
+        if let DocumentKind::Pdf { dpi } = self.doc.kind() {
             if self.options.layouts_pdf && self.options.overlays && !self.layout_pages.is_empty() {
-                let path = self.out_dir.join(format!("{}_layouts.pdf", self.name));
+                let path = self.out_dir.join(format!("{}_layouts.pdf", self.doc.name()));
                 write_layouts_pdf(&path, &self.layout_pages, dpi)?;
                 self.files.layouts_pdf = Some(path);
             }

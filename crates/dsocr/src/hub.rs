@@ -1,19 +1,47 @@
-//! `--model`: a local model folder, or a Hugging Face repo id resolved through the hub cache
-//! (hf-hub, the same cache layout as Python's `huggingface_hub`).
+//! Model resolution: a local model folder, or a Hugging Face repo id resolved through the hub
+//! cache (hf-hub, the same cache layout as Python's `huggingface_hub`).
 //!
 //! - Cache folder: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
 //! - Server: `$HF_ENDPOINT` (a mirror), else `https://huggingface.co`; token: `$HF_TOKEN`, else
 //!   the cache's `token` file.
 //! - `$HF_HUB_OFFLINE=1`: never touch the network, use what is cached.
 //! - Files already in the cache are used without any network access; only missing files are
-//!   downloaded (with a progress bar on stderr).
+//!   downloaded, reporting [`DownloadEvent`]s (the CLI draws them as progress bars).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
-use indicatif::{ProgressBar, ProgressDrawTarget};
+
+/// Errors of finding a model; the messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The model argument is not usable as given (a file, a bad repo id, an empty revision).
+    #[error("{0}")]
+    Argument(String),
+    /// `HF_HUB_OFFLINE` is set and the cache lacks files.
+    #[error("{0}")]
+    Offline(String),
+    /// A download failed (network, access, not found, another process holding the lock).
+    #[error("{0}")]
+    Download(String),
+    /// The cached or downloaded safetensors index is unusable.
+    #[error("{0}")]
+    Index(String),
+}
+
+type Result<T, E = HubError> = std::result::Result<T, E>;
+
+/// Progress of a model download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadEvent {
+    /// `file` (`bytes` long) starts downloading.
+    Started { file: String, bytes: u64 },
+    /// `bytes` more bytes of the current file arrived.
+    Progress { bytes: u64 },
+    /// The current file is complete.
+    Finished,
+}
 
 /// The model `dsocr` uses when `--model` is not given.
 pub const DEFAULT_MODEL: &str = "deepseek-ai/DeepSeek-OCR";
@@ -40,22 +68,24 @@ impl ModelSource {
         let path = Path::new(arg);
         if path.exists() {
             if !path.is_dir() {
-                bail!(
+                return Err(HubError::Argument(format!(
                     "--model {arg}: this is a file; pass the model folder (with config.json, tokenizer.json \
                      and model.safetensors) or a repo id like {DEFAULT_MODEL}"
-                );
+                )));
             }
             return Ok(ModelSource::Local(path.to_path_buf()));
         }
         let (repo, revision) = match arg.split_once('@') {
             Some((repo, rev)) if !rev.is_empty() => (repo, rev),
-            Some(_) => bail!("--model {arg}: empty revision after `@`"),
+            Some(_) => return Err(HubError::Argument(format!("--model {arg}: empty revision after `@`"))),
             None => (arg, "main"),
         };
         if is_repo_id(repo) {
             return Ok(ModelSource::Hub { repo: repo.to_string(), revision: revision.to_string() });
         }
-        bail!("--model {arg}: no such folder, and not a Hugging Face repo id (owner/name, e.g. {DEFAULT_MODEL})")
+        Err(HubError::Argument(format!(
+            "--model {arg}: no such folder, and not a Hugging Face repo id (owner/name, e.g. {DEFAULT_MODEL})"
+        )))
     }
 }
 
@@ -96,16 +126,33 @@ fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// Resolves `--model` to a folder `DeepseekOcr::load` can read, downloading missing files
-/// of a hub repo. `progress`: show download bars on stderr.
-pub fn resolve_model(source: &ModelSource, progress: bool) -> Result<PathBuf> {
+/// Resolves a model source to a folder `DeepseekOcr::load` can read, downloading missing
+/// files of a hub repo (reported to `on_download`).
+pub fn resolve_model(source: &ModelSource, mut on_download: impl FnMut(DownloadEvent)) -> Result<PathBuf> {
     match source {
         ModelSource::Local(dir) => Ok(dir.clone()),
-        ModelSource::Hub { repo, revision } => resolve_hub(repo, revision, progress),
+        ModelSource::Hub { repo, revision } => resolve_hub(repo, revision, &mut on_download),
     }
 }
 
-fn resolve_hub(repo_id: &str, revision: &str, progress: bool) -> Result<PathBuf> {
+/// Forwards hf-hub's download progress as [`DownloadEvent`]s.
+struct Reporter<'a>(&'a mut dyn FnMut(DownloadEvent));
+
+impl hf_hub::api::Progress for Reporter<'_> {
+    fn init(&mut self, size: usize, filename: &str) {
+        (self.0)(DownloadEvent::Started { file: filename.to_string(), bytes: size as u64 });
+    }
+
+    fn update(&mut self, size: usize) {
+        (self.0)(DownloadEvent::Progress { bytes: size as u64 });
+    }
+
+    fn finish(&mut self) {
+        (self.0)(DownloadEvent::Finished);
+    }
+}
+
+fn resolve_hub(repo_id: &str, revision: &str, on_download: &mut dyn FnMut(DownloadEvent)) -> Result<PathBuf> {
     let cache_root = cache_dir();
     let cache = Cache::new(cache_root.clone());
     let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
@@ -118,13 +165,13 @@ fn resolve_hub(repo_id: &str, revision: &str, progress: bool) -> Result<PathBuf>
     }
     if offline() {
         let missing = missing_files(&cache, &repo);
-        bail!(
+        return Err(HubError::Offline(format!(
             "HF_HUB_OFFLINE is set and {label} is not (fully) in the cache {}: missing {}.\n\
              Unset HF_HUB_OFFLINE to download it, or pass --model <folder> with config.json, tokenizer.json \
              and the safetensors weights.",
             cache_root.display(),
             missing.join(", ")
-        );
+        )));
     }
 
     let endpoint = endpoint();
@@ -134,22 +181,15 @@ fn resolve_hub(repo_id: &str, revision: &str, progress: bool) -> Result<PathBuf>
         .with_token(token)
         .with_progress(false)
         .build()
-        .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
+        .map_err(|e| HubError::Download(format!("cannot set up the Hugging Face client: {e}")))?;
     let remote = api.repo(repo.clone());
-    let fetch = |file: &str| -> Result<PathBuf, ApiError> {
+    let mut fetch = |file: &str| -> Result<PathBuf, ApiError> {
         if let Some(path) = cached.get(file) {
             return Ok(path);
         }
-        let bar = if progress {
-            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
-        } else {
-            ProgressBar::hidden()
-        };
-        let path = remote.download_with_progress(file, bar.clone());
-        bar.finish_and_clear();
-        path
+        remote.download_with_progress(file, Reporter(&mut *on_download))
     };
-    let explain = |file: &str, e: ApiError| download_error(&label, file, &endpoint, &cache_root, e);
+    let explain = |file: &str, e: ApiError| HubError::Download(download_error(&label, file, &endpoint, &cache_root, e));
 
     let mut config = None;
     for file in REQUIRED_FILES {
@@ -167,8 +207,11 @@ fn resolve_hub(repo_id: &str, revision: &str, progress: bool) -> Result<PathBuf>
         }
         Err(e) => return Err(explain(WEIGHTS_INDEX, e)),
     }
-    let config = config.context("no config.json")?;
-    let dir = config.parent().map(Path::to_path_buf).context("cached config.json has no folder")?;
+    let config = config.ok_or_else(|| HubError::Download(format!("{label}: no config.json")))?;
+    let dir = config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| HubError::Download(format!("{label}: the cached config.json has no folder")))?;
     Ok(dir)
 }
 
@@ -198,19 +241,16 @@ fn missing_files(cache: &Cache, repo: &Repo) -> Vec<String> {
 
 /// Shard file names listed in a safetensors index (`weight_map` values), sorted, unique.
 pub fn index_shards(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .with_context(|| format!("{} has no `weight_map`", index.display()))?;
+    let bad = |what: String| HubError::Index(format!("{}{what}", index.display()));
+    let text =
+        std::fs::read_to_string(index).map_err(|e| HubError::Index(format!("reading {}: {e}", index.display())))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!(" is not valid JSON: {e}")))?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad(" has no `weight_map`".into()))?;
     let mut shards: Vec<String> = Vec::new();
     for value in map.values() {
-        let name =
-            value.as_str().with_context(|| format!("{}: `weight_map` values must be file names", index.display()))?;
+        let name = value.as_str().ok_or_else(|| bad(": `weight_map` values must be file names".into()))?;
         if name.contains('/') || name.contains('\\') || name.contains("..") {
-            bail!("{}: shard name `{name}` must be a plain file name", index.display());
+            return Err(bad(format!(": shard name `{name}` must be a plain file name")));
         }
         if !shards.iter().any(|s| s == name) {
             shards.push(name.to_string());
@@ -225,7 +265,7 @@ fn is_not_found(e: &ApiError) -> bool {
 }
 
 /// A download failure in words a user can act on.
-fn download_error(label: &str, file: &str, endpoint: &str, cache_root: &Path, e: ApiError) -> anyhow::Error {
+fn download_error(label: &str, file: &str, endpoint: &str, cache_root: &Path, e: ApiError) -> String {
     let fallback = format!(
         "Pass --model <folder> with config.json, tokenizer.json and the safetensors weights, set HF_ENDPOINT \
          to a reachable mirror, or copy the model's cache folder from a connected machine into {}.",
@@ -233,28 +273,28 @@ fn download_error(label: &str, file: &str, endpoint: &str, cache_root: &Path, e:
     );
     match &e {
         ApiError::RequestError(inner) => match &**inner {
-            ureq::Error::Transport(t) => anyhow!(
+            ureq::Error::Transport(t) => format!(
                 "cannot download {label} ({file}): the network is unavailable or {endpoint} cannot be reached \
                  ({t}).\nNothing usable is cached in {}.\n{fallback}",
                 cache_root.display()
             ),
-            ureq::Error::Status(401 | 403, _) => anyhow!(
+            ureq::Error::Status(401 | 403, _) => format!(
                 "cannot download {label} ({file}) from {endpoint}: access denied. The repo may be private or \
                  gated: set HF_TOKEN to a token with access."
             ),
             ureq::Error::Status(404, _) => {
-                anyhow!("cannot download {label} ({file}) from {endpoint}: not found. Check the repo id and revision.")
+                format!("cannot download {label} ({file}) from {endpoint}: not found. Check the repo id and revision.")
             }
             ureq::Error::Status(code, _) => {
-                anyhow!("cannot download {label} ({file}) from {endpoint}: HTTP status {code}.\n{fallback}")
+                format!("cannot download {label} ({file}) from {endpoint}: HTTP status {code}.\n{fallback}")
             }
         },
-        ApiError::LockAcquisition(path) => anyhow!(
+        ApiError::LockAcquisition(path) => format!(
             "cannot download {label} ({file}): another process is downloading it ({} is locked); try again \
              when it is done",
             path.display()
         ),
-        _ => anyhow!("cannot download {label} ({file}) from {endpoint}: {e}.\n{fallback}"),
+        _ => format!("cannot download {label} ({file}) from {endpoint}: {e}.\n{fallback}"),
     }
 }
 

@@ -1,15 +1,18 @@
-//! Live display of the output while it is generated: the grounding tags
-//! (`<|ref|>…<|/ref|><|det|>…<|/det|>`) are hidden as soon as they are complete, image tags
-//! become their figure link. This is for the terminal only; the files and the final stdout
-//! text come from `dsocr_render` (exact upstream cleaning).
+//! The output while it is generated: [`LiveCleaner`] hides the grounding tags
+//! (`<|ref|>…<|/ref|><|det|>…<|/det|>`) as soon as they are complete and turns image tags into
+//! their figure link, piece by piece (a terminal, a server's text stream). The files and the
+//! final text of a page come from [`render_page`](crate::render_page) (upstream's exact
+//! cleaning); the live text can differ from it in blank lines only.
 
-use dsocr_render::grounding::{IMAGE_MARKER, REF_OPEN};
-use dsocr_render::markdown::figure_link;
+use crate::grounding::{IMAGE_MARKER, REF_OPEN};
+use crate::markdown::figure_link;
 
 const DET_CLOSE: &str = "<|/det|>";
 /// A tag still open after this many bytes is shown as is (the model went off the rails).
 const MAX_PENDING_TAG: usize = 4096;
 
+/// Cleans a stream of output pieces (module docs).
+#[derive(Debug, Clone)]
 pub struct LiveCleaner {
     buf: String,
     /// Bytes of `buf` already handled.
@@ -22,6 +25,8 @@ pub struct LiveCleaner {
 }
 
 impl LiveCleaner {
+    /// `figure_stem`: `Some(stem)` links image tags as `![](images/<stem>_<k>.jpg)` (markdown),
+    /// `None` drops them (plain text).
     pub fn new(figure_stem: Option<String>) -> Self {
         Self { buf: String::new(), pos: 0, images: 0, figure_stem, raw: false }
     }

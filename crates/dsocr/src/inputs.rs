@@ -1,4 +1,4 @@
-//! The inputs of `dsocr ocr`: image files, PDFs, and folders searched recursively.
+//! Inputs: image files, PDFs, and folders searched recursively; telling an image from a PDF.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

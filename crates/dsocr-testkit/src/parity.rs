@@ -14,7 +14,7 @@ use dsocr_prompt::{load_image, Mode, PreparedImage};
 use dsocr_weights::{Precision, SafetensorsFiles};
 use serde::Deserialize;
 
-use crate::{DeepseekOcr, ModelError};
+use dsocr_model::{DeepseekOcr, ModelError};
 
 /// The repeat guard of a case, as written in `cases.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +72,13 @@ impl Fixture {
 
     pub fn golden(&self) -> Result<SafetensorsFiles, ModelError> {
         Ok(SafetensorsFiles::open(self.dir.join("golden.safetensors"))?)
+    }
+
+    /// Rows of the golden `<case>.<what>` tensor (`[rows, vocab]`), `None` when the fixture does
+    /// not record it for this case: how many prompt positions (`prefill_logits_tail`) or decode
+    /// steps (`decode_logits`) the harness has to keep.
+    pub fn recorded_rows(&self, golden: &SafetensorsFiles, case: &str, what: &str) -> Option<usize> {
+        golden.info(&format!("{case}.{what}")).and_then(|info| info.shape.first().copied())
     }
 }
 
@@ -133,10 +140,9 @@ pub fn repeat_guard(model: &DeepseekOcr, spec: &Option<NgramSpec>) -> Result<Opt
     })
 }
 
-/// Number of decode steps whose logits the fixture records.
-const DECODE_LOGITS_STEPS: usize = 4;
-/// Number of prompt positions whose logits the fixture records.
-const PREFILL_LOGITS_TAIL: usize = 8;
+/// Prompt positions whose logits are kept when the fixture records none for a case (the
+/// upstream exporter records the last 8).
+const DEFAULT_PREFILL_LOGITS_TAIL: usize = 8;
 
 /// Runs one case and returns every tensor the fixture has for it.
 pub fn run_case(model: &DeepseekOcr, fixture: &Fixture, case: &Case) -> Result<CaseRun, ModelError> {
@@ -169,14 +175,17 @@ pub fn run_case(model: &DeepseekOcr, fixture: &Fixture, case: &Case) -> Result<C
         prepared = Some(v.prepared);
     }
 
+    // As many logit rows as the fixture records for this case (a fixture may record fewer or
+    // more decode steps than another one).
+    let golden = fixture.golden()?;
+    let prefill_logits_tail =
+        fixture.recorded_rows(&golden, &case.name, "prefill_logits_tail").unwrap_or(DEFAULT_PREFILL_LOGITS_TAIL);
+    let decode_logits_steps = fixture.recorded_rows(&golden, &case.name, "decode_logits").unwrap_or(0);
     let config = GenerationConfig {
         max_new_tokens: case.max_new_tokens,
         eos_token_id: model.config.decoder.eos_token_id,
         repeat_guard: repeat_guard(model, &case.ngram)?,
-        trace: Some(dsocr_decoder::TraceConfig {
-            prefill_logits_tail: PREFILL_LOGITS_TAIL,
-            decode_logits_steps: DECODE_LOGITS_STEPS,
-        }),
+        trace: Some(dsocr_decoder::TraceConfig { prefill_logits_tail, decode_logits_steps }),
         ..GenerationConfig::default()
     };
     let generation = generate(&model.decoder, embeds, &ids, &config, |_| std::ops::ControlFlow::Continue(()))?;
@@ -253,7 +262,7 @@ pub struct Comparison {
 /// justify: greedy decoding flips between two tokens whose logits are closer than the run's
 /// own error. If our ids leave the reference's at step `s`, the reference's top-2 margin at that
 /// step is read from its logits (recorded for the prompt's last position and the first
-/// [`DECODE_LOGITS_STEPS`] decode steps), and the divergence passes as a **near-tie** only when
+/// decode steps the fixture records), and the divergence passes as a **near-tie** only when
 /// that margin is at most twice the largest logits error measured before step `s` (and that
 /// error is itself within tolerance). Decode logits of steps at or after `s` follow a different
 /// token and are not compared. A divergence after the recorded steps, or at a clear margin, fails.

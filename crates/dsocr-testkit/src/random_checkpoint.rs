@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let written = dsocr_model::random_checkpoint::write("/tmp/fullsize".as_ref(), 1234)?;
+//! let written = dsocr_testkit::random_checkpoint::write("/tmp/fullsize".as_ref(), 1234)?;
 //! println!("{} parameters in {}", written.parameters, written.weights.display());
 //! # Ok(()) }
 //! ```
@@ -296,7 +296,7 @@ pub fn real_config() -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ModelConfig;
+    use dsocr_model::ModelConfig;
 
     #[test]
     fn every_real_name_has_a_shape_and_the_total_matches_the_spec() {

@@ -1,0 +1,363 @@
+//! The document loop: an image or a PDF through the model, page by page, reporting
+//! [`Event`]s. A PDF page that fails is reported and the next page goes on; a page that ends
+//! without EOS is kept and flagged by its finish reason, and is run once more in base mode when
+//! [`OcrOptions::retry_in_base_mode`] asks for it.
+//!
+//! The loop draws nothing and writes no file: the CLI turns events into progress bars, streamed
+//! text and output files, the server into its answers.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dsocr_model::{DeepseekOcr, FinishReason, GenerationConfig, OcrRequest, OcrResult, RepeatGuard};
+use dsocr_prompt::{load_image, Mode, RgbImage};
+use dsocr_render::{safe_stem, Document, DocumentKind, GeneratedPage, PdfDocument};
+
+use crate::inputs::{sniff_kind, InputKind};
+use crate::{OcrError, OcrOptions};
+
+/// What the document loop reports, in order: `DocumentStarted`, then per page `PageStarted`,
+/// `Note`s, `Text` pieces, maybe `Retrying` and more `Text`, and `PageDone` or `PageFailed`.
+#[derive(Debug)]
+pub enum Event {
+    /// A document was opened.
+    DocumentStarted { path: PathBuf, kind: InputKind, pages: usize },
+    /// Generation of page `page` (1-based) of `pages` starts.
+    PageStarted { page: usize, pages: usize },
+    /// Something worth telling that does not fail the page (e.g. a PDF renderer warning).
+    Note { page: usize, message: String },
+    /// A piece of the page's output as it is generated (valid UTF-8, special tokens kept).
+    Text { page: usize, piece: String },
+    /// The page ended without EOS after `tokens` tokens in `mode`; it runs again in base mode.
+    Retrying { page: usize, finish: FinishReason, tokens: usize, mode: Mode },
+    /// A page is done (also without EOS: see its `finish`).
+    PageDone(Box<PageResult>),
+    /// A page of a PDF failed; the document goes on with the next page.
+    PageFailed { page: usize, error: OcrError },
+}
+
+/// The run of a page that was not kept, when the page was retried in base mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtherRun {
+    pub mode: Mode,
+    pub finish: FinishReason,
+    pub tokens: usize,
+}
+
+/// The model's result for one page.
+#[derive(Debug, Clone)]
+pub struct PageResult {
+    /// 1-based page number (1 for an image).
+    pub page: usize,
+    /// The image the boxes refer to (for PDFs the rendered page).
+    pub image: RgbImage,
+    /// Decoded output, special tokens kept, the final EOS removed.
+    pub raw: String,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// The mode of the kept run.
+    pub mode: Mode,
+    /// With a base-mode retry: the run that was not kept.
+    pub other_run: Option<OtherRun>,
+    pub vision_time: Duration,
+    pub generation_time: Duration,
+}
+
+impl PageResult {
+    /// The page as the output writers take it.
+    pub fn generated(&self) -> GeneratedPage<'_> {
+        GeneratedPage {
+            image: &self.image,
+            raw: &self.raw,
+            finish_reason: self.finish,
+            prompt_tokens: self.prompt_tokens,
+            generated_tokens: self.generated_tokens,
+        }
+    }
+
+    /// Tokens generated for this page, both runs counted when it was retried.
+    pub fn tokens_spent(&self) -> usize {
+        self.generated_tokens + self.other_run.map_or(0, |r| r.tokens)
+    }
+}
+
+/// A whole document's result: its text and JSON, and counts.
+#[derive(Debug, Clone)]
+pub struct DocumentResult {
+    pub path: PathBuf,
+    pub kind: InputKind,
+    /// Markdown, plain text, raw output and the JSON pages (figures not written: no links to
+    /// crop files in the blocks).
+    pub document: Document,
+    pub pages: usize,
+    pub pages_done: usize,
+    pub pages_failed: usize,
+    /// Pages that ended without EOS.
+    pub pages_flagged: usize,
+    /// Tokens generated, retries included.
+    pub tokens: usize,
+}
+
+impl DocumentResult {
+    /// The cleaned markdown of all pages (PDF pages each followed by the page separator).
+    pub fn markdown(&self) -> &str {
+        self.document.markdown()
+    }
+
+    /// The plain text of all pages.
+    pub fn text(&self) -> &str {
+        self.document.text()
+    }
+}
+
+/// The loaded model and what the engine needs beside it.
+pub struct Ocr {
+    model: DeepseekOcr,
+}
+
+impl Ocr {
+    /// Wraps a loaded model.
+    pub fn new(model: DeepseekOcr) -> Self {
+        Self { model }
+    }
+
+    pub fn model(&self) -> &DeepseekOcr {
+        &self.model
+    }
+
+    pub fn into_model(self) -> DeepseekOcr {
+        self.model
+    }
+
+    /// The ids of `tokens` in the model's tokenizer, and the tokens it does not have.
+    pub fn token_ids(&self, tokens: &[String]) -> (Vec<u32>, Vec<String>) {
+        let mut ids = Vec::new();
+        let mut missing = Vec::new();
+        for token in tokens {
+            match self.model.tokenizer.token_id(token) {
+                Some(id) => ids.push(id),
+                None => missing.push(token.clone()),
+            }
+        }
+        (ids, missing)
+    }
+
+    /// The generation settings of one page.
+    pub fn generation_config(&self, options: &OcrOptions, pdf_page: bool) -> GenerationConfig {
+        let repeat_guard = options.repeat_guard.rule(pdf_page).map(|rule| RepeatGuard::Window {
+            n: rule.n,
+            window: rule.window,
+            whitelist: self.token_ids(&options.repeat_guard.whitelist).0,
+        });
+        GenerationConfig {
+            max_new_tokens: options.max_new_tokens,
+            eos_token_id: options.eos_token_id.unwrap_or(self.model.config.decoder.eos_token_id),
+            repeat_guard,
+            ..GenerationConfig::default()
+        }
+    }
+
+    /// Runs an image file or a PDF (told apart by content, then extension), named after the
+    /// file's stem.
+    pub fn run_file(
+        &self,
+        path: &Path,
+        options: &OcrOptions,
+        on_event: impl FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<DocumentResult, OcrError> {
+        self.run_file_named(path, &safe_stem(path), options, on_event)
+    }
+
+    /// Like [`run_file`](Self::run_file); `name` names the figure files the markdown links to.
+    ///
+    /// `Err` when the document fails as a whole (an image that cannot be read or a model failure
+    /// on it, a PDF that cannot be opened) or when `on_event` returned
+    /// [`ControlFlow::Break`] ([`OcrError::Cancelled`]); a PDF page that fails is a
+    /// [`Event::PageFailed`] and an empty page with its error in the result.
+    pub fn run_file_named(
+        &self,
+        path: &Path,
+        name: &str,
+        options: &OcrOptions,
+        mut on_event: impl FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<DocumentResult, OcrError> {
+        options.validate().map_err(OcrError::Options)?;
+        match sniff_kind(path) {
+            InputKind::Image => self.run_image_file(path, name, options, &mut on_event),
+            InputKind::Pdf => self.run_pdf_file(path, name, options, &mut on_event),
+        }
+    }
+
+    fn run_image_file(
+        &self,
+        path: &Path,
+        name: &str,
+        options: &OcrOptions,
+        on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<DocumentResult, OcrError> {
+        let image = load_image(path).map_err(|source| OcrError::Image { path: path.to_path_buf(), source })?;
+        emit(on_event, path, Event::DocumentStarted { path: path.to_path_buf(), kind: InputKind::Image, pages: 1 })?;
+        let mut result = DocumentResult {
+            path: path.to_path_buf(),
+            kind: InputKind::Image,
+            document: Document::new(name, DocumentKind::Image),
+            pages: 1,
+            pages_done: 0,
+            pages_failed: 0,
+            pages_flagged: 0,
+            tokens: 0,
+        };
+        result.document.set_source(path.display().to_string());
+        emit(on_event, path, Event::PageStarted { page: 1, pages: 1 })?;
+        let page = self.run_page(path, image, 1, name, false, options, on_event)?;
+        result.add(&page);
+        emit(on_event, path, Event::PageDone(Box::new(page)))?;
+        Ok(result)
+    }
+
+    fn run_pdf_file(
+        &self,
+        path: &Path,
+        name: &str,
+        options: &OcrOptions,
+        on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<DocumentResult, OcrError> {
+        let dpi = options.pdf_dpi;
+        let pdf = PdfDocument::open(path).map_err(|source| OcrError::Pdf { path: path.to_path_buf(), source })?;
+        let count = pdf.page_count();
+        emit(on_event, path, Event::DocumentStarted { path: path.to_path_buf(), kind: InputKind::Pdf, pages: count })?;
+        let mut result = DocumentResult {
+            path: path.to_path_buf(),
+            kind: InputKind::Pdf,
+            document: Document::new(name, DocumentKind::Pdf { dpi }),
+            pages: count,
+            pages_done: 0,
+            pages_failed: 0,
+            pages_flagged: 0,
+            tokens: 0,
+        };
+        result.document.set_source(path.display().to_string());
+        for (index, rendered) in pdf.pages(dpi).enumerate() {
+            let page = index + 1;
+            let outcome = match rendered {
+                Ok(rendered) => {
+                    for warning in rendered.warnings {
+                        emit(on_event, path, Event::Note { page, message: format!("renderer: {warning}") })?;
+                    }
+                    emit(on_event, path, Event::PageStarted { page, pages: count })?;
+                    let what = format!("page {page}/{count}");
+                    self.run_page(path, rendered.image, page, &what, true, options, on_event)
+                }
+                Err(source) => Err(OcrError::PdfPage { path: path.to_path_buf(), page, source }),
+            };
+            match outcome {
+                Ok(done) => {
+                    result.add(&done);
+                    emit(on_event, path, Event::PageDone(Box::new(done)))?;
+                }
+                Err(OcrError::Cancelled { path }) => return Err(OcrError::Cancelled { path }),
+                Err(error) => {
+                    result.pages_failed += 1;
+                    // A document of this kind takes any number of pages: this cannot fail.
+                    let _ = result.document.add_failed(error.page_reason());
+                    emit(on_event, path, Event::PageFailed { page, error })?;
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    /// One page through the model, with the optional base-mode retry.
+    #[allow(clippy::too_many_arguments)]
+    fn run_page(
+        &self,
+        path: &Path,
+        image: RgbImage,
+        page: usize,
+        what: &str,
+        pdf_page: bool,
+        options: &OcrOptions,
+        on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<PageResult, OcrError> {
+        let generation = self.generation_config(options, pdf_page);
+        let mode = options.mode;
+        let first = self.run_model(path, &image, page, what, mode, &generation, options, on_event)?;
+        let retry = options.retry_in_base_mode && first.finish != FinishReason::Stop && mode != Mode::Base;
+        if !retry {
+            return Ok(page_result(page, image, first, mode, None));
+        }
+        let tokens = first.generated_tokens();
+        emit(on_event, path, Event::Retrying { page, finish: first.finish, tokens, mode })?;
+        let second = self.run_model(path, &image, page, what, Mode::Base, &generation, options, on_event)?;
+        if second.finish == FinishReason::Stop {
+            let other = OtherRun { mode, finish: first.finish, tokens };
+            Ok(page_result(page, image, second, Mode::Base, Some(other)))
+        } else {
+            // Neither run ended cleanly: keep the first (more detailed) one.
+            let other = OtherRun { mode: Mode::Base, finish: second.finish, tokens: second.generated_tokens() };
+            Ok(page_result(page, image, first, mode, Some(other)))
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_model(
+        &self,
+        path: &Path,
+        image: &RgbImage,
+        page: usize,
+        what: &str,
+        mode: Mode,
+        generation: &GenerationConfig,
+        options: &OcrOptions,
+        on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<OcrResult, OcrError> {
+        let mut request = OcrRequest::new(options.prompt.text(), Some(image.clone()), mode);
+        request.max_crops = options.max_crops;
+        request.generation = generation.clone();
+        let result = self
+            .model
+            .run(&request, |piece| on_event(Event::Text { page, piece: piece.to_string() }))
+            .map_err(|source| OcrError::Model { path: path.to_path_buf(), page, what: what.to_string(), source })?;
+        if result.finish == FinishReason::Cancelled {
+            return Err(OcrError::Cancelled { path: path.to_path_buf() });
+        }
+        Ok(result)
+    }
+}
+
+fn page_result(page: usize, image: RgbImage, run: OcrResult, mode: Mode, other_run: Option<OtherRun>) -> PageResult {
+    PageResult {
+        page,
+        image,
+        prompt_tokens: run.prompt_ids.len(),
+        generated_tokens: run.generated_tokens(),
+        raw: run.text,
+        finish: run.finish,
+        mode,
+        other_run,
+        vision_time: run.vision_time,
+        generation_time: run.generation_time,
+    }
+}
+
+impl DocumentResult {
+    fn add(&mut self, page: &PageResult) {
+        self.pages_done += 1;
+        self.tokens += page.tokens_spent();
+        if page.finish != FinishReason::Stop {
+            self.pages_flagged += 1;
+        }
+        // The document was made for this kind of input: an image gets its one page here.
+        let _ = self.document.add_page(page.generated());
+    }
+}
+
+/// Hands `event` to the handler; its `Break` becomes [`OcrError::Cancelled`].
+fn emit(on_event: &mut dyn FnMut(Event) -> ControlFlow<()>, path: &Path, event: Event) -> Result<(), OcrError> {
+    match on_event(event) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(OcrError::Cancelled { path: path.to_path_buf() }),
+    }
+}

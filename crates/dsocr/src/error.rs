@@ -1,0 +1,102 @@
+//! The engine's errors. Each names the file (and page) it is about, so a front end can print
+//! it as is; [`OcrError::page_reason`] is the same without the file, for a page's JSON entry.
+
+use std::path::{Path, PathBuf};
+
+use dsocr_model::ModelError;
+
+use crate::hub::HubError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OcrError {
+    /// The options are not usable (the message names the option).
+    #[error("{0}")]
+    Options(String),
+    /// The backend or precision asked for is unknown or not compiled in.
+    #[error("{0}")]
+    Backend(String),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("cannot load the model in {}", dir.display())]
+    Load {
+        dir: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    /// An image that cannot be read (missing, empty, corrupt, unsupported, too large).
+    #[error("{}", with_path(path, &source.to_string()))]
+    Image {
+        path: PathBuf,
+        #[source]
+        source: dsocr_prompt::PromptError,
+    },
+    /// A PDF that cannot be opened (corrupt, encrypted, no pages).
+    #[error("{}", with_path(path, &source.to_string()))]
+    Pdf {
+        path: PathBuf,
+        #[source]
+        source: dsocr_render::PdfError,
+    },
+    /// One PDF page that does not render; the other pages go on.
+    #[error("{}", with_path(path, &source.to_string()))]
+    PdfPage {
+        path: PathBuf,
+        page: usize,
+        #[source]
+        source: dsocr_render::PageError,
+    },
+    /// The model failed on a page (`what`: the page, as `page 2/5` or the image's name).
+    #[error("{}", with_path(path, &format!("{what}: the model failed: {source}")))]
+    Model {
+        path: PathBuf,
+        page: usize,
+        what: String,
+        #[source]
+        source: ModelError,
+    },
+    /// The event handler asked to stop.
+    #[error("{}: cancelled", path.display())]
+    Cancelled { path: PathBuf },
+}
+
+impl OcrError {
+    /// The file the error is about, if it is about one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            OcrError::Image { path, .. }
+            | OcrError::Pdf { path, .. }
+            | OcrError::PdfPage { path, .. }
+            | OcrError::Model { path, .. }
+            | OcrError::Cancelled { path } => Some(path),
+            OcrError::Load { dir, .. } => Some(dir),
+            OcrError::Options(_) | OcrError::Backend(_) | OcrError::Hub(_) => None,
+        }
+    }
+
+    /// The 1-based page the error is about (a page of a PDF, or 1 for an image).
+    pub fn page(&self) -> Option<usize> {
+        match self {
+            OcrError::PdfPage { page, .. } | OcrError::Model { page, .. } => Some(*page),
+            _ => None,
+        }
+    }
+
+    /// The reason of a page-level failure, without the file: what a page's JSON `error` holds.
+    pub fn page_reason(&self) -> String {
+        match self {
+            OcrError::PdfPage { source, .. } => source.to_string(),
+            OcrError::Model { what, source, .. } => format!("{what}: the model failed: {source}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// `path: reason`, unless the reason already starts with the path.
+pub(crate) fn with_path(path: &Path, reason: &str) -> String {
+    let p = path.display().to_string();
+    if reason.starts_with(&p) {
+        reason.to_string()
+    } else {
+        format!("{p}: {reason}")
+    }
+}

@@ -1,0 +1,196 @@
+//! What a request can set, and the one home of the official defaults.
+//!
+//! [`OcrOptions::official()`] is what the official DeepSeek-OCR scripts do: the Gundam mode with
+//! at most 6 tiles, 8,192 new tokens, the repeat guard of the image script (n-gram 30 over a
+//! window of 90 tokens) and of the PDF script (20 over 50), `<td>`/`</td>` never banned, PDF
+//! pages at 144 DPI. Front ends start from it and override what their user set (the CLI maps
+//! its flags onto it, the server its JSON); nothing else in dsocr spells these numbers.
+
+use dsocr_prompt::{Mode, Task};
+use dsocr_render::DEFAULT_DPI;
+
+/// An n-gram repeat rule: an id that would complete an `n`-gram already seen in the last
+/// `window` generated tokens is banned (upstream's `NoRepeatNGramLogitsProcessor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NgramRule {
+    pub n: usize,
+    pub window: usize,
+}
+
+/// The repeat guard of a request: one rule for single images, one for PDF pages (`None`: off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepeatGuardPolicy {
+    pub image: Option<NgramRule>,
+    pub pdf_page: Option<NgramRule>,
+    /// Tokens the guard never bans, looked up by their text in the model's tokenizer (a token
+    /// the tokenizer lacks is skipped and reported once per document).
+    pub whitelist: Vec<String>,
+}
+
+impl RepeatGuardPolicy {
+    /// The official scripts' rules: 30/90 for images, 20/50 for PDF pages, `<td>`/`</td>` exempt.
+    pub fn official() -> Self {
+        Self {
+            image: Some(NgramRule { n: 30, window: 90 }),
+            pdf_page: Some(NgramRule { n: 20, window: 50 }),
+            whitelist: vec!["<td>".to_string(), "</td>".to_string()],
+        }
+    }
+
+    /// No guard at all.
+    pub fn off() -> Self {
+        Self { image: None, pdf_page: None, whitelist: Vec::new() }
+    }
+
+    /// The official rules with `n` and/or `window` replaced in both.
+    pub fn official_with(n: Option<usize>, window: Option<usize>) -> Self {
+        let mut policy = Self::official();
+        for rule in [&mut policy.image, &mut policy.pdf_page].into_iter().flatten() {
+            rule.n = n.unwrap_or(rule.n);
+            rule.window = window.unwrap_or(rule.window);
+        }
+        policy
+    }
+
+    /// The rule for a page of this kind.
+    pub fn rule(&self, pdf_page: bool) -> Option<NgramRule> {
+        if pdf_page {
+            self.pdf_page
+        } else {
+            self.image
+        }
+    }
+}
+
+/// What to ask the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptChoice {
+    /// One of the documented tasks (its prompt is [`Task::prompt`]).
+    Task(Task),
+    /// A raw prompt with exactly one `<image>` ([`PromptChoice::raw`] checks it).
+    Raw(String),
+}
+
+impl PromptChoice {
+    /// A raw prompt, checked to hold `<image>` exactly once.
+    pub fn raw(prompt: impl Into<String>) -> Result<Self, String> {
+        let prompt = prompt.into();
+        let count = prompt.matches("<image>").count();
+        if count != 1 {
+            return Err(format!("the prompt must contain `<image>` exactly once (it has {count})"));
+        }
+        Ok(PromptChoice::Raw(prompt))
+    }
+
+    /// The prompt text, `<image>` included.
+    pub fn text(&self) -> String {
+        match self {
+            PromptChoice::Task(task) => task.prompt(),
+            PromptChoice::Raw(raw) => raw.clone(),
+        }
+    }
+}
+
+/// Everything one OCR request can set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OcrOptions {
+    pub prompt: PromptChoice,
+    pub mode: Mode,
+    /// Largest number of Gundam tiles (2..=9).
+    pub max_crops: usize,
+    /// Most tokens generated per page (also capped by the model's context).
+    pub max_new_tokens: usize,
+    pub repeat_guard: RepeatGuardPolicy,
+    /// Run a page that ended without EOS (repeat loop or token limit) once more in base mode,
+    /// keeping the retry when it ends with EOS.
+    pub retry_in_base_mode: bool,
+    /// Resolution at which PDF pages are rendered.
+    pub pdf_dpi: f32,
+    /// The id that ends generation; `None`: the model config's `eos_token_id`. (`dsocr bench`
+    /// sets an id outside the vocabulary to force a fixed length.)
+    pub eos_token_id: Option<u32>,
+}
+
+impl OcrOptions {
+    /// The official scripts' settings (module docs): markdown task, Gundam, 6 tiles, 8,192
+    /// tokens, the official repeat guards, no retry, 144 DPI.
+    pub fn official() -> Self {
+        Self {
+            prompt: PromptChoice::Task(Task::Markdown),
+            mode: Mode::Gundam,
+            max_crops: 6,
+            max_new_tokens: 8192,
+            repeat_guard: RepeatGuardPolicy::official(),
+            retry_in_base_mode: false,
+            pdf_dpi: DEFAULT_DPI,
+            eos_token_id: None,
+        }
+    }
+
+    /// Checks the values a caller can get wrong; the message names the option.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(2..=9).contains(&self.max_crops) {
+            return Err(format!("max_crops must be between 2 and 9 (got {})", self.max_crops));
+        }
+        if self.max_new_tokens == 0 {
+            return Err("max_new_tokens must be at least 1".to_string());
+        }
+        if !(self.pdf_dpi.is_finite() && self.pdf_dpi > 0.0) {
+            return Err(format!("the PDF dpi must be a positive number (got {})", self.pdf_dpi));
+        }
+        for rule in [self.repeat_guard.image, self.repeat_guard.pdf_page].into_iter().flatten() {
+            if rule.n == 0 || rule.window == 0 {
+                return Err(format!("repeat guard n-gram size and window must be at least 1 (got {rule:?})"));
+            }
+        }
+        if let PromptChoice::Raw(raw) = &self.prompt {
+            PromptChoice::raw(raw.clone())?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for OcrOptions {
+    fn default() -> Self {
+        Self::official()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn official_defaults_are_the_scripts_settings() {
+        let o = OcrOptions::official();
+        assert_eq!(o.prompt.text(), "<image>\n<|grounding|>Convert the document to markdown.");
+        assert_eq!((o.mode, o.max_crops, o.max_new_tokens, o.pdf_dpi), (Mode::Gundam, 6, 8192, 144.0));
+        assert_eq!(o.repeat_guard.rule(false), Some(NgramRule { n: 30, window: 90 }));
+        assert_eq!(o.repeat_guard.rule(true), Some(NgramRule { n: 20, window: 50 }));
+        assert_eq!(o.repeat_guard.whitelist, ["<td>", "</td>"]);
+        assert!(!o.retry_in_base_mode && o.eos_token_id.is_none());
+        assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn overrides_and_checks() {
+        let p = RepeatGuardPolicy::official_with(Some(3), None);
+        assert_eq!(
+            (p.rule(false), p.rule(true)),
+            (Some(NgramRule { n: 3, window: 90 }), Some(NgramRule { n: 3, window: 50 }))
+        );
+        assert_eq!(RepeatGuardPolicy::off().rule(false), None);
+        assert!(PromptChoice::raw("Free OCR.").is_err());
+        assert!(PromptChoice::raw("<image><image>").is_err());
+        assert_eq!(PromptChoice::raw("<image>\nFree OCR.").unwrap().text(), "<image>\nFree OCR.");
+        for bad in [
+            OcrOptions { max_crops: 1, ..OcrOptions::official() },
+            OcrOptions { max_new_tokens: 0, ..OcrOptions::official() },
+            OcrOptions { pdf_dpi: f32::NAN, ..OcrOptions::official() },
+            OcrOptions { repeat_guard: RepeatGuardPolicy::official_with(Some(0), None), ..OcrOptions::official() },
+            OcrOptions { prompt: PromptChoice::Raw("no image".into()), ..OcrOptions::official() },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}
