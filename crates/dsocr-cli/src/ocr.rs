@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use dsocr::hub::{self, DownloadEvent, ModelSource};
 use dsocr::inputs::{self, InputFile, InputKind};
-use dsocr::render::{safe_stem, DocumentKind, DocumentWriter, LiveCleaner, PageInput, WriterOptions, DEFAULT_DPI};
+use dsocr::render::{safe_stem, DocumentKind, DocumentWriter, LiveCleaner, PageInput, WriterOptions};
 use dsocr::{
     choose_backend, DocumentResult, Event, FinishReason, Mode, Ocr, OcrError, OcrOptions, PageResult, PromptChoice,
     RepeatGuardPolicy, Task,
@@ -105,7 +105,7 @@ pub struct OcrArgs {
     model: String,
 
     /// Resolution at which PDF pages are rendered.
-    #[arg(long, default_value_t = DEFAULT_DPI)]
+    #[arg(long, default_value_t = official().pdf_dpi)]
     dpi: f32,
 
     /// Re-run a page that ended without EOS (repeat loop or token limit) once in base mode.

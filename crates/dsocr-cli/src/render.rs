@@ -12,10 +12,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use dsocr::input::load_image;
+use dsocr::input::{load_image, PdfDocument};
 use dsocr::render::{
     safe_stem, sanitize_name, DocumentJson, DocumentKind, DocumentWriter, FinishReason, GeneratedPage, PageInput,
-    PageJson, PdfDocument, WriterOptions, DEFAULT_DPI, PAGE_SPLIT,
+    PageJson, WriterOptions, PAGE_SPLIT,
 };
 
 use crate::progress::write_stdout;
@@ -44,7 +44,7 @@ pub struct RenderArgs {
     json: Option<PathBuf>,
 
     /// Resolution at which PDF pages are rendered (use the one of the original run).
-    #[arg(long, default_value_t = DEFAULT_DPI)]
+    #[arg(long, default_value_t = dsocr::OcrOptions::official().pdf_dpi)]
     dpi: f32,
 
     /// Also write <name>.txt (plain text).

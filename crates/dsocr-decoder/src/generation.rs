@@ -373,7 +373,7 @@ fn argmax_two_stage(logits: Tensor<2>, width: usize) -> u32 {
 /// from above, if the split gives at least 16 rows (129,280 → 320 rows of 404).
 fn argmax_split(vocab: usize) -> Option<usize> {
     let root = (vocab as f64).sqrt().ceil() as usize;
-    (root..=vocab / 16).find(|w| vocab % w == 0)
+    (root..=vocab / 16).find(|w| vocab.is_multiple_of(*w))
 }
 
 #[cfg(test)]

@@ -79,6 +79,9 @@ impl ExpertDispatch {
 
 /// The routed experts' weights (module docs).
 #[derive(Debug, Clone)]
+// One value per MoE layer, never moved in a loop: boxing the packed variant would only add an
+// indirection on every step.
+#[allow(clippy::large_enum_variant)]
 enum Experts {
     Packed {
         /// `[E, 2I, d]`: rows `0..I` are `gate_proj`, rows `I..2I` are `up_proj` of each expert.

@@ -22,7 +22,7 @@ pub enum ModelError {
     #[error(transparent)]
     Decoder(#[from] dsocr_decoder::DecoderError),
     #[error(transparent)]
-    Prompt(#[from] dsocr_prompt::PromptError),
+    Prompt(#[from] dsocr_input::PromptError),
     #[error("{0}")]
     Input(String),
     #[error("reading a result back from the device failed: {0}")]

@@ -5,10 +5,10 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::ops::ControlFlow;
 //! use dsocr_model::{Backend, DeepseekOcr, LoadOptions, OcrRequest, Precision};
-//! use dsocr_prompt::{Mode, Task};
+//! use dsocr_input::{Mode, Task};
 //!
 //! let model = DeepseekOcr::load("path/to/DeepSeek-OCR".as_ref(), &LoadOptions::new(Backend::Cpu, Precision::F32))?;
-//! let image = dsocr_prompt::load_image("page.png".as_ref())?;
+//! let image = dsocr_input::load_image("page.png".as_ref())?;
 //! let request = OcrRequest::new(Task::Markdown.prompt(), Some(image), Mode::Gundam);
 //! let result = model.run(&request, |piece| {
 //!     print!("{piece}");

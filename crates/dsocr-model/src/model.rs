@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use burn::prelude::Device;
 use dsocr_decoder::{Decoder, ExpertDispatch};
 use dsocr_encoder::DeepEncoder;
+use dsocr_input::PromptTokenizer;
 use dsocr_projector::Projector;
-use dsocr_prompt::PromptTokenizer;
 use dsocr_weights::{Backend, Precision, SafetensorsFiles, VarBuilder};
 
 use crate::{ModelConfig, ModelError};

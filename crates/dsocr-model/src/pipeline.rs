@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use burn::prelude::*;
 use dsocr_decoder::{generate, FinishReason, Generation, GenerationConfig};
 use dsocr_encoder::pixels_from_chw;
-use dsocr_projector::TileGrid;
-use dsocr_prompt::{
+use dsocr_input::{
     build_input_ids, normalize, normalize_batch, preprocess_with_max_tiles, Mode, PreparedImage, RgbImage,
 };
+use dsocr_projector::TileGrid;
 
 use crate::{DeepseekOcr, ModelError};
 

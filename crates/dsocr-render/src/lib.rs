@@ -10,11 +10,10 @@
 //! - [`live`]: the [`LiveCleaner`] that hides grounding tags while the text is streamed.
 //! - [`draw`]: the box overlay (deterministic colours, built-in bitmap font) and figure crops.
 //! - [`json`]: the serde model of `<name>.json` (pages → blocks, finish reason, token counts).
-//! - [`pdf`]: native PDF rasterisation at 144 DPI (pure Rust, `hayro`), MuPDF page sizes.
 //! - [`output`]: output names ([`safe_stem`]), atomic writes ([`write_atomic`]) and the
 //!   per-input [`DocumentWriter`] that writes every file.
 //!
-//! Spec references are to `deepseek-ocr-spec.md` §3.1 (PDF loading), §7 (EOS) and §8
+//! Spec references are to `deepseek-ocr-spec.md` §7 (EOS) and §8
 //! (post-processing); each module documents where it deliberately deviates from upstream.
 //!
 //! Typical use (single image):
@@ -44,7 +43,6 @@ pub mod live;
 pub mod markdown;
 pub mod output;
 mod page;
-pub mod pdf;
 
 pub use grounding::{parse_grounding, pixel_box, Block, Grounding, GroundingWarning};
 pub use json::{BlockJson, DocumentJson, DocumentKindJson, FinishReason, PageJson};
@@ -55,4 +53,3 @@ pub use output::{
     GeneratedPage, OutputError, PageInput, WriterOptions, WrittenFiles,
 };
 pub use page::{render_page, PageKind, PageOutput, PageStats};
-pub use pdf::{page_count, render_pdf, PageError, PdfDocument, PdfError, RenderedPage, DEFAULT_DPI};

@@ -212,7 +212,7 @@ impl GeneratedPage<'_> {
 #[derive(Debug, Clone)]
 pub enum PageInput<'a> {
     Generated(GeneratedPage<'a>),
-    /// The page has no result (e.g. [`crate::pdf::PageError`]); kept as an empty page.
+    /// The page has no result (e.g. a PDF page that does not render); kept as an empty page.
     Failed {
         error: String,
     },

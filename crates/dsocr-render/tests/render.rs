@@ -3,15 +3,13 @@
 //! upstream's own Python code (`re.findall` + `str.replace` + `int(x / 999 * W)`) on the same
 //! strings, not by this crate.
 
-mod common;
-
 use std::path::Path;
 
 use dsocr_render::draw::{draw_overlay, figure_crops, label_color, BOX_WIDTH, FILL_ALPHA, TITLE_WIDTH};
 use dsocr_render::json::DocumentJson;
 use dsocr_render::{
     parse_grounding, safe_stem, write_atomic, write_document, write_image_result, DocumentKind, DocumentWriter,
-    FinishReason, GeneratedPage, PageInput, PdfDocument, WriterOptions, EOS, PAGE_SPLIT,
+    FinishReason, GeneratedPage, PageInput, WriterOptions, EOS, PAGE_SPLIT,
 };
 use image::{Rgb, RgbImage};
 
@@ -277,7 +275,7 @@ fn pdf_document_outputs() {
     assert_eq!(json.pages[2].blocks[0].pixel_boxes, vec![[0, 0, 1191, 1684]]);
 
     // The layouts PDF has one page per overlay, at the original page size.
-    let layouts = PdfDocument::open(files.layouts_pdf.as_ref().unwrap()).unwrap();
+    let layouts = dsocr_input::PdfDocument::open(files.layouts_pdf.as_ref().unwrap()).unwrap();
     assert_eq!(layouts.page_count(), 2);
     assert_eq!(layouts.page_pixel_size(0, 144.0).unwrap(), (1224, 1584));
     assert_eq!(layouts.page_pixel_size(1, 144.0).unwrap(), (1191, 1684));

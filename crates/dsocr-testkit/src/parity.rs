@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use burn::tensor::DType;
 use dsocr_decoder::{generate, GenerationConfig, RepeatGuard};
-use dsocr_prompt::{load_image, Mode, PreparedImage};
+use dsocr_input::{load_image, Mode, PreparedImage};
 use dsocr_weights::{Precision, SafetensorsFiles};
 use serde::Deserialize;
 
@@ -186,7 +186,6 @@ pub fn run_case(model: &DeepseekOcr, fixture: &Fixture, case: &Case) -> Result<C
         eos_token_id: model.config.decoder.eos_token_id,
         repeat_guard: repeat_guard(model, &case.ngram)?,
         trace: Some(dsocr_decoder::TraceConfig { prefill_logits_tail, decode_logits_steps }),
-        ..GenerationConfig::default()
     };
     let generation = generate(&model.decoder, embeds, &ids, &config, |_| std::ops::ControlFlow::Continue(()))?;
     if let Some(trace) = generation.trace {

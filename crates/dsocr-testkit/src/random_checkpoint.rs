@@ -215,7 +215,7 @@ pub fn write(dir: &Path, seed: u64) -> Result<WrittenCheckpoint, RandomCheckpoin
         );
     }
     let mut header = serde_json::Value::Object(header).to_string().into_bytes();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
 

@@ -10,9 +10,9 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dsocr_input::{load_image, Mode, PdfDocument, RgbImage};
 use dsocr_model::{DeepseekOcr, FinishReason, GenerationConfig, OcrRequest, OcrResult, RepeatGuard};
-use dsocr_prompt::{load_image, Mode, RgbImage};
-use dsocr_render::{safe_stem, Document, DocumentKind, GeneratedPage, PdfDocument};
+use dsocr_render::{safe_stem, Document, DocumentKind, GeneratedPage};
 
 use crate::inputs::{sniff_kind, InputKind};
 use crate::{OcrError, OcrOptions};
@@ -319,7 +319,12 @@ impl Ocr {
         let result = self
             .model
             .run(&request, |piece| on_event(Event::Text { page, piece: piece.to_string() }))
-            .map_err(|source| OcrError::Model { path: path.to_path_buf(), page, what: what.to_string(), source })?;
+            .map_err(|source| OcrError::Model {
+                path: path.to_path_buf(),
+                page,
+                what: what.to_string(),
+                source: Box::new(source),
+            })?;
         if result.finish == FinishReason::Cancelled {
             return Err(OcrError::Cancelled { path: path.to_path_buf() });
         }

@@ -21,21 +21,21 @@ pub enum OcrError {
     Load {
         dir: PathBuf,
         #[source]
-        source: ModelError,
+        source: Box<ModelError>,
     },
     /// An image that cannot be read (missing, empty, corrupt, unsupported, too large).
     #[error("{}", with_path(path, &source.to_string()))]
     Image {
         path: PathBuf,
         #[source]
-        source: dsocr_prompt::PromptError,
+        source: dsocr_input::PromptError,
     },
     /// A PDF that cannot be opened (corrupt, encrypted, no pages).
     #[error("{}", with_path(path, &source.to_string()))]
     Pdf {
         path: PathBuf,
         #[source]
-        source: dsocr_render::PdfError,
+        source: dsocr_input::PdfError,
     },
     /// One PDF page that does not render; the other pages go on.
     #[error("{}", with_path(path, &source.to_string()))]
@@ -43,7 +43,7 @@ pub enum OcrError {
         path: PathBuf,
         page: usize,
         #[source]
-        source: dsocr_render::PageError,
+        source: dsocr_input::PageError,
     },
     /// The model failed on a page (`what`: the page, as `page 2/5` or the image's name).
     #[error("{}", with_path(path, &format!("{what}: the model failed: {source}")))]
@@ -52,7 +52,7 @@ pub enum OcrError {
         page: usize,
         what: String,
         #[source]
-        source: ModelError,
+        source: Box<ModelError>,
     },
     /// The event handler asked to stop.
     #[error("{}: cancelled", path.display())]

@@ -19,7 +19,7 @@
 //! - [`inputs`]: folders expanded into image and PDF files.
 //!
 //! The model itself is [`model`] (`dsocr-model`); the output files and the page rendering are
-//! [`render`] (`dsocr-render`); image loading and prompts are [`input`] (`dsocr-prompt`).
+//! [`render`] (`dsocr-render`); image loading and prompts are [`input`] (`dsocr-input`).
 
 mod document;
 mod error;
@@ -29,13 +29,13 @@ mod options;
 
 use std::path::Path;
 
+pub use dsocr_input as input;
 pub use dsocr_model as model;
-pub use dsocr_prompt as input;
 pub use dsocr_render as render;
 
 pub use document::{DocumentResult, Event, Ocr, OtherRun, PageResult};
+pub use dsocr_input::{Mode, RgbImage, Task};
 pub use dsocr_model::{Backend, ExpertDispatch, FinishReason, LoadOptions, Precision};
-pub use dsocr_prompt::{Mode, RgbImage, Task};
 pub use error::OcrError;
 pub use hub::{DownloadEvent, ModelSource};
 pub use options::{NgramRule, OcrOptions, PromptChoice, RepeatGuardPolicy};
@@ -81,7 +81,7 @@ impl Ocr {
     /// Loads a model folder (`config.json`, `tokenizer.json`, safetensors weights).
     pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Self, OcrError> {
         let model = model::DeepseekOcr::load(dir, options)
-            .map_err(|source| OcrError::Load { dir: dir.to_path_buf(), source })?;
+            .map_err(|source| OcrError::Load { dir: dir.to_path_buf(), source: Box::new(source) })?;
         Ok(Self::new(model))
     }
 }

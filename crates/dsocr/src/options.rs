@@ -6,8 +6,8 @@
 //! pages at 144 DPI. Front ends start from it and override what their user set (the CLI maps
 //! its flags onto it, the server its JSON); nothing else in dsocr spells these numbers.
 
-use dsocr_prompt::{Mode, Task};
-use dsocr_render::DEFAULT_DPI;
+use dsocr_input::DEFAULT_DPI;
+use dsocr_input::{Mode, Task};
 
 /// An n-gram repeat rule: an id that would complete an `n`-gram already seen in the last
 /// `window` generated tokens is banned (upstream's `NoRepeatNGramLogitsProcessor`).

@@ -3,7 +3,7 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use dsocr_prompt::{load_image, load_image_from_memory, load_image_with, LoadOptions, PromptError, RgbImage};
+use dsocr_input::{load_image, load_image_from_memory, load_image_with, LoadOptions, PromptError, RgbImage};
 use image::{DynamicImage, ImageFormat, Rgb};
 
 fn fixture_image(name: &str) -> PathBuf {
@@ -12,7 +12,7 @@ fn fixture_image(name: &str) -> PathBuf {
 
 /// A fresh scratch directory for one test.
 fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dsocr-prompt-{}-{test}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("dsocr-input-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -204,7 +204,7 @@ fn exif_orientation_all_eight() {
         let got = load_image_from_memory(&bytes, "photo.png").unwrap();
         assert_eq!(got, pillow_transpose(&src, orientation), "orientation {orientation}");
         // The eval-batch path does not transpose.
-        let raw = dsocr_prompt::load_image_from_memory_with(
+        let raw = dsocr_input::load_image_from_memory_with(
             &bytes,
             "photo.png",
             &LoadOptions { exif_transpose: false, ..LoadOptions::default() },

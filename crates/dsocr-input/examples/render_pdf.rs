@@ -4,9 +4,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let input = args.next().ok_or("usage: render_pdf IN.pdf OUT_DIR [DPI]")?;
     let out = std::path::PathBuf::from(args.next().ok_or("usage: render_pdf IN.pdf OUT_DIR [DPI]")?);
-    let dpi: f32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(dsocr_render::pdf::DEFAULT_DPI);
+    let dpi: f32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(dsocr_input::pdf::DEFAULT_DPI);
     std::fs::create_dir_all(&out)?;
-    let doc = dsocr_render::pdf::PdfDocument::open(&input)?;
+    let doc = dsocr_input::pdf::PdfDocument::open(&input)?;
     for (i, page) in doc.pages(dpi).enumerate() {
         let t = std::time::Instant::now();
         match page {

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dsocr_prompt::{build_input_ids, load_image, preprocess, Mode, PromptTokenizer, RgbImage};
+use dsocr_input::{build_input_ids, load_image, preprocess, Mode, PromptTokenizer, RgbImage};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
@@ -207,7 +207,7 @@ fn stream_decoder_holds_split_characters() {
 #[test]
 fn prompt_errors() {
     let tokenizer = PromptTokenizer::from_file(fixture_dir().join("tokenizer.json")).unwrap();
-    use dsocr_prompt::PromptError::*;
+    use dsocr_input::PromptError::*;
     assert!(matches!(
         build_input_ids(&tokenizer, "<image>\n<image>x", Some(10)),
         Err(TooManyImagePlaceholders { count: 2 })

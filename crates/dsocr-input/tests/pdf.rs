@@ -4,8 +4,8 @@
 mod common;
 
 use common::{PageSpec, PdfBuilder};
-use dsocr_render::pdf::{pixel_size, PageError, PdfDocument, PdfError, DEFAULT_DPI};
-use dsocr_render::{page_count, render_pdf};
+use dsocr_input::pdf::{pixel_size, PageError, PdfDocument, PdfError, DEFAULT_DPI};
+use dsocr_input::{page_count, render_pdf};
 use image::RgbImage;
 
 /// A 7-page document: Letter with text + a red rectangle, A4 with a 2×2 image, 595×842,
