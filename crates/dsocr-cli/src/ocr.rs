@@ -52,7 +52,7 @@ pub struct OcrArgs {
     inputs: Vec<PathBuf>,
 
     /// What to ask: markdown, ocr, free, figure, describe or locate:<text>.
-    #[arg(long, default_value = "markdown", value_parser = parse_task, conflicts_with = "prompt")]
+    #[arg(long, default_value_t = OcrOptions::OFFICIAL_TASK, value_parser = parse_task, conflicts_with = "prompt")]
     task: Task,
 
     /// A raw prompt instead of --task; must contain `<image>` once (`\n` is read as a newline).
@@ -60,7 +60,7 @@ pub struct OcrArgs {
     prompt: Option<String>,
 
     /// Resolution mode: tiny (512), small (640), base (1024), large (1280), gundam (1024 + 640 tiles).
-    #[arg(long, default_value = "gundam", value_parser = parse_mode)]
+    #[arg(long, default_value_t = OcrOptions::OFFICIAL_MODE, value_parser = parse_mode)]
     mode: Mode,
 
     /// Largest number of Gundam tiles (2..=9; the official scripts use 6).

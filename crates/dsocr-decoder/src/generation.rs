@@ -10,7 +10,8 @@ use burn::tensor::{DType, IndexingUpdateOp};
 
 use crate::{Decoder, DecoderError};
 
-/// Default `max_new_tokens` (both official paths use 8192).
+/// Default `max_new_tokens` of the low-level [`GenerationConfig`] (the request-level defaults of
+/// dsocr are `dsocr::OcrOptions::official()`).
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 8192;
 
 /// Number of prompt positions whose logits a trace keeps (the golden `prefill_logits_tail`).

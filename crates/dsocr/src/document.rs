@@ -199,17 +199,7 @@ impl Ocr {
     ) -> Result<DocumentResult, OcrError> {
         let image = load_image(path).map_err(|source| OcrError::Image { path: path.to_path_buf(), source })?;
         emit(on_event, path, Event::DocumentStarted { path: path.to_path_buf(), kind: InputKind::Image, pages: 1 })?;
-        let mut result = DocumentResult {
-            path: path.to_path_buf(),
-            kind: InputKind::Image,
-            document: Document::new(name, DocumentKind::Image),
-            pages: 1,
-            pages_done: 0,
-            pages_failed: 0,
-            pages_flagged: 0,
-            tokens: 0,
-        };
-        result.document.set_source(path.display().to_string());
+        let mut result = DocumentResult::new(path, name, DocumentKind::Image, 1);
         emit(on_event, path, Event::PageStarted { page: 1, pages: 1 })?;
         let page = self.run_page(path, image, 1, name, false, options, on_event)?;
         result.add(&page);
@@ -228,17 +218,7 @@ impl Ocr {
         let pdf = PdfDocument::open(path).map_err(|source| OcrError::Pdf { path: path.to_path_buf(), source })?;
         let count = pdf.page_count();
         emit(on_event, path, Event::DocumentStarted { path: path.to_path_buf(), kind: InputKind::Pdf, pages: count })?;
-        let mut result = DocumentResult {
-            path: path.to_path_buf(),
-            kind: InputKind::Pdf,
-            document: Document::new(name, DocumentKind::Pdf { dpi }),
-            pages: count,
-            pages_done: 0,
-            pages_failed: 0,
-            pages_flagged: 0,
-            tokens: 0,
-        };
-        result.document.set_source(path.display().to_string());
+        let mut result = DocumentResult::new(path, name, DocumentKind::Pdf { dpi }, count);
         for (index, rendered) in pdf.pages(dpi).enumerate() {
             let page = index + 1;
             let outcome = match rendered {
@@ -348,6 +328,23 @@ fn page_result(page: usize, image: RgbImage, run: OcrResult, mode: Mode, other_r
 }
 
 impl DocumentResult {
+    /// An empty result for `path`, named `name`, of `pages` pages.
+    fn new(path: &Path, name: &str, kind: DocumentKind, pages: usize) -> Self {
+        let mut document = Document::new(name, kind);
+        document.set_source(path.display().to_string());
+        let kind = if kind.is_pdf() { InputKind::Pdf } else { InputKind::Image };
+        Self {
+            path: path.to_path_buf(),
+            kind,
+            document,
+            pages,
+            pages_done: 0,
+            pages_failed: 0,
+            pages_flagged: 0,
+            tokens: 0,
+        }
+    }
+
     fn add(&mut self, page: &PageResult) {
         self.pages_done += 1;
         self.tokens += page.tokens_spent();

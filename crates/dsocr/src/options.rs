@@ -112,12 +112,17 @@ pub struct OcrOptions {
 }
 
 impl OcrOptions {
+    /// The official task: markdown with layout boxes.
+    pub const OFFICIAL_TASK: Task = Task::Markdown;
+    /// The official mode: Gundam (1024 global view + 640 tiles).
+    pub const OFFICIAL_MODE: Mode = Mode::Gundam;
+
     /// The official scripts' settings (module docs): markdown task, Gundam, 6 tiles, 8,192
     /// tokens, the official repeat guards, no retry, 144 DPI.
     pub fn official() -> Self {
         Self {
-            prompt: PromptChoice::Task(Task::Markdown),
-            mode: Mode::Gundam,
+            prompt: PromptChoice::Task(Self::OFFICIAL_TASK),
+            mode: Self::OFFICIAL_MODE,
             max_crops: 6,
             max_new_tokens: 8192,
             repeat_guard: RepeatGuardPolicy::official(),
