@@ -495,3 +495,26 @@ fn repeat_guard_defaults_are_the_official_image_and_pdf_rules() {
         );
     }
 }
+
+#[test]
+fn a_file_that_crashes_its_decoder_fails_alone() {
+    // A tiled planar TIFF with partial tiles makes the `tiff` decoder panic: before the panic
+    // was caught, the process died (exit 101) and the files after it were never processed.
+    let dir = temp_dir("ocr-panic");
+    let input = dir.join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a_scan.tif"), dsocr_testkit::fixtures::tiled_planar_tiff(40, 40, 16)).unwrap();
+    std::fs::copy(image("small.png"), input.join("b_good.png")).unwrap();
+    let out = dir.join("out");
+    let r = dsocr_run(
+        &dir,
+        &["ocr", s(&input), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "2", "--out", s(&out)],
+    );
+    assert_eq!(r.code, 2, "one input failed, the run went on: {r}");
+    let line = r.stderr.lines().find(|l| l.starts_with("error:") && l.contains("a_scan.tif"));
+    assert!(line.is_some_and(|l| l.contains("crashed")), "{r}");
+    let files = tree(&out);
+    assert!(files.contains(&"b_good.mmd".to_string()) && files.contains(&"b_good.json".to_string()), "{files:?}");
+    assert!(!files.iter().any(|f| f.starts_with("a_scan")), "{files:?}");
+    assert!(r.stderr.contains("done: 2 file(s) (1 failed)"), "{r}");
+}

@@ -26,6 +26,9 @@ pub enum PromptError {
         path.display(), *width as u64 * *height as u64
     )]
     TooManyPixels { path: PathBuf, width: u32, height: u32, limit: u64 },
+    /// The image decoder (a dependency) panicked on this file; the panic was caught.
+    #[error("{}: the image decoder crashed on this file ({message}); it cannot be read", path.display())]
+    DecoderPanicked { path: PathBuf, message: String },
     #[error("{}: image has a zero width or height ({width}x{height})", path.display())]
     ZeroSize { path: PathBuf, width: u32, height: u32 },
     #[error("cannot preprocess an image of size {width}x{height}: width and height must be at least 1")]
@@ -55,3 +58,14 @@ pub enum PromptError {
 }
 
 pub type Result<T, E = PromptError> = std::result::Result<T, E>;
+
+/// The message of a caught panic (`panic!` with a string literal or a formatted string).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}

@@ -22,7 +22,7 @@ use image::error::{ImageFormatHint, UnsupportedErrorKind};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Rgb, RgbImage};
 
-use crate::error::{PromptError, Result};
+use crate::error::{panic_message, PromptError, Result};
 
 /// Pillow's `Image.MAX_IMAGE_PIXELS` (89,478,485) × 2: above this Pillow raises
 /// `DecompressionBombError` instead of warning.
@@ -67,7 +67,17 @@ pub fn load_image_from_memory_with(bytes: &[u8], name: &str, options: &LoadOptio
     decode(bytes, PathBuf::from(name), options)
 }
 
+/// Decodes with every panic of the decoders caught: a file that crashes a decoder (the `tiff`
+/// crate panics on tiled planar-configuration TIFFs, for one) is an error naming the file, and
+/// a folder run goes on with the next one.
 fn decode(bytes: &[u8], path: PathBuf, options: &LoadOptions) -> Result<RgbImage> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_unguarded(bytes, path.clone(), options))) {
+        Ok(result) => result,
+        Err(payload) => Err(PromptError::DecoderPanicked { path, message: panic_message(payload.as_ref()) }),
+    }
+}
+
+fn decode_unguarded(bytes: &[u8], path: PathBuf, options: &LoadOptions) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(PromptError::EmptyFile { path });
     }

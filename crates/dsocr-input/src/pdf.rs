@@ -27,6 +27,8 @@ use hayro::vello_cpu::{Pixmap, RasterizerSettings, RenderContext, Resources, Tar
 use hayro::{render_into, RenderCache, RenderSettings};
 use image::RgbImage;
 
+use crate::error::panic_message;
+
 /// The official scripts' resolution (`Matrix(2, 2)` = 144 / 72).
 pub const DEFAULT_DPI: f32 = 144.0;
 
@@ -121,7 +123,7 @@ impl PdfDocument {
                 return Err(PdfError::Encrypted { path, reason: format!("{e:?}") });
             }
             Ok(Err(LoadPdfError::Invalid)) => return Err(PdfError::Corrupt { path }),
-            Err(payload) => return Err(PdfError::Panicked { path, message: panic_message(&payload) }),
+            Err(payload) => return Err(PdfError::Panicked { path, message: panic_message(payload.as_ref()) }),
         };
         let doc = Self { path, pdf };
         if doc.page_count() == 0 {
@@ -232,7 +234,11 @@ impl PdfDocument {
             Ok(Some(p)) => p,
             Ok(None) => return Err(PageError::UnreadableContent { path: path(), page: page_no }),
             Err(payload) => {
-                return Err(PageError::Panicked { path: path(), page: page_no, message: panic_message(&payload) });
+                return Err(PageError::Panicked {
+                    path: path(),
+                    page: page_no,
+                    message: panic_message(payload.as_ref()),
+                });
             }
         };
 
@@ -305,15 +311,5 @@ fn user_unit(page: &Page<'_>) -> f32 {
     match page.raw().get::<f32>(b"UserUnit") {
         Some(u) if u.is_finite() && u > 0.0 => u,
         _ => 1.0,
-    }
-}
-
-fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
     }
 }

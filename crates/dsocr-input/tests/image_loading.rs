@@ -4,6 +4,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use dsocr_input::{load_image, load_image_from_memory, load_image_with, LoadOptions, PromptError, RgbImage};
+use dsocr_testkit::fixtures::tiled_planar_tiff;
 use image::{DynamicImage, ImageFormat, Rgb};
 
 fn fixture_image(name: &str) -> PathBuf {
@@ -281,4 +282,24 @@ fn jpeg_exif_orientation() {
     assert_eq!(rotated.dimensions(), (16, 32));
     assert!(rotated.get_pixel(8, 4).0[0] < 30, "{:?}", rotated.get_pixel(8, 4));
     assert!(rotated.get_pixel(8, 27).0[0] > 225, "{:?}", rotated.get_pixel(8, 27));
+}
+
+#[test]
+fn a_decoder_panic_is_an_error_naming_the_file() {
+    let dir = scratch("panic");
+    // Whole tiles only: the `tiff` decoder reads this layout.
+    let whole = write(&dir, "whole.tif", &tiled_planar_tiff(32, 32, 16));
+    let image = load_image(&whole).expect("a tiled planar TIFF of whole tiles decodes");
+    assert_eq!(&image.as_raw()[..3], &[0, 80, 160], "R, G, B from the first tile of each plane");
+    // Partial tiles at the bottom: `tiff` 0.11.3 panics (an assertion on the planar tile
+    // buffer). The panic must become an error naming the file, not end the process.
+    let bytes = tiled_planar_tiff(40, 40, 16);
+    let path = write(&dir, "planar.tif", &bytes);
+    let err = load_image(&path).expect_err("the decoder panics on this file");
+    assert!(matches!(err, PromptError::DecoderPanicked { .. }), "{err:?}");
+    assert_names_file(&err, "planar.tif");
+    assert!(err.to_string().contains("crashed"), "{err}");
+    let err = load_image_from_memory(&bytes, "upload.tif").expect_err("the same from memory");
+    assert!(matches!(err, PromptError::DecoderPanicked { .. }), "{err:?}");
+    assert_names_file(&err, "upload.tif");
 }

@@ -99,3 +99,56 @@ pub fn make_pdf_ext(pages: &[Option<&str>], width: u32, height: u32, encrypted: 
     );
     out
 }
+
+/// A little-endian RGB TIFF, 8 bits per sample, uncompressed, tiled (`tile`×`tile`) with
+/// separate planes (PlanarConfiguration 2): a valid TIFF 6.0 layout that scanners write. Each
+/// tile is one grey level (`20·k` for tile `k`, planes R, G, B in turn). With partial tiles at
+/// the bottom the `tiff` 0.11.3 decoder panics on it.
+pub fn tiled_planar_tiff(width: u32, height: u32, tile: u32) -> Vec<u8> {
+    let tiles_per_plane = width.div_ceil(tile) * height.div_ceil(tile);
+    let tiles = 3 * tiles_per_plane;
+    let tile_bytes = tile * tile;
+    let short = |tag: u16, value: u32| (tag, 3u16, 1u32, value);
+    let entries = 11u32;
+    let ifd_end = 8 + 2 + entries * 12 + 4;
+    let bits_at = ifd_end;
+    let offsets_at = bits_at + 6 + 2; // 3 shorts, padded to a word
+    let counts_at = offsets_at + 4 * tiles;
+    let data_at = counts_at + 4 * tiles;
+    let table: [(u16, u16, u32, u32); 11] = [
+        short(256, width),
+        short(257, height),
+        (258, 3, 3, bits_at), // BitsPerSample 8, 8, 8
+        short(259, 1),        // no compression
+        short(262, 2),        // RGB
+        short(277, 3),        // SamplesPerPixel
+        short(284, 2),        // PlanarConfiguration: separate planes
+        short(322, tile),     // TileWidth
+        short(323, tile),     // TileLength
+        (324, 4, tiles, offsets_at),
+        (325, 4, tiles, counts_at),
+    ];
+    let mut out = b"II*\0\x08\0\0\0".to_vec();
+    out.extend_from_slice(&(entries as u16).to_le_bytes());
+    for (tag, kind, count, value) in table {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    out.extend_from_slice(&[0; 4]);
+    for _ in 0..3 {
+        out.extend_from_slice(&8u16.to_le_bytes());
+    }
+    out.extend_from_slice(&[0; 2]);
+    for k in 0..tiles {
+        out.extend_from_slice(&(data_at + k * tile_bytes).to_le_bytes());
+    }
+    for _ in 0..tiles {
+        out.extend_from_slice(&tile_bytes.to_le_bytes());
+    }
+    for k in 0..tiles {
+        out.extend(std::iter::repeat_n((k * 20) as u8, tile_bytes as usize));
+    }
+    out
+}
