@@ -1056,9 +1056,17 @@ def timed(clock: Clock, fn, repeat: int) -> tuple[Timing, object]:
     return Timing(cold, runs), out
 
 
+REAL_TOKENIZER_IDS = SCRIPT_DIR.parent / "tests" / "fixtures" / "tokenizer-real" / "expected_ids.json"
+
+
 def bench_prompt(fixture: Path, image_token_id: int, n_image_tokens: int, vocab: int) -> list[int]:
     """BOS + N image tokens + the text ids of the document prompt "<image>\\n<|grounding|>Convert the
-    document to markdown." as the fixture tokenizer (the random checkpoint's) encodes it."""
+    document to markdown." as the checkpoint's tokenizer encodes it: the real DeepSeek-OCR tokenizer
+    for a full-size vocabulary (the random checkpoint ships it; ids from the Python `tokenizers`
+    package, tests/fixtures/tokenizer-real/expected_ids.json), the fixture tokenizer otherwise."""
+    if vocab > image_token_id and REAL_TOKENIZER_IDS.exists():
+        text = json.loads(REAL_TOKENIZER_IDS.read_text())["prompts"]["markdown"]["after_image"]
+        return [BOS_ID] + [image_token_id] * n_image_tokens + text
     text = [201, 448, 407, 265, 439, 390, 423, 16]
     golden = fixture / "golden.safetensors"
     if golden.exists():

@@ -2,7 +2,7 @@
 //!
 //! - `make-checkpoint --out DIR`: a full-size DeepSeek-OCR model folder with random bf16 weights,
 //!   the real tensor names (crates/dsocr-testkit/weight-names.txt, 2,710 tensors) and shapes
-//!   (spec §2), a real `config.json`, and the fixture's small tokenizer. 6.67 GB; never commit it.
+//!   (spec §2), a real `config.json`, and the real DeepSeek-OCR tokenizer. 6.67 GB; never commit it.
 //!   The writer lives in `dsocr_testkit::random_checkpoint`, so `dsocr bench --model DIR` can make
 //!   the same folder on a machine without cargo.
 
@@ -35,7 +35,7 @@ fn main() -> Result<()> {
         Command::MakeCheckpoint { out, seed } => {
             let written = random_checkpoint::write(&out, seed)?;
             println!(
-                "wrote {} ({} tensors, {} parameters, {} bytes) with config.json and the fixture tokenizer",
+                "wrote {} ({} tensors, {} parameters, {} bytes) with config.json and the real tokenizer",
                 written.weights.display(),
                 written.tensors,
                 written.parameters,

@@ -583,7 +583,7 @@ fn ensure_checkpoint(dir: &Path, seed: u64) -> Result<bool> {
     }
     eprintln!(
         "{} has no safetensors weights: writing a full-size RANDOM checkpoint there first \
-         (6.67 GB bf16, seed {seed}, real config.json, fixture tokenizer)",
+         (6.67 GB bf16, seed {seed}, real config.json, real tokenizer)",
         dir.display()
     );
     let start = Instant::now();

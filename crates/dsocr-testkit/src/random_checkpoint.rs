@@ -1,6 +1,6 @@
 //! A full-size DeepSeek-OCR model folder with random weights: the real tensor names
 //! (`weight-names.txt`, 2,710 tensors), the real shapes (spec §2), the real `config.json` and the
-//! fixture's small tokenizer. For speed and memory measurements on machines without the real
+//! real DeepSeek-OCR tokenizer. For speed and memory measurements on machines without the real
 //! checkpoint (`dsocr bench`, `cargo xtask make-checkpoint`); its outputs mean nothing.
 //!
 //! ```no_run
@@ -23,9 +23,10 @@ pub const REAL_PARAMS: usize = 3_336_106_240;
 /// `weight-names.txt`).
 pub const WEIGHT_NAMES: &str = include_str!("../weight-names.txt");
 
-/// The fixture's tokenizer (19 KB), written next to the random weights so the folder loads
-/// without any download. Its ids cover the special tokens the prompt needs.
-const TOKENIZER_JSON: &[u8] = include_bytes!("../../../tests/fixtures/reference-tiny/tokenizer.json");
+/// The real DeepSeek-OCR tokenizer (`tests/fixtures/tokenizer-real`, 4.3 MB), written next to the
+/// random weights so the folder loads without any download and prompts have their real ids and
+/// lengths.
+const TOKENIZER_JSON: &[u8] = include_bytes!("../../../tests/fixtures/tokenizer-real/tokenizer.json");
 
 /// Errors of writing a random checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -310,6 +311,20 @@ mod tests {
         for name in ["model.layers.x.mlp.gate.weight", "model.sam_model.blocks.0.attn.foo.weight", "foo", ""] {
             assert!(matches!(real_shape(name), Err(RandomCheckpointError::UnknownTensor(_))), "{name}");
         }
+    }
+
+    #[test]
+    fn the_shipped_tokenizer_is_the_real_one_and_fits_the_vocabulary() {
+        let dir = std::env::temp_dir().join(format!("dsocr-random-tokenizer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokenizer.json");
+        std::fs::write(&path, TOKENIZER_JSON).unwrap();
+        let tok = dsocr_input::PromptTokenizer::from_file(&path).unwrap();
+        assert_eq!(tok.image_token_id().unwrap(), 128815);
+        assert_eq!(tok.token_id("<td>"), Some(128821));
+        let vocab = ModelConfig::from_json(&real_config()).unwrap().decoder.vocab_size;
+        assert!(tok.vocab_size() <= vocab, "{} ids, {vocab} embeddings", tok.vocab_size());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
