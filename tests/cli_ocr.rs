@@ -518,3 +518,50 @@ fn a_file_that_crashes_its_decoder_fails_alone() {
     assert!(!files.iter().any(|f| f.starts_with("a_scan")), "{files:?}");
     assert!(r.stderr.contains("done: 2 file(s) (1 failed)"), "{r}");
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_keeps_whole_pages_and_consistent_files() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let dir = temp_dir("ocr-interrupt");
+    let pdf = dir.join("long.pdf");
+    let pages: Vec<String> = (1..=12).map(|k| format!("Page {k}")).collect();
+    std::fs::write(&pdf, make_pdf(&pages.iter().map(String::as_str).collect::<Vec<_>>(), 300, 200)).unwrap();
+    let out = dir.join("out");
+    let hf = dir.join("hf-home");
+    std::fs::create_dir_all(&hf).unwrap();
+    let mut child = dsocr(&hf)
+        .args(["ocr", s(&pdf), "--model", s(model()), "--mode", "tiny", "--no-repeat-guard"])
+        .args(["--max-new-tokens", "1500", "--out", s(&out)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dsocr");
+    // Interrupt once the first page is checkpointed (its JSON exists), in the middle of a later one.
+    let json = out.join("long.json");
+    let start = Instant::now();
+    while !json.exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no page was written in 2 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "dsocr ended before the interrupt");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: ") && stderr.contains("page(s) done and kept"), "{stderr}");
+
+    // The files describe the same whole pages, nothing temporary is left, the layouts PDF exists.
+    assert_no_temp_files(&out);
+    let doc = read_json(&json);
+    let kept = doc["pages"].as_array().expect("pages").len();
+    assert!((1..12).contains(&kept), "{kept} pages kept: {stderr}");
+    for f in ["long.mmd", "long_det.mmd"] {
+        assert_eq!(read(&out.join(f)).matches(PAGE_SPLIT).count(), kept, "{f}");
+    }
+    assert!(out.join("long_layouts.pdf").is_file(), "{:?}", tree(&out));
+    assert_eq!(tree(&out).iter().filter(|f| f.ends_with("_boxes.jpg")).count(), kept);
+}

@@ -12,6 +12,7 @@ use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -29,6 +30,35 @@ use crate::progress::{seconds, write_stdout, Ui};
 
 /// Exit code when some inputs or pages failed (the others were processed).
 pub const EXIT_PARTIAL: u8 = 2;
+/// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Set by the first Ctrl-C / SIGTERM: the page being generated stops, the files of the pages
+/// done are completed, no further input starts. A second one ends the process at once.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn watch_interrupts() {
+    // Without a handler (e.g. another one is installed) the default behaviour stays.
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(EXIT_INTERRUPTED.into());
+        }
+    });
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// How one input file ended.
+enum FileOutcome {
+    /// Processed; a short summary for the `ok` line.
+    Done(String),
+    /// Failed as a whole; the reason names the file.
+    Failed(String),
+    /// Stopped by Ctrl-C; `kept` pages were written (or printed).
+    Interrupted { kept: usize },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -229,8 +259,10 @@ fn run_inner(args: OcrArgs) -> Result<ExitCode> {
         stdout_headers: args.out.is_none() && files.len() > 1,
     };
 
+    watch_interrupts();
     let start = Instant::now();
     let mut stats = Stats::default();
+    let mut stopped = false;
     let files_bar = ui.files_bar(files.len());
     let mut used_names = HashSet::new();
     for file in &files {
@@ -240,17 +272,24 @@ fn run_inner(args: OcrArgs) -> Result<ExitCode> {
         }
         let file_start = Instant::now();
         match job.process(file, &name, &mut stats) {
-            Ok(summary) => {
+            FileOutcome::Done(summary) => {
                 stats.files_ok += 1;
                 ui.info(format!("ok    {} {summary} in {}", file.path.display(), seconds(file_start.elapsed())));
             }
-            Err(reason) => {
+            FileOutcome::Failed(reason) => {
                 stats.files_failed += 1;
                 ui.alert(format!("error: {reason}"));
+            }
+            FileOutcome::Interrupted { kept } => {
+                ui.alert(format!("interrupted: {}: {kept} page(s) done and kept", file.path.display()));
             }
         }
         if let Some(bar) = &files_bar {
             bar.inc(1);
+        }
+        if interrupted() {
+            stopped = true;
+            break;
         }
     }
     if let Some(bar) = &files_bar {
@@ -275,6 +314,10 @@ fn run_inner(args: OcrArgs) -> Result<ExitCode> {
         s.tokens,
         seconds(elapsed),
     ));
+    if stopped {
+        ui.alert("interrupted: the inputs after this one were not started");
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     if files_failed > 0 || s.pages_failed > 0 {
         return Ok(ExitCode::from(EXIT_PARTIAL));
     }
@@ -349,7 +392,15 @@ struct PageView {
 impl Job<'_> {
     /// Processes one input file; `Ok` carries a short summary, `Err` the reason it failed as a
     /// whole (pages that fail inside a PDF are counted and reported, not returned).
-    fn process(&self, file: &InputFile, name: &str, stats: &mut Stats) -> Result<String, String> {
+    fn process(&self, file: &InputFile, name: &str, stats: &mut Stats) -> FileOutcome {
+        match self.process_inner(file, name, stats) {
+            Ok(outcome) => outcome,
+            Err(reason) => FileOutcome::Failed(reason),
+        }
+    }
+
+    /// [`process`](Self::process); `Err` carries the reason the file failed.
+    fn process_inner(&self, file: &InputFile, name: &str, stats: &mut Stats) -> Result<FileOutcome, String> {
         let pdf = file.kind == InputKind::Pdf;
         let at_path = |reason: String| format!("{}: {reason}", file.path.display());
         // Made once the input could be opened, so a broken input leaves nothing behind.
@@ -431,6 +482,10 @@ impl Job<'_> {
                     }
                 }
             }
+            // Checked after the event is handled: a page that is done is written first.
+            if interrupted() {
+                return ControlFlow::Break(());
+            }
             ControlFlow::Continue(())
         });
         self.end_page(view.take(), &mut stdout);
@@ -439,6 +494,14 @@ impl Job<'_> {
         }
         let doc = match outcome {
             Ok(doc) => doc,
+            Err(OcrError::Cancelled { .. }) if write_error.is_none() && interrupted() => {
+                // The pages done were written and checkpointed; complete their files.
+                let kept = writer.as_ref().map_or(0, |w| w.document().pages().len());
+                if let Some(w) = writer.filter(|w| !w.document().pages().is_empty()) {
+                    w.finish().map_err(|e| at_path(e.to_string()))?;
+                }
+                return Ok(FileOutcome::Interrupted { kept });
+            }
             Err(OcrError::Cancelled { .. }) => {
                 return Err(at_path(write_error.unwrap_or_else(|| "cancelled".to_string())));
             }
@@ -460,10 +523,10 @@ impl Job<'_> {
         };
         if let Some(w) = writer {
             let files = w.finish().map_err(|e| at_path(e.to_string()))?;
-            return Ok(format!("→ {} {summary}", files.markdown.display()));
+            return Ok(FileOutcome::Done(format!("→ {} {summary}", files.markdown.display())));
         }
         self.print_stdout(&doc).map_err(at_path)?;
-        Ok(summary)
+        Ok(FileOutcome::Done(summary))
     }
 
     /// The output writer of one input (`None` without `--out`).
