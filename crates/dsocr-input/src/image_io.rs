@@ -92,7 +92,21 @@ fn decode_unguarded(bytes: &[u8], path: PathBuf, options: &LoadOptions) -> Resul
     reader.no_limits();
     let mut decoder = reader.into_decoder().map_err(|e| classify(e, &path))?;
 
-    let (width, height) = decoder.dimensions();
+    let (mut width, mut height) = decoder.dimensions();
+    if (width == 0 || height == 0) && format == ImageFormat::WebP {
+        // The WebP decoder reports 0×0 for some valid headers (a 16384×16384 canvas, the
+        // format's largest): judge the file by the size it declares.
+        if let Some((w, h)) = webp_declared_size(bytes).filter(|&(w, h)| w > 0 && h > 0) {
+            (width, height) = (w, h);
+            let over = options.max_pixels.is_some_and(|limit| u64::from(w) * u64::from(h) > limit);
+            if !over {
+                return Err(PromptError::Corrupt {
+                    path,
+                    message: format!("the WebP decoder cannot read this {w}x{h} image"),
+                });
+            }
+        }
+    }
     if width == 0 || height == 0 {
         return Err(PromptError::ZeroSize { path, width, height });
     }
@@ -112,6 +126,32 @@ fn decode_unguarded(bytes: &[u8], path: PathBuf, options: &LoadOptions) -> Resul
         rgb = dynamic.into_rgb8();
     }
     Ok(rgb)
+}
+
+/// The canvas size a WebP file declares in its first chunk (`VP8X`, `VP8L` or `VP8 `), read
+/// from the bytes without decoding.
+fn webp_declared_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < 30 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WEBP" {
+        return None;
+    }
+    let chunk = &bytes[12..16];
+    let data = &bytes[20..];
+    let le24 = |b: &[u8]| u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16;
+    match chunk {
+        // Flags (4 bytes), then canvas width − 1 and height − 1 in 24 bits each.
+        b"VP8X" => Some((le24(&data[4..7]) + 1, le24(&data[7..10]) + 1)),
+        // Signature 0x2f, then width − 1 and height − 1 in 14 bits each.
+        b"VP8L" if data[0] == 0x2f => {
+            let bits = u32::from_le_bytes([data[1], data[2], data[3], data[4]]);
+            Some(((bits & 0x3fff) + 1, ((bits >> 14) & 0x3fff) + 1))
+        }
+        // Frame tag (3 bytes), start code 9d 01 2a, then 14-bit width and height (2 scale bits).
+        b"VP8 " if data[3..6] == [0x9d, 0x01, 0x2a] => Some((
+            u32::from(u16::from_le_bytes([data[6], data[7]]) & 0x3fff),
+            u32::from(u16::from_le_bytes([data[8], data[9]]) & 0x3fff),
+        )),
+        _ => None,
+    }
 }
 
 /// Maps a decoder error to the typed error kinds.

@@ -303,3 +303,34 @@ fn a_decoder_panic_is_an_error_naming_the_file() {
     assert!(matches!(err, PromptError::DecoderPanicked { .. }), "{err:?}");
     assert_names_file(&err, "upload.tif");
 }
+
+/// A lossless WebP whose header declares `width`×`height` (the pixel data is not valid).
+fn webp_declaring(width: u32, height: u32) -> Vec<u8> {
+    let bits: u32 = (width - 1) | ((height - 1) << 14);
+    let mut vp8l = vec![0x2f];
+    vp8l.extend_from_slice(&bits.to_le_bytes());
+    vp8l.extend_from_slice(&[0u8; 16]);
+    let mut riff = b"RIFF".to_vec();
+    riff.extend_from_slice(&(12 + vp8l.len() as u32).to_le_bytes());
+    riff.extend_from_slice(b"WEBPVP8L");
+    riff.extend_from_slice(&(vp8l.len() as u32).to_le_bytes());
+    riff.extend_from_slice(&vp8l);
+    riff
+}
+
+#[test]
+fn huge_declared_webp_is_refused_by_the_pixel_limit() {
+    // The WebP decoder reports 0×0 for the format's largest canvas; the file is judged by the
+    // size it declares (it used to be reported as having a zero width or height).
+    for side in [16384, 16383] {
+        let err = load_image_from_memory(&webp_declaring(side, side), "huge.webp").unwrap_err();
+        assert!(
+            matches!(err, PromptError::TooManyPixels { width, height, .. } if width == side && height == side),
+            "{side}: {err:?}"
+        );
+        assert_names_file(&err, "huge.webp");
+    }
+    // Within the limit but undecodable: corrupt, not "zero size".
+    let err = load_image_from_memory(&webp_declaring(100, 100), "small.webp").unwrap_err();
+    assert!(matches!(err, PromptError::Corrupt { .. }), "{err:?}");
+}
