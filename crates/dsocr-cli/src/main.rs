@@ -6,6 +6,7 @@ mod models;
 mod ocr;
 mod progress;
 mod render;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,8 @@ enum Command {
     Models(models::ModelsArgs),
     /// Measure load, vision, prefill and decode speed and memory.
     Bench(bench::BenchArgs),
+    /// Serve the OpenAI-compatible API, the OCR endpoint and the web page over HTTP.
+    Serve(serve::ServeArgs),
     /// Developer tools: run fixture cases, check numeric parity.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
@@ -45,6 +48,7 @@ fn main() -> Result<ExitCode> {
         Command::Render(args) => render::run(args),
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }

@@ -21,8 +21,8 @@ use dsocr::hub::{self, DownloadEvent, ModelSource};
 use dsocr::inputs::{self, InputFile, InputKind};
 use dsocr::render::{safe_stem, DocumentKind, DocumentWriter, LiveCleaner, PageInput, WriterOptions};
 use dsocr::{
-    choose_backend, DocumentResult, Event, FinishReason, Mode, Ocr, OcrError, OcrOptions, PageResult, PromptChoice,
-    RepeatGuardPolicy, Task,
+    choose_backend, DocumentResult, Event, FinishReason, Mode, Ocr, OcrError, OcrOptions, PageResult, PageSelection,
+    PromptChoice, RepeatGuardPolicy, Task,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget};
 
@@ -138,6 +138,10 @@ pub struct OcrArgs {
     #[arg(long, default_value_t = official().pdf_dpi)]
     dpi: f32,
 
+    /// PDF pages to run, e.g. 1-3,5,8- [default: all].
+    #[arg(long, value_name = "PAGES", value_parser = parse_pages)]
+    pages: Option<PageSelection>,
+
     /// Re-run a page that ended without EOS (repeat loop or token limit) once in base mode.
     #[arg(long)]
     retry_loops: bool,
@@ -149,6 +153,10 @@ pub struct OcrArgs {
 
 fn parse_task(s: &str) -> Result<Task, String> {
     s.parse().map_err(|e: dsocr::input::PromptError| e.to_string())
+}
+
+fn parse_pages(s: &str) -> Result<PageSelection, String> {
+    s.parse()
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -179,6 +187,7 @@ impl OcrArgs {
             repeat_guard,
             retry_in_base_mode: self.retry_loops,
             pdf_dpi: self.dpi,
+            pages: self.pages.clone(),
             ..official()
         })
     }
@@ -325,7 +334,7 @@ fn run_inner(args: OcrArgs) -> Result<ExitCode> {
 }
 
 /// Resolves `--model`, drawing a progress bar on stderr for each file downloaded.
-fn resolve_with_bars(source: &ModelSource, progress: bool) -> Result<PathBuf> {
+pub(crate) fn resolve_with_bars(source: &ModelSource, progress: bool) -> Result<PathBuf> {
     let mut bar: Option<ProgressBar> = None;
     let dir = hub::resolve_model(source, |event| {
         if !progress {
@@ -429,7 +438,8 @@ impl Job<'_> {
                 Event::Note { page, message } => {
                     self.ui.info(format!("note: {}: page {page}: {message}", file.path.display()));
                 }
-                Event::PageStarted { page, .. } => {
+                Event::PageStarted { page, pages } => {
+                    page_count = pages;
                     let what = self.what(name, page, page_count, pdf);
                     let spinner = (!self.stream_stdout).then(|| self.ui.page_spinner(&what));
                     view = Some(PageView { spinner, cleaner: self.cleaner(name), pieces: 0, first_piece: None });
@@ -456,6 +466,7 @@ impl Job<'_> {
                     kept_tokens += result.generated_tokens;
                     self.note_page(&file.path, pdf, name, page_count, &result, stats);
                     if let Some(w) = writer.as_mut() {
+                        w.set_next_page(result.page);
                         if let Err(e) = w.add_page(PageInput::Generated(result.generated())) {
                             write_error = Some(e.to_string());
                             return ControlFlow::Break(());
@@ -466,11 +477,12 @@ impl Job<'_> {
                         return ControlFlow::Break(());
                     }
                 }
-                Event::PageFailed { error, .. } => {
+                Event::PageFailed { page, error } => {
                     self.end_page(view.take(), &mut stdout);
                     stats.pages_failed += 1;
                     self.ui.alert(format!("error: {error}"));
                     if let Some(w) = writer.as_mut() {
+                        w.set_next_page(page);
                         if let Err(e) = w.add_page(PageInput::Failed { error: error.page_reason() }) {
                             write_error = Some(e.to_string());
                             return ControlFlow::Break(());

@@ -167,7 +167,13 @@ impl PdfDocument {
     /// Renders all pages in order, sharing font caches between pages. A failing page yields an
     /// `Err` item and the iteration goes on.
     pub fn pages(&self, dpi: f32) -> PageIter<'_> {
-        PageIter { doc: self, dpi, next: 0, cache: RenderCache::new() }
+        self.pages_at(dpi, (0..self.page_count()).collect())
+    }
+
+    /// Renders the pages `indices` (0-based), in the order given, sharing font caches like
+    /// [`pages`](Self::pages). An index past the end yields [`PageError::OutOfRange`].
+    pub fn pages_at(&self, dpi: f32, indices: Vec<usize>) -> PageIter<'_> {
+        PageIter { doc: self, dpi, indices, next: 0, cache: RenderCache::new() }
     }
 
     fn page(&self, index: usize) -> Result<&Page<'_>, PageError> {
@@ -263,6 +269,7 @@ impl PdfDocument {
 pub struct PageIter<'a> {
     doc: &'a PdfDocument,
     dpi: f32,
+    indices: Vec<usize>,
     next: usize,
     cache: RenderCache<'a>,
 }
@@ -271,16 +278,13 @@ impl Iterator for PageIter<'_> {
     type Item = Result<RenderedPage, PageError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.doc.page_count() {
-            return None;
-        }
-        let index = self.next;
+        let index = *self.indices.get(self.next)?;
         self.next += 1;
         Some(self.doc.render_with_cache(index, self.dpi, &self.cache))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.doc.page_count().saturating_sub(self.next);
+        let n = self.indices.len().saturating_sub(self.next);
         (n, Some(n))
     }
 }

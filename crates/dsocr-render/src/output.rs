@@ -242,6 +242,7 @@ pub struct Document {
     markdown: String,
     text: String,
     pages: Vec<PageJson>,
+    next_page: usize,
 }
 
 impl Document {
@@ -255,7 +256,14 @@ impl Document {
             markdown: String::new(),
             text: String::new(),
             pages: Vec::new(),
+            next_page: 1,
         }
+    }
+
+    /// Numbers the next page added `page` (1-based): for a selection of a PDF's pages. Pages
+    /// added after it count on from there.
+    pub fn set_next_page(&mut self, page: usize) {
+        self.next_page = page.max(1);
     }
 
     /// Records the input as given (the JSON's `source`).
@@ -274,7 +282,7 @@ impl Document {
 
     /// Number of the page the next [`add_page`](Self::add_page) adds (1-based).
     pub fn next_page(&self) -> usize {
-        self.pages.len() + 1
+        self.next_page
     }
 
     /// The stem of page `page`'s figure files: `<name>` for an image, `<name>_<page>` for a PDF.
@@ -320,6 +328,7 @@ impl Document {
             self.markdown = json.markdown.clone();
             self.text = text.to_string();
         }
+        self.next_page = json.page + 1;
         self.pages.push(json);
         Ok(&self.pages[self.pages.len() - 1])
     }
@@ -404,12 +413,18 @@ impl DocumentWriter {
         self.doc.name()
     }
 
+    /// Numbers the next page `page` (see [`Document::set_next_page`]).
+    pub fn set_next_page(&mut self, page: usize) {
+        self.doc.set_next_page(page);
+    }
+
     /// The text and JSON of the pages so far.
     pub fn document(&self) -> &Document {
         &self.doc
     }
 
-    /// Processes the next page (pages are numbered 1, 2, … in call order): writes its figure
+    /// Processes the next page (pages are numbered 1, 2, … in call order unless
+    /// [`set_next_page`](Self::set_next_page) says otherwise): writes its figure
     /// crops and overlay now, keeps its text and JSON for [`finish`](Self::finish).
     pub fn add_page(&mut self, page: PageInput<'_>) -> Result<&PageJson, OutputError> {
         match page {

@@ -10,20 +10,50 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dsocr_input::{load_image, Mode, PdfDocument, RgbImage};
+use dsocr_input::{load_image_from_memory_with, load_image_with, Mode, PdfDocument, RgbImage};
 use dsocr_model::{DeepseekOcr, FinishReason, GenerationConfig, OcrRequest, OcrResult, RepeatGuard};
 use dsocr_render::{safe_stem, Document, DocumentKind, GeneratedPage};
 
-use crate::inputs::{sniff_kind, InputKind};
+use crate::inputs::{sniff_bytes, sniff_kind, InputKind};
 use crate::{OcrError, OcrOptions};
+
+/// What to run: a file, or the bytes of one (an upload), told apart from images by content.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    /// An image or PDF file in memory; `name` (a file name) stands for its path in messages
+    /// and results. Nothing is read from disk.
+    Bytes {
+        name: String,
+        bytes: Vec<u8>,
+    },
+}
+
+impl Source {
+    /// The path the results and errors name.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Source::File(path) => path.clone(),
+            Source::Bytes { name, .. } => PathBuf::from(name),
+        }
+    }
+
+    /// Image or PDF: `%PDF-` in the first KiB, or a `.pdf` name.
+    pub fn kind(&self) -> InputKind {
+        match self {
+            Source::File(path) => sniff_kind(path),
+            Source::Bytes { name, bytes } => sniff_bytes(bytes, Path::new(name)),
+        }
+    }
+}
 
 /// What the document loop reports, in order: `DocumentStarted`, then per page `PageStarted`,
 /// `Note`s, `Text` pieces, maybe `Retrying` and more `Text`, and `PageDone` or `PageFailed`.
 #[derive(Debug)]
 pub enum Event {
-    /// A document was opened.
+    /// A document was opened; `pages` pages will run (the selected ones of a PDF).
     DocumentStarted { path: PathBuf, kind: InputKind, pages: usize },
-    /// Generation of page `page` (1-based) of `pages` starts.
+    /// Generation of page `page` (1-based) of the document's `pages` starts.
     PageStarted { page: usize, pages: usize },
     /// Something worth telling that does not fail the page (e.g. a PDF renderer warning).
     Note { page: usize, message: String },
@@ -171,34 +201,60 @@ impl Ocr {
     }
 
     /// Like [`run_file`](Self::run_file); `name` names the figure files the markdown links to.
-    ///
-    /// `Err` when the document fails as a whole (an image that cannot be read or a model failure
-    /// on it, a PDF that cannot be opened) or when `on_event` returned
-    /// [`ControlFlow::Break`] ([`OcrError::Cancelled`]); a PDF page that fails is a
-    /// [`Event::PageFailed`] and an empty page with its error in the result.
     pub fn run_file_named(
         &self,
         path: &Path,
         name: &str,
         options: &OcrOptions,
+        on_event: impl FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<DocumentResult, OcrError> {
+        self.run(Source::File(path.to_path_buf()), name, options, on_event)
+    }
+
+    /// Runs an image or a PDF, from a file or from memory; `name` names the figure files the
+    /// markdown links to.
+    ///
+    /// `Err` when the document fails as a whole (an image that cannot be read or a model failure
+    /// on it, a PDF that cannot be opened, a page selection or page limit it does not meet) or
+    /// when `on_event` returned [`ControlFlow::Break`] ([`OcrError::Cancelled`]); a PDF page
+    /// that fails is a [`Event::PageFailed`] and an empty page with its error in the result.
+    pub fn run(
+        &self,
+        source: Source,
+        name: &str,
+        options: &OcrOptions,
         mut on_event: impl FnMut(Event) -> ControlFlow<()>,
     ) -> Result<DocumentResult, OcrError> {
         options.validate().map_err(OcrError::Options)?;
-        match sniff_kind(path) {
-            InputKind::Image => self.run_image_file(path, name, options, &mut on_event),
-            InputKind::Pdf => self.run_pdf_file(path, name, options, &mut on_event),
+        match source.kind() {
+            InputKind::Image => self.run_image(source, name, options, &mut on_event),
+            InputKind::Pdf => self.run_pdf(source, name, options, &mut on_event),
         }
     }
 
-    fn run_image_file(
+    fn run_image(
         &self,
-        path: &Path,
+        source: Source,
         name: &str,
         options: &OcrOptions,
         on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
     ) -> Result<DocumentResult, OcrError> {
-        let image = load_image(path).map_err(|source| OcrError::Image { path: path.to_path_buf(), source })?;
-        emit(on_event, path, Event::DocumentStarted { path: path.to_path_buf(), kind: InputKind::Image, pages: 1 })?;
+        let path = &source.path();
+        if let Some(selection) = &options.pages {
+            if selection.pages(1).map_err(|message| OcrError::PageSelection { path: path.clone(), message })? != [1] {
+                return Err(OcrError::PageSelection {
+                    path: path.clone(),
+                    message: "an image has one page: the selection must be page 1".to_string(),
+                });
+            }
+        }
+        let load = dsocr_input::LoadOptions { max_pixels: options.max_image_pixels, ..Default::default() };
+        let image = match &source {
+            Source::File(file) => load_image_with(file, &load),
+            Source::Bytes { name, bytes } => load_image_from_memory_with(bytes, name, &load),
+        }
+        .map_err(|source| OcrError::Image { path: path.clone(), source })?;
+        emit(on_event, path, Event::DocumentStarted { path: path.clone(), kind: InputKind::Image, pages: 1 })?;
         let mut result = DocumentResult::new(path, name, DocumentKind::Image, 1);
         emit(on_event, path, Event::PageStarted { page: 1, pages: 1 })?;
         let page = self.run_page(path, image, 1, name, false, options, on_event)?;
@@ -207,30 +263,46 @@ impl Ocr {
         Ok(result)
     }
 
-    fn run_pdf_file(
+    fn run_pdf(
         &self,
-        path: &Path,
+        source: Source,
         name: &str,
         options: &OcrOptions,
         on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
     ) -> Result<DocumentResult, OcrError> {
+        let path = &source.path();
         let dpi = options.pdf_dpi;
-        let pdf = PdfDocument::open(path).map_err(|source| OcrError::Pdf { path: path.to_path_buf(), source })?;
-        let count = pdf.page_count();
-        emit(on_event, path, Event::DocumentStarted { path: path.to_path_buf(), kind: InputKind::Pdf, pages: count })?;
+        let pdf = match source {
+            Source::File(file) => PdfDocument::open(file),
+            Source::Bytes { name, bytes } => PdfDocument::from_bytes(bytes, name),
+        }
+        .map_err(|source| OcrError::Pdf { path: path.clone(), source })?;
+        let total = pdf.page_count();
+        let selected: Vec<usize> = match &options.pages {
+            Some(selection) => {
+                selection.pages(total).map_err(|message| OcrError::PageSelection { path: path.clone(), message })?
+            }
+            None => (1..=total).collect(),
+        };
+        let count = selected.len();
+        if let Some(limit) = options.max_pages.filter(|&limit| count > limit) {
+            return Err(OcrError::TooManyPages { path: path.clone(), pages: count, limit });
+        }
+        emit(on_event, path, Event::DocumentStarted { path: path.clone(), kind: InputKind::Pdf, pages: count })?;
         let mut result = DocumentResult::new(path, name, DocumentKind::Pdf { dpi }, count);
-        for (index, rendered) in pdf.pages(dpi).enumerate() {
-            let page = index + 1;
+        let indices = selected.iter().map(|page| page - 1).collect();
+        for (&page, rendered) in selected.iter().zip(pdf.pages_at(dpi, indices)) {
+            result.document.set_next_page(page);
             let outcome = match rendered {
                 Ok(rendered) => {
                     for warning in rendered.warnings {
                         emit(on_event, path, Event::Note { page, message: format!("renderer: {warning}") })?;
                     }
-                    emit(on_event, path, Event::PageStarted { page, pages: count })?;
-                    let what = format!("page {page}/{count}");
+                    emit(on_event, path, Event::PageStarted { page, pages: total })?;
+                    let what = format!("page {page}/{total}");
                     self.run_page(path, rendered.image, page, &what, true, options, on_event)
                 }
-                Err(source) => Err(OcrError::PdfPage { path: path.to_path_buf(), page, source }),
+                Err(source) => Err(OcrError::PdfPage { path: path.clone(), page, source }),
             };
             match outcome {
                 Ok(done) => {

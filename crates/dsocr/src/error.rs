@@ -54,9 +54,18 @@ pub enum OcrError {
         #[source]
         source: Box<ModelError>,
     },
+    /// The page selection does not fit the document (a page past its end).
+    #[error("{}: {message}", path.display())]
+    PageSelection { path: PathBuf, message: String },
+    /// A PDF with more pages (selected) than [`OcrOptions::max_pages`](crate::OcrOptions::max_pages) allows.
+    #[error("{}: the document has {pages} pages to run, more than the limit of {limit}", path.display())]
+    TooManyPages { path: PathBuf, pages: usize, limit: usize },
     /// The event handler asked to stop.
     #[error("{}: cancelled", path.display())]
     Cancelled { path: PathBuf },
+    /// The request's deadline passed (queued or running) before it was done.
+    #[error("{}: not done within the deadline of {:.0} s", path.display(), after.as_secs_f64())]
+    TimedOut { path: PathBuf, after: std::time::Duration },
 }
 
 impl OcrError {
@@ -67,6 +76,9 @@ impl OcrError {
             | OcrError::Pdf { path, .. }
             | OcrError::PdfPage { path, .. }
             | OcrError::Model { path, .. }
+            | OcrError::PageSelection { path, .. }
+            | OcrError::TooManyPages { path, .. }
+            | OcrError::TimedOut { path, .. }
             | OcrError::Cancelled { path } => Some(path),
             OcrError::Load { dir, .. } => Some(dir),
             OcrError::Options(_) | OcrError::Backend(_) | OcrError::Hub(_) => None,

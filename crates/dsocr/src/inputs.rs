@@ -122,7 +122,13 @@ pub fn sniff_kind(path: &Path) -> InputKind {
     if let Ok(file) = std::fs::File::open(path) {
         let _ = file.take(1024).read_to_end(&mut head);
     }
-    if head.windows(5).any(|w| w == b"%PDF-") || kind_from_extension(path) == Some(InputKind::Pdf) {
+    sniff_bytes(&head, path)
+}
+
+/// [`sniff_kind`] of a file's bytes in memory, `name` standing for its path.
+pub fn sniff_bytes(bytes: &[u8], name: &Path) -> InputKind {
+    let head = &bytes[..bytes.len().min(1024)];
+    if head.windows(5).any(|w| w == b"%PDF-") || kind_from_extension(name) == Some(InputKind::Pdf) {
         InputKind::Pdf
     } else {
         InputKind::Image

@@ -1,5 +1,5 @@
-//! dsocr: DeepSeek-OCR on your own machine, as a library. The CLI (`dsocr ocr`), the coming
-//! server and batch scheduler are front ends over this crate.
+//! dsocr: DeepSeek-OCR on your own machine, as a library. The CLI (`dsocr ocr`) and the server
+//! (`dsocr serve`) are front ends over this crate.
 //!
 //! Load a model, run a file, read the markdown:
 //!
@@ -15,6 +15,8 @@
 //!   of the official scripts' defaults.
 //! - [`Ocr::run_file`]: the document loop (an image, or a PDF page by page, with the optional
 //!   base-mode retry), reporting [`Event`]s to a callback; nothing is printed or written.
+//! - [`Engine`]: one worker thread that owns the model and runs queued [`Job`]s (what the
+//!   server submits to), with cancellation, deadlines and a bounded queue.
 //! - [`hub`]: a local model folder or `owner/name[@revision]` through the Hugging Face cache.
 //! - [`inputs`]: folders expanded into image and PDF files.
 //!
@@ -22,6 +24,7 @@
 //! [`render`] (`dsocr-render`); image loading and prompts are [`input`] (`dsocr-input`).
 
 mod document;
+pub mod engine;
 mod error;
 pub mod hub;
 pub mod inputs;
@@ -33,12 +36,13 @@ pub use dsocr_input as input;
 pub use dsocr_model as model;
 pub use dsocr_render as render;
 
-pub use document::{DocumentResult, Event, Ocr, OtherRun, PageResult};
+pub use document::{DocumentResult, Event, Ocr, OtherRun, PageResult, Source};
 pub use dsocr_input::{Mode, RgbImage, Task};
 pub use dsocr_model::{Backend, ExpertDispatch, FinishReason, LoadOptions, Precision};
+pub use engine::{Engine, EngineOptions, Job, SubmitError, Ticket};
 pub use error::OcrError;
 pub use hub::{DownloadEvent, ModelSource};
-pub use options::{NgramRule, OcrOptions, PromptChoice, RepeatGuardPolicy};
+pub use options::{NgramRule, OcrOptions, PageSelection, PromptChoice, RepeatGuardPolicy};
 
 /// Load options for a backend and precision given by name (`cpu`, `ndarray`, `wgpu`, `cuda`;
 /// `f32`, `f16`, `bf16`): `None` picks the fastest backend compiled in and its fast precision

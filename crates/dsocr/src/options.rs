@@ -6,8 +6,11 @@
 //! pages at 144 DPI. Front ends start from it and override what their user set (the CLI maps
 //! its flags onto it, the server its JSON); nothing else in dsocr spells these numbers.
 
-use dsocr_input::DEFAULT_DPI;
+use std::fmt;
+use std::str::FromStr;
+
 use dsocr_input::{Mode, Task};
+use dsocr_input::{DEFAULT_DPI, DEFAULT_MAX_PIXELS};
 
 /// An n-gram repeat rule: an id that would complete an `n`-gram already seen in the last
 /// `window` generated tokens is banned (upstream's `NoRepeatNGramLogitsProcessor`).
@@ -91,6 +94,89 @@ impl PromptChoice {
     }
 }
 
+/// Which pages of a PDF to run: 1-based pages and ranges, `1-3,5,8-` (`8-`: page 8 to the end).
+/// Pages run in document order, each once. Images have one page: a selection must include 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageSelection {
+    /// Inclusive ranges; `None` as the end: to the last page.
+    ranges: Vec<(usize, Option<usize>)>,
+}
+
+impl PageSelection {
+    /// The selected 1-based pages of a document of `count` pages, in order. A page named
+    /// explicitly past the end is an error (an open range only reaches the end).
+    pub fn pages(&self, count: usize) -> Result<Vec<usize>, String> {
+        let mut pages = Vec::new();
+        for &(start, end) in &self.ranges {
+            let last = match end {
+                Some(end) if end > count => {
+                    return Err(format!("page {end} does not exist (the document has {count} pages)"));
+                }
+                Some(end) => end,
+                None if start > count => {
+                    return Err(format!("page {start} does not exist (the document has {count} pages)"));
+                }
+                None => count,
+            };
+            pages.extend(start..=last);
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        Ok(pages)
+    }
+}
+
+impl FromStr for PageSelection {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |part: &str| format!("invalid page selection `{part}` (expected pages and ranges like 1-3,5,8-)");
+        let page = |v: &str, part: &str| match v.trim().parse::<usize>() {
+            Ok(0) => Err(format!("invalid page selection `{part}`: pages are numbered from 1")),
+            Ok(n) => Ok(n),
+            Err(_) => Err(bad(part)),
+        };
+        let mut ranges = Vec::new();
+        for part in s.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                return Err(bad(s));
+            }
+            let range = match part.split_once('-') {
+                None => {
+                    let n = page(part, part)?;
+                    (n, Some(n))
+                }
+                Some((a, b)) if b.trim().is_empty() => (page(a, part)?, None),
+                Some((a, b)) => {
+                    let (a, b) = (page(a, part)?, page(b, part)?);
+                    if b < a {
+                        return Err(format!("invalid page selection `{part}`: the range ends before it starts"));
+                    }
+                    (a, Some(b))
+                }
+            };
+            ranges.push(range);
+        }
+        Ok(Self { ranges })
+    }
+}
+
+impl fmt::Display for PageSelection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .ranges
+            .iter()
+            .map(|&(a, b)| match b {
+                Some(b) if b == a => a.to_string(),
+                Some(b) => format!("{a}-{b}"),
+                None => format!("{a}-"),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 /// Everything one OCR request can set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OcrOptions {
@@ -109,6 +195,13 @@ pub struct OcrOptions {
     /// The id that ends generation; `None`: the model config's `eos_token_id`. (`dsocr bench`
     /// sets an id outside the vocabulary to force a fixed length.)
     pub eos_token_id: Option<u32>,
+    /// The PDF pages to run (`None`: all).
+    pub pages: Option<PageSelection>,
+    /// Refuse a PDF with more pages than this (after the selection); `None`: no limit.
+    pub max_pages: Option<usize>,
+    /// Refuse images with more pixels than this, judged from the header before decoding
+    /// (`None`: no limit). PDF pages are bounded by the renderer's own limit.
+    pub max_image_pixels: Option<u64>,
 }
 
 impl OcrOptions {
@@ -118,7 +211,8 @@ impl OcrOptions {
     pub const OFFICIAL_MODE: Mode = Mode::Gundam;
 
     /// The official scripts' settings (module docs): markdown task, Gundam, 6 tiles, 8,192
-    /// tokens, the official repeat guards, no retry, 144 DPI.
+    /// tokens, the official repeat guards, no retry, 144 DPI; all pages, Pillow's
+    /// decompression-bomb limit on image pixels.
     pub fn official() -> Self {
         Self {
             prompt: PromptChoice::Task(Self::OFFICIAL_TASK),
@@ -129,6 +223,9 @@ impl OcrOptions {
             retry_in_base_mode: false,
             pdf_dpi: DEFAULT_DPI,
             eos_token_id: None,
+            pages: None,
+            max_pages: None,
+            max_image_pixels: Some(DEFAULT_MAX_PIXELS),
         }
     }
 
@@ -150,6 +247,9 @@ impl OcrOptions {
         }
         if let PromptChoice::Raw(raw) = &self.prompt {
             PromptChoice::raw(raw.clone())?;
+        }
+        if self.max_pages == Some(0) {
+            return Err("max_pages must be at least 1".to_string());
         }
         Ok(())
     }
@@ -194,8 +294,23 @@ mod tests {
             OcrOptions { pdf_dpi: f32::NAN, ..OcrOptions::official() },
             OcrOptions { repeat_guard: RepeatGuardPolicy::official_with(Some(0), None), ..OcrOptions::official() },
             OcrOptions { prompt: PromptChoice::Raw("no image".into()), ..OcrOptions::official() },
+            OcrOptions { max_pages: Some(0), ..OcrOptions::official() },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn page_selections() {
+        let sel = |s: &str| s.parse::<PageSelection>();
+        assert_eq!(sel("1-3,5,8-").unwrap().pages(10).unwrap(), [1, 2, 3, 5, 8, 9, 10]);
+        assert_eq!(sel("5, 2-3 ,2").unwrap().pages(5).unwrap(), [2, 3, 5]);
+        assert_eq!(sel("3-").unwrap().pages(3).unwrap(), [3]);
+        assert_eq!(sel("1-3,5,8-").unwrap().to_string(), "1-3,5,8-");
+        assert!(sel("4-").unwrap().pages(3).unwrap_err().contains("page 4 does not exist"));
+        assert!(sel("2-9").unwrap().pages(3).unwrap_err().contains("page 9"));
+        for bad in ["", "0", "3-1", "a", "1,,2", "-3", "1-2-3"] {
+            assert!(sel(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -237,3 +237,73 @@ fn retry_cancel_and_bad_options() {
     let err = ocr.run_file(&page, &bad, |_| ControlFlow::Continue(())).unwrap_err();
     assert!(matches!(err, OcrError::Options(_)) && err.to_string().contains("12"), "{err}");
 }
+
+#[test]
+fn page_selection_limits_and_uploads_in_memory() {
+    let ocr = ocr();
+    let pdf = make_pdf(&["One", "Two", "Three"], 300, 200);
+    let source = || dsocr::Source::Bytes { name: "upload.pdf".to_string(), bytes: pdf.clone() };
+    let options = OcrOptions { mode: Mode::Tiny, pages: Some("2-".parse().unwrap()), ..official(2) };
+    let mut rec = Recorder::new();
+    let doc = ocr.run(source(), "upload", &options, |e| rec.on(e)).expect("pages 2 and 3 run");
+    assert_eq!(
+        rec.structure(),
+        [
+            &Seen::Started { pages: 2 },
+            &Seen::Page { page: 2, pages: 3 },
+            &Seen::Done { page: 2 },
+            &Seen::Page { page: 3, pages: 3 },
+            &Seen::Done { page: 3 },
+        ]
+    );
+    let numbers: Vec<usize> = doc.document.to_json().pages.iter().map(|p| p.page).collect();
+    assert_eq!(numbers, [2, 3], "the JSON keeps the document's page numbers");
+    assert_eq!(doc.document.to_json().source.as_deref(), Some("upload.pdf"));
+
+    // A page past the end, and more pages than the limit, fail before any page runs.
+    let past = OcrOptions { pages: Some("4".parse().unwrap()), ..options.clone() };
+    let err = ocr.run(source(), "upload", &past, |_| ControlFlow::Continue(())).unwrap_err();
+    assert!(matches!(err, OcrError::PageSelection { .. }) && err.to_string().contains("page 4"), "{err}");
+    let limited = OcrOptions { pages: None, max_pages: Some(2), ..options.clone() };
+    let err = ocr.run(source(), "upload", &limited, |_| panic!("nothing runs")).unwrap_err();
+    assert!(matches!(err, OcrError::TooManyPages { pages: 3, limit: 2, .. }), "{err:?}");
+
+    // An image in memory gives what the file gives; the pixel limit is checked from the header.
+    let path = fixture_image("small.png");
+    let bytes = std::fs::read(&path).unwrap();
+    let options = OcrOptions { mode: Mode::Tiny, ..official(3) };
+    let from_file = ocr.run_file(&path, &options, |_| ControlFlow::Continue(())).unwrap();
+    let upload = dsocr::Source::Bytes { name: "small.png".into(), bytes: bytes.clone() };
+    let from_memory = ocr.run(upload, "small", &options, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(from_memory.document.raw(), from_file.document.raw());
+    let tight = OcrOptions { max_image_pixels: Some(1000), ..options };
+    let upload = dsocr::Source::Bytes { name: "small.png".into(), bytes };
+    let err = ocr.run(upload, "small", &tight, |_| ControlFlow::Continue(())).unwrap_err();
+    assert!(matches!(&err, OcrError::Image { source: dsocr::input::PromptError::TooManyPixels { .. }, .. }), "{err:?}");
+    assert!(err.to_string().starts_with("small.png: "), "{err}");
+}
+
+#[test]
+fn the_scripted_model_says_its_script_with_a_box_and_eos() {
+    use dsocr_testkit::scripted::{self, OCR_SCRIPT, OCR_SCRIPT_TEXT, SCRIPT_GUARD};
+    let dir = temp_dir("scripted");
+    scripted::write(&dir, OCR_SCRIPT).expect("the scripted model is written");
+    let ocr = Ocr::load_dir(&dir, &LoadOptions::new(Backend::Cpu, Precision::F32)).expect("it loads");
+    let options = OcrOptions {
+        repeat_guard: dsocr::RepeatGuardPolicy::official_with(Some(SCRIPT_GUARD.0), Some(SCRIPT_GUARD.1)),
+        ..OcrOptions::official()
+    };
+    let doc = ocr.run_file(&fixture_image("page.png"), &options, |_| ControlFlow::Continue(())).unwrap();
+    let page = &doc.document.to_json().pages[0];
+    assert_eq!(doc.document.raw(), OCR_SCRIPT_TEXT);
+    assert_eq!((page.finish_reason, page.complete), (Some(FinishReason::Stop), true));
+    assert_eq!(page.generated_tokens, OCR_SCRIPT.len(), "the script and its EOS");
+    assert_eq!(page.blocks.len(), 1);
+    assert_eq!((page.blocks[0].label.as_str(), page.blocks[0].boxes.as_slice()), ("text", &[[125, 346, 789, 905]][..]));
+    assert_eq!(page.blocks[0].text, "Hello world");
+    // Without the n = 2 guard the script loops at its first repeated token.
+    let loose = OcrOptions { max_new_tokens: 20, ..OcrOptions::official() };
+    let doc = ocr.run_file(&fixture_image("page.png"), &loose, |_| ControlFlow::Continue(())).unwrap();
+    assert_ne!(doc.document.raw(), OCR_SCRIPT_TEXT);
+    let _ = std::fs::remove_dir_all(&dir);
+}
