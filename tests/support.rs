@@ -28,3 +28,83 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
 }
+
+/// A `dsocr serve` process on a free port, killed when dropped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Everything it printed on stderr so far.
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl ServeProcess {
+    /// Starts `dsocr serve --port 0 ARGS` and waits for its `listening on` line.
+    pub fn start(args: &[&str]) -> Self {
+        Self::spawn(args, None)
+    }
+
+    /// [`start`](Self::start) with one more environment variable.
+    pub fn start_with_env(args: &[&str], env: (&str, &str)) -> Self {
+        Self::spawn(args, Some(env))
+    }
+
+    fn spawn(args: &[&str], env: Option<(&str, &str)>) -> Self {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(dsocr_bin());
+        command.env_remove("DSOCR_API_KEY");
+        if let Some((k, v)) = env {
+            command.env(k, v);
+        }
+        let mut child = command
+            .args(["serve", "--port", "0", "--device", "cpu"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("dsocr serve starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                }
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        let base = match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("dsocr serve did not start: {}", log.lock().map(|s| s.clone()).unwrap_or_default());
+            }
+        };
+        Self { child, base, stderr: log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `host:port`.
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

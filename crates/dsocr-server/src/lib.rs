@@ -170,6 +170,7 @@ pub async fn serve(
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<ServerEvent>();
     let engine = state.engine.clone();
     let grace = state.options.shutdown_grace;
+    let (served_tx, served_rx) = tokio::sync::oneshot::channel::<()>();
     let signalled = async move {
         shutdown.await;
         engine.stop_accepting();
@@ -181,6 +182,8 @@ pub async fn serve(
             tokio::select! {
                 _ = tokio::time::sleep(grace) => {}
                 _ = signal() => {}
+                // Everything finished within the grace period.
+                _ = served_rx => return,
             }
             let in_flight = engine.stats().queued + engine.stats().running;
             if in_flight > 0 {
@@ -198,8 +201,9 @@ pub async fn serve(
     let served = axum::serve(listener, app).with_graceful_shutdown(signalled).await;
     state.engine.cancel_all();
     drop(state);
-    // The printer ends when the grace task (holding the last sender) is done or dropped.
-    let _ = tokio::time::timeout(Duration::from_secs(1), printer).await;
+    // The grace task ends, and with it (holding the last sender) the printer.
+    let _ = served_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), printer).await;
     served.map_err(ServerError::Io)
 }
 
