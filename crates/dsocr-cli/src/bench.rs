@@ -30,13 +30,22 @@ const NEVER_EOS: u32 = u32::MAX;
 /// Decode steps timed part by part (after the prefill stage).
 const BREAKDOWN_STEPS: usize = 8;
 
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Load-test a running `dsocr serve`: concurrent clients, requests/s, latency, errors, memory.
+    Serve(crate::load::LoadArgs),
+}
+
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     /// Model folder. Used as it is when it holds safetensors weights; otherwise a full-size
     /// checkpoint with random weights (6.67 GB, real names, shapes and config) is written there
     /// first.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Backend: cpu, ndarray, wgpu or cuda (among those compiled in).
     #[arg(long, default_value_t = default_backend())]
     device: String,
@@ -245,6 +254,12 @@ fn page_options(args: &BenchArgs, max_new_tokens: usize) -> OcrOptions {
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    if let Some(BenchCommand::Serve(load)) = args.command {
+        return crate::load::run(load);
+    }
+    let Some(model_dir) = args.model.clone() else {
+        anyhow::bail!("--model is required (a model folder, or where to write the random full-size checkpoint)");
+    };
     let backend: Backend = args.device.parse()?;
     let precision: Precision = match &args.precision {
         Some(p) => p.parse().map_err(anyhow::Error::msg)?,
@@ -260,19 +275,19 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         )?,
     };
 
-    let written = ensure_checkpoint(&args.model, args.seed)?;
+    let written = ensure_checkpoint(&model_dir, args.seed)?;
 
     let machine = machine();
-    eprintln!("loading {} on {backend} ({precision})", args.model.display());
+    eprintln!("loading {} on {backend} ({precision})", model_dir.display());
     let start = Instant::now();
     let mut load = LoadOptions::new(backend, precision);
     load.expert_dispatch = dispatch;
-    let model = DeepseekOcr::load(&args.model, &load)
-        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    let model = DeepseekOcr::load(&model_dir, &load)
+        .with_context(|| format!("loading the model in {}", model_dir.display()))?;
     model.device.sync().map_err(|e| anyhow::anyhow!("device sync after load: {e:?}"))?;
     let load_s = start.elapsed().as_secs_f64();
     let status = ProcStatus::read();
-    let parameters = parameter_count(&args.model);
+    let parameters = parameter_count(&model_dir);
     eprintln!(
         "loaded in {load_s:.2} s; RSS {} (peak {}, anon {}, file {})",
         fmt_bytes(status.rss),
@@ -287,7 +302,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         precision: precision.to_string(),
         expert_dispatch: format!("{dispatch:?}"),
         machine,
-        model: args.model.display().to_string(),
+        model: model_dir.display().to_string(),
         random_checkpoint_written: written,
         parameters,
         image: image.display().to_string(),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod debug;
+mod load;
 mod models;
 mod ocr;
 mod progress;
