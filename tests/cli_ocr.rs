@@ -285,6 +285,27 @@ fn pdf_pages_go_through_one_after_another() {
     assert!(r.stderr.contains("3/3 pages") && r.stderr.contains("12 tokens"), "{r}");
     assert_no_temp_files(&out);
 
+    // --pages: only pages 2 and 3, numbered as in the document; a page past the end fails the file.
+    let some = dir.join("some");
+    let args = ["ocr", s(&pdf), "--model", s(model()), "--mode", "tiny", "--max-new-tokens", "2", "--pages", "2-"];
+    let r = dsocr_run(&dir, &[&args[..], &["--out", s(&some)]].concat());
+    assert_eq!(r.code, 0, "{r}");
+    let files = tree(&some);
+    assert!(
+        files.contains(&"report_page2_boxes.jpg".to_string()) && !files.contains(&"report_page1_boxes.jpg".to_string()),
+        "{files:?}"
+    );
+    let json = read_json(&some.join("report.json"));
+    let numbers: Vec<u64> = json["pages"].as_array().unwrap().iter().map(|p| p["page"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [2, 3]);
+    assert_eq!(read(&some.join("report.mmd")).matches(PAGE_SPLIT).count(), 2);
+    let r = dsocr_run(&dir, &["ocr", s(&pdf), "--model", s(model()), "--pages", "7", "--max-new-tokens", "2"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("report.pdf: page 7 does not exist (the document has 3 pages)"), "{r}");
+    let r = dsocr_run(&dir, &["ocr", s(&pdf), "--model", s(model()), "--pages", "3-1"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("the range ends before it starts"), "{r}");
+
     // --dpi changes the rendering size; stdout JSON for a PDF.
     let r = dsocr_run(
         &dir,
