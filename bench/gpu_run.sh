@@ -2,7 +2,8 @@
 # GPU checks on the accelerator machine (docs/gpu.md, docs/performance.md).
 # Expects the dsocr binary (built here with `cargo build --profile gpu -p dsocr-cli --features cuda,wgpu`,
 # compressed to .carry/dsocr.xz) and, for WGPU, the Vulkan loader debs in .gl/.
-# Usage: [LIMIT=s] [REPEAT=n] [FRESH=1] bench/gpu_run.sh parity|bench|all   (writes logs under $OUT)
+# Usage: [LIMIT=s] [REPEAT=n] [FRESH=1] bench/gpu_run.sh parity|bench|serve|all   (writes logs under $OUT)
+# serve: pages/s of the CLI over a folder against pages/s through dsocr serve (PAGES, TOKENS, WINDOW).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 BIN=/tmp/dsocr
@@ -38,5 +39,22 @@ bench|all)
   R=${REPEAT:-3}
   step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --json "$OUT/torch.json"
   step bench-cuda-bf16 $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --json "$OUT/bench-cuda.json" --compare "$OUT/torch.json"
+  ;;
+serve)
+  mkdir -p /tmp/full /tmp/pages
+  [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
+  P=${PAGES:-8}; T=${TOKENS:-128}; W=${WINDOW:-90}
+  for i in $(seq 1 "$P"); do cp $FIX/images/page.png /tmp/pages/p$i.png; done
+  # Forced lengths: random weights never say EOS; the guard off, so every page makes T tokens.
+  step warmup          $BIN ocr $FIX/images/page.png --model /tmp/full --device cuda --precision bf16 --max-new-tokens 8 --no-repeat-guard --out /tmp/warm
+  step cli-pages       $BIN ocr /tmp/pages --model /tmp/full --device cuda --precision bf16 --max-new-tokens "$T" --no-repeat-guard --out /tmp/cli-out
+  $BIN serve --model /tmp/full --device cuda --precision bf16 --port 8000 > "$OUT/serve.log" 2>&1 & SPID=$!
+  up() { curl -sf http://127.0.0.1:8000/health > /dev/null 2>&1 || python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health')" 2>/dev/null; }
+  for _ in $(seq 1 240); do up && break; sleep 0.5; done
+  cat "$OUT/serve.log"
+  step http-pages      $BIN bench serve --url http://127.0.0.1:8000 --clients 4 --duration "$W" --every 15 --image $FIX/images/page.png --max-tokens "$T" --no-repeat-guard --server-pid $SPID --json "$OUT/http.json"
+  python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/metrics').read().decode())" > "$OUT/metrics.txt"
+  kill -TERM $SPID; wait $SPID
+  grep -h "pages/s" "$OUT/cli-pages.log" | tee -a "$OUT/summary.txt"
   ;;
 esac

@@ -247,6 +247,8 @@ fn headless_chromium_on_the_web_page() {
     let dir = temp_dir("browser");
     let bad = dir.join("notes.txt");
     std::fs::write(&bad, "this is not an image").unwrap();
+    let pdf = dir.join("two.pdf");
+    std::fs::write(&pdf, dsocr_testkit::fixtures::make_pdf(&["First", "Second"], 300, 200)).unwrap();
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let screenshot = artifacts.join("web-page.png");
@@ -254,7 +256,13 @@ fn headless_chromium_on_the_web_page() {
     let page = repo_root().join("examples/page.png");
     run_python(
         "browser_page.py",
-        &[&server.base, page.to_str().unwrap(), bad.to_str().unwrap(), screenshot.to_str().unwrap()],
+        &[
+            &server.base,
+            page.to_str().unwrap(),
+            bad.to_str().unwrap(),
+            pdf.to_str().unwrap(),
+            screenshot.to_str().unwrap(),
+        ],
     );
     assert!(std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000), "a screenshot was kept");
     eprintln!("screenshot: {}", screenshot.display());

@@ -1,9 +1,10 @@
 """Headless Chromium (WebDriver, through chromedriver) on the dsocr web page (run by tests/server.rs).
 
-Usage: browser_page.py BASE_URL IMAGE NOT_AN_IMAGE SCREENSHOT
+Usage: browser_page.py BASE_URL IMAGE NOT_AN_IMAGE PDF SCREENSHOT
 Uploads IMAGE, waits for the result, checks the markdown panel, the boxes on the overlay, the
 hover link between them and the downloads; then uploads a file that is not an image and checks
-the error message. Saves a screenshot of the result.
+the error message; then a two-page PDF and the page navigation. Saves a screenshot of the image's
+result.
 """
 import sys
 
@@ -13,7 +14,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-base, image, bad, screenshot = sys.argv[1:5]
+base, image, bad, pdf, screenshot = sys.argv[1:6]
 options = webdriver.ChromeOptions()
 options.binary_location = "/usr/bin/chromium"
 for flag in [
@@ -61,6 +62,21 @@ try:
     wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
     error = driver.find_element(By.ID, "error").text
     assert error.startswith("Unsupported file:") and "not a recognised image" in error, error
+
+    # A PDF of two pages: one box per page, the arrows move between them.
+    driver.find_element(By.ID, "file").send_keys(pdf)
+    driver.find_element(By.ID, "run").click()
+    wait.until(lambda d: "Done: 2 page(s)" in d.find_element(By.ID, "status").text)
+    assert not driver.find_element(By.ID, "error").is_displayed()
+    label = driver.find_element(By.ID, "page-label")
+    assert label.text == "page 1 (1 of 2)", label.text
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#overlay .box")) == 1
+    driver.find_element(By.ID, "next").click()
+    wait.until(lambda d: d.find_element(By.ID, "page-label").text == "page 2 (2 of 2)")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#overlay .box")) == 1
+    assert driver.find_element(By.ID, "next").get_attribute("disabled") is not None
+    assert driver.find_element(By.ID, "page-image").get_attribute("src").startswith("data:image/jpeg")
+    assert driver.find_element(By.ID, "download-json").get_attribute("download") == "two.json"
     print("browser: ok")
 finally:
     driver.quit()
