@@ -5,6 +5,7 @@ use burn::prelude::*;
 use dsocr_weights::nn::{attention, Linear};
 use dsocr_weights::VarBuilder;
 
+use crate::batch::SlotCache;
 use crate::kv_cache::KvCache;
 use crate::rope::Rope;
 use crate::{DecoderConfig, DecoderError};
@@ -66,6 +67,30 @@ impl Attention {
             attention(q, k, v, None, None, true)
         }; // [b, heads, t, head_dim]
         let out = out.swap_dims(1, 2).reshape([b, t, self.num_heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+
+    /// A decode step of several sequences, one new token each: `x: [slots, 1, d]`, row `s` at
+    /// position `cache.len(s)` with `cos`/`sin` rows from [`Rope::rows`]. Writes each row's K/V
+    /// at its own position and attends over that slot's positions only (per-row length mask).
+    pub fn forward_slots(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        cache: &mut SlotCache,
+        layer: usize,
+    ) -> Tensor<3> {
+        let [s, t, _] = x.dims();
+        debug_assert_eq!(t, 1);
+        let split_heads = |y: Tensor<3>| y.reshape([s, 1, self.num_heads, self.head_dim]).swap_dims(1, 2);
+        let q = rope.apply_rows(split_heads(self.q_proj.forward(x.clone())), cos, sin);
+        let k = rope.apply_rows(split_heads(self.k_proj.forward(x.clone())), cos, sin);
+        let v = split_heads(self.v_proj.forward(x));
+        let (k, v, mask) = cache.write(layer, k, v);
+        let out = attention(q, k, v, None, Some(mask), false); // [slots, heads, 1, head_dim]
+        let out = out.swap_dims(1, 2).reshape([s, 1, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }
 }

@@ -321,7 +321,11 @@ where
     Ok(Generation { ids, finish, prompt_len, last_guard_step, trace })
 }
 
-fn length_or_repetition(cfg: &GenerationConfig, generated: usize, last_guard_step: Option<usize>) -> FinishReason {
+pub(crate) fn length_or_repetition(
+    cfg: &GenerationConfig,
+    generated: usize,
+    last_guard_step: Option<usize>,
+) -> FinishReason {
     match (&cfg.repeat_guard, last_guard_step) {
         (Some(guard), Some(step)) if step >= generated.saturating_sub(guard.lookback()) => FinishReason::Repetition,
         _ => FinishReason::Length,

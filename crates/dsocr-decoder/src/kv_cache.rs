@@ -129,6 +129,13 @@ impl KvCache {
         mask
     }
 
+    /// Layer `layer`'s K and V buffers `[batch, heads, capacity, head_dim]` (positions
+    /// `0..len` hold data), if written.
+    pub(crate) fn layer_buffers(&self, layer: usize) -> Option<(&Tensor<4>, &Tensor<4>)> {
+        let entry = self.layers.get(layer)?;
+        Some((entry.k.as_ref()?, entry.v.as_ref()?))
+    }
+
     pub(crate) fn advance(&mut self, t: usize) {
         self.len += t;
     }

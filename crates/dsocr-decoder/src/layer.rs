@@ -9,6 +9,7 @@ use burn::prelude::*;
 use dsocr_weights::VarBuilder;
 
 use crate::attention::Attention;
+use crate::batch::SlotCache;
 use crate::kv_cache::KvCache;
 use crate::mlp::Mlp;
 use crate::moe::{ExpertDispatch, Moe};
@@ -76,6 +77,22 @@ impl DecoderLayer {
         cache: &mut KvCache,
     ) -> Tensor<3> {
         let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cos, sin, cache, self.index);
+        let h = x + attn;
+        let ffn = self.mlp.forward(self.post_attention_layernorm.forward(h.clone()));
+        h + ffn
+    }
+
+    /// [`forward`](Self::forward) for a batched decode step over a [`SlotCache`].
+    pub fn forward_slots(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        cache: &mut SlotCache,
+    ) -> Tensor<3> {
+        let normed = self.input_layernorm.forward(x.clone());
+        let attn = self.self_attn.forward_slots(normed, rope, cos, sin, cache, self.index);
         let h = x + attn;
         let ffn = self.mlp.forward(self.post_attention_layernorm.forward(h.clone()));
         h + ffn

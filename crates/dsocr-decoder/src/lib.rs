@@ -12,6 +12,7 @@
 //! ```
 
 mod attention;
+mod batch;
 mod config;
 mod error;
 mod generation;
@@ -24,6 +25,7 @@ mod rms_norm;
 mod rope;
 
 pub use attention::Attention;
+pub use batch::{greedy_tokens, Batcher, Sampled, SlotCache};
 pub use config::DecoderConfig;
 pub use error::DecoderError;
 pub use generation::{

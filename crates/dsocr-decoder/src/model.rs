@@ -6,6 +6,7 @@ use burn::tensor::{DType, IndexingUpdateOp};
 use dsocr_weights::nn::Linear;
 use dsocr_weights::VarBuilder;
 
+use crate::batch::SlotCache;
 use crate::kv_cache::{KvCache, DEFAULT_CHUNK};
 use crate::layer::DecoderLayer;
 use crate::moe::ExpertDispatch;
@@ -170,6 +171,22 @@ impl Decoder {
             states.push(last(&hidden));
         }
         (hidden, states)
+    }
+
+    /// A batched decode step: `tokens[s]` is fed to slot `s` at position `cache.len(s)` (every
+    /// slot, live or not: fixed shapes; a free slot's row is computed and ignored). Returns the
+    /// final-norm hidden states `[slots, 1, d]` and advances the live slots by one position.
+    pub fn forward_slots(&self, tokens: &[u32], cache: &mut SlotCache) -> Tensor<3> {
+        let slots = tokens.len();
+        let d = self.cfg.hidden_size;
+        cache.reserve_step();
+        let (cos, sin) = self.rope.rows(&cache.positions());
+        let mut x = self.embed(tokens).reshape([slots, 1, d]);
+        for layer in &self.layers {
+            x = layer.forward_slots(x, &self.rope, &cos, &sin, cache);
+        }
+        cache.advance_live();
+        self.norm.forward(x)
     }
 
     /// `lm_head` on hidden states `[batch, t, d]` → logits `[batch, t, vocab]` in f32.

@@ -67,6 +67,34 @@ impl Rope {
         }
     }
 
+    /// cos and sin `[rows, head_dim]`, row `r` for position `positions[r]`: one row per
+    /// sequence of a batched decode step (gathered from the table on the device; computed on
+    /// the host if a position is beyond it).
+    pub fn rows(&self, positions: &[usize]) -> (Tensor<2>, Tensor<2>) {
+        let device = self.cos.device();
+        if positions.iter().all(|&p| p < self.table_len) {
+            let n = positions.len();
+            let index: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+            let index = Tensor::<1, Int>::from_data(TensorData::new(index, [n]), &device);
+            return (self.cos.clone().select(0, index.clone()), self.sin.clone().select(0, index));
+        }
+        let (cos, sin): (Vec<_>, Vec<_>) =
+            positions.iter().map(|&p| Self::host_tables(&self.inv_freq, p, 1, &device, self.cos.dtype())).unzip();
+        (Tensor::cat(cos, 0), Tensor::cat(sin, 0))
+    }
+
+    /// [`apply`](Self::apply) for one new position per sequence: `x: [rows, heads, 1, head_dim]`
+    /// with `cos`, `sin` `[rows, head_dim]` from [`rows`](Self::rows).
+    pub fn apply_rows(&self, x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+        let [rows, _, _, _] = x.dims();
+        let half = self.head_dim / 2;
+        let a = x.clone().narrow(3, 0, half);
+        let b = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![b.neg(), a], 3);
+        let shape = [rows, 1, 1, self.head_dim];
+        x * cos.clone().reshape(shape) + rotated * sin.clone().reshape(shape)
+    }
+
     /// `x * cos + rotate_half(x) * sin` for `x: [batch, heads, len, head_dim]`, with
     /// `rotate_half([a, b]) = [-b, a]` and `cos`, `sin` of shape `[len, head_dim]`.
     pub fn apply(&self, x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {

@@ -1,0 +1,388 @@
+//! Batched decoding of several sequences at once (continuous batching).
+//!
+//! [`SlotCache`]: per layer one K and one V buffer `[slots, heads, capacity, head_dim]` and a
+//! length per slot; capacity grows in chunks (as [`KvCache`]) and a finished sequence's slot is
+//! reused without reallocation. [`Batcher`] runs sequences in those slots: a new sequence is
+//! prefilled alone (its prompt through a single-sequence [`KvCache`], then copied into a free
+//! slot), and every [`Batcher::step`] feeds each live sequence its last token in ONE batched
+//! forward `[slots, 1, d]` with per-row RoPE positions and per-row length masks. Sampling,
+//! repeat guard and finish reason are per sequence and follow [`generate`](crate::generate)
+//! exactly; a step reads back one small tensor of `slots` token ids, nothing else.
+
+use burn::prelude::*;
+use burn::tensor::{DType, IndexingUpdateOp};
+
+use crate::generation::{length_or_repetition, GenerationConfig};
+use crate::kv_cache::KvCache;
+use crate::{Decoder, DecoderError, FinishReason};
+
+/// The KV cache of a batch: one region per slot.
+#[derive(Debug, Clone)]
+pub struct SlotCache {
+    /// Per layer: K and V `[slots, heads, capacity, head_dim]` (allocated at the first write).
+    layers: Vec<(Option<Tensor<4>>, Option<Tensor<4>>)>,
+    /// Positions written per slot.
+    lens: Vec<usize>,
+    live: Vec<bool>,
+    heads: usize,
+    head_dim: usize,
+    chunk: usize,
+    capacity: usize,
+    device: Device,
+    dtype: DType,
+}
+
+impl SlotCache {
+    /// An empty cache of `slots` slots for `decoder`, growing by `chunk` positions.
+    pub fn new(decoder: &Decoder, slots: usize, chunk: usize) -> Self {
+        let cfg = decoder.config();
+        Self {
+            layers: vec![(None, None); cfg.num_hidden_layers],
+            lens: vec![0; slots],
+            live: vec![false; slots],
+            heads: cfg.num_kv_heads(),
+            head_dim: cfg.head_dim(),
+            chunk: chunk.max(1),
+            capacity: 0,
+            device: decoder.device(),
+            dtype: decoder.dtype(),
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Positions held by slot `slot`.
+    pub fn len(&self, slot: usize) -> usize {
+        self.lens[slot]
+    }
+
+    pub fn is_live(&self, slot: usize) -> bool {
+        self.live[slot]
+    }
+
+    /// Allocated positions per slot.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes of the K/V buffers.
+    pub fn bytes(&self) -> usize {
+        let per = self.slots() * self.heads * self.capacity * self.head_dim * self.dtype.size();
+        2 * per * self.layers.len()
+    }
+
+    /// The position of every slot's next token (0 for free slots).
+    pub(crate) fn positions(&self) -> Vec<usize> {
+        self.lens.iter().zip(&self.live).map(|(&len, &live)| if live { len } else { 0 }).collect()
+    }
+
+    /// Copies a prefilled sequence (`cache`, batch 1) into the free slot `slot`, which becomes live.
+    pub fn insert(&mut self, slot: usize, cache: &KvCache) {
+        let len = cache.len();
+        self.grow(len.max(1));
+        let (h, d) = (self.heads, self.head_dim);
+        for (layer, (k_buf, v_buf)) in self.layers.iter_mut().enumerate() {
+            let Some((k, v)) = cache.layer_buffers(layer) else { continue };
+            for (buf, new) in [(k_buf, k), (v_buf, v)] {
+                let new = new.clone().slice([0..1, 0..h, 0..len, 0..d]).cast(self.dtype);
+                if let Some(old) = buf.take() {
+                    *buf = Some(old.slice_assign([slot..slot + 1, 0..h, 0..len, 0..d], new));
+                }
+            }
+        }
+        self.lens[slot] = len;
+        self.live[slot] = true;
+    }
+
+    /// Frees `slot` (its buffers stay for the next sequence).
+    pub fn release(&mut self, slot: usize) {
+        self.lens[slot] = 0;
+        self.live[slot] = false;
+    }
+
+    /// Makes room for one more position in every live slot.
+    pub(crate) fn reserve_step(&mut self) {
+        let need = self.positions().into_iter().max().unwrap_or(0) + 1;
+        self.grow(need);
+    }
+
+    /// Grows every buffer to hold `need` positions (a multiple of the chunk; one copy).
+    fn grow(&mut self, need: usize) {
+        if need <= self.capacity {
+            return;
+        }
+        let grown = need.div_ceil(self.chunk) * self.chunk;
+        let (s, h, d) = (self.slots(), self.heads, self.head_dim);
+        let old_capacity = self.capacity;
+        for (k, v) in &mut self.layers {
+            for buf in [k, v] {
+                let fresh = Tensor::<4>::zeros([s, h, grown, d], (&self.device, self.dtype));
+                *buf = Some(match buf.take() {
+                    Some(old) => fresh.slice_assign([0..s, 0..h, 0..old_capacity, 0..d], old),
+                    None => fresh,
+                });
+            }
+        }
+        self.capacity = grown;
+    }
+
+    /// Writes `k`, `v` `[slots, heads, 1, head_dim]` of layer `layer`, row `s` at position
+    /// `positions()[s]`, in place; returns the whole buffers and the mask `[slots, 1, 1,
+    /// capacity]` that is `true` past each slot's new length.
+    pub(crate) fn write(
+        &mut self,
+        layer: usize,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4, Bool>) {
+        let (s, h, c, d) = (self.slots(), self.heads, self.capacity, self.head_dim);
+        let positions = self.positions();
+        // Row (slot, head) of the flattened [s·h·c, d] buffer for each new position.
+        let rows: Vec<i64> = (0..s).flat_map(|slot| (0..h).map(move |head| ((slot * h + head) * c) as i64)).collect();
+        let rows: Vec<i64> = rows.iter().enumerate().map(|(r, &base)| base + positions[r / h] as i64).collect();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(rows, [s * h]), &self.device);
+        let (k_buf, v_buf) = &mut self.layers[layer];
+        let mut out = Vec::with_capacity(2);
+        for (buf, new) in [(k_buf, k), (v_buf, v)] {
+            // Moved out of the slot (not cloned): `select_assign` then writes in place.
+            let flat = buf
+                .take()
+                .map(|b| b.reshape([s * h * c, d]))
+                .unwrap_or_else(|| Tensor::<2>::zeros([s * h * c, d], (&self.device, self.dtype)));
+            let new = new.reshape([s * h, d]).cast(self.dtype);
+            let written = flat.select_assign(0, index.clone(), new, IndexingUpdateOp::Assign).reshape([s, h, c, d]);
+            *buf = Some(written.clone());
+            out.push(written);
+        }
+        let valid: Vec<i64> = positions.iter().map(|&p| p as i64 + 1).collect();
+        let valid = Tensor::<1, Int>::from_data(TensorData::new(valid, [s]), &self.device).reshape([s, 1]);
+        let mask = Tensor::<1, Int>::arange(0..c as i64, &self.device)
+            .reshape([1, c])
+            .greater_equal(valid)
+            .reshape([s, 1, 1, c]);
+        let v = out.pop().unwrap_or_else(|| unreachable!("two buffers written"));
+        let k = out.pop().unwrap_or_else(|| unreachable!("two buffers written"));
+        (k, v, mask)
+    }
+
+    /// Advances every live slot by the position just written.
+    pub(crate) fn advance_live(&mut self) {
+        for (len, &live) in self.lens.iter_mut().zip(&self.live) {
+            if live {
+                *len += 1;
+            }
+        }
+    }
+}
+
+/// A token chosen for a sequence, and whether the sequence ended with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sampled {
+    pub sequence: u64,
+    /// `None` only when the sequence had no token budget at all.
+    pub token: Option<u32>,
+    pub finish: Option<FinishReason>,
+}
+
+#[derive(Debug, Clone)]
+struct Sequence {
+    id: u64,
+    cfg: GenerationConfig,
+    history: Vec<u32>,
+    prompt_len: usize,
+    generated: usize,
+    budget: usize,
+    last_guard_step: Option<usize>,
+    /// The token to feed at the next step.
+    next: u32,
+}
+
+impl Sequence {
+    fn bans(&self) -> Vec<u32> {
+        match &self.cfg.repeat_guard {
+            Some(guard) => guard.banned(&self.history, self.prompt_len),
+            None => Vec::new(),
+        }
+    }
+
+    /// Records `token` (chosen with `bans`); the finish reason if the sequence is done.
+    fn push(&mut self, token: u32, banned_any: bool) -> Option<FinishReason> {
+        if banned_any {
+            self.last_guard_step = Some(self.generated);
+        }
+        self.generated += 1;
+        self.history.push(token);
+        self.next = token;
+        if token == self.cfg.eos_token_id {
+            Some(FinishReason::Stop)
+        } else if self.generated >= self.budget {
+            Some(length_or_repetition(&self.cfg, self.generated, self.last_guard_step))
+        } else {
+            None
+        }
+    }
+}
+
+/// Sequences decoded together in the slots of a [`SlotCache`].
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    cache: SlotCache,
+    sequences: Vec<Option<Sequence>>,
+    next_id: u64,
+}
+
+impl Batcher {
+    /// A batch of at most `slots` sequences, the cache growing by `chunk` positions.
+    pub fn new(decoder: &Decoder, slots: usize, chunk: usize) -> Self {
+        Self { cache: SlotCache::new(decoder, slots.max(1), chunk), sequences: vec![None; slots.max(1)], next_id: 1 }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.sequences.len()
+    }
+
+    /// Sequences being decoded.
+    pub fn live(&self) -> usize {
+        self.sequences.iter().filter(|s| s.is_some()).count()
+    }
+
+    pub fn has_free_slot(&self) -> bool {
+        self.live() < self.slots()
+    }
+
+    pub fn cache(&self) -> &SlotCache {
+        &self.cache
+    }
+
+    /// Prefills a new sequence (alone) and chooses its first token. Checks as
+    /// [`generate`](crate::generate) does. A sequence that ends with its first token (or has no
+    /// budget) takes no slot; otherwise it holds a free slot until it finishes or is cancelled.
+    /// `Err` also when no slot is free.
+    pub fn admit(
+        &mut self,
+        decoder: &Decoder,
+        prompt_embeds: Tensor<3>,
+        prompt_ids: &[u32],
+        cfg: &GenerationConfig,
+    ) -> Result<Sampled, DecoderError> {
+        let slot = self
+            .sequences
+            .iter()
+            .position(Option::is_none)
+            .ok_or_else(|| DecoderError::Generation("no free slot in the batch".into()))?;
+        let dcfg = decoder.config();
+        let [batch, prompt_len, width] = prompt_embeds.dims();
+        if batch != 1 || prompt_len != prompt_ids.len() || width != dcfg.hidden_size {
+            return Err(DecoderError::Shape(format!(
+                "prompt embeddings are {:?}, expected [1, {}, {}]",
+                [batch, prompt_len, width],
+                prompt_ids.len(),
+                dcfg.hidden_size
+            )));
+        }
+        if prompt_len == 0 {
+            return Err(DecoderError::Generation("the prompt is empty".into()));
+        }
+        if prompt_len > dcfg.max_position_embeddings {
+            return Err(DecoderError::Generation(format!(
+                "the prompt has {prompt_len} tokens, more than max_position_embeddings {}",
+                dcfg.max_position_embeddings
+            )));
+        }
+        decoder.check_ids(prompt_ids)?;
+        if let Some(guard) = &cfg.repeat_guard {
+            guard.validate()?;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let budget = cfg.max_new_tokens.min(dcfg.max_position_embeddings - prompt_len);
+        let mut seq = Sequence {
+            id,
+            cfg: cfg.clone(),
+            history: prompt_ids.to_vec(),
+            prompt_len,
+            generated: 0,
+            budget,
+            last_guard_step: None,
+            next: 0,
+        };
+        if budget == 0 {
+            let finish = length_or_repetition(cfg, 0, None);
+            return Ok(Sampled { sequence: id, token: None, finish: Some(finish) });
+        }
+        let mut cache = KvCache::new(dcfg.num_hidden_layers, self.cache.chunk);
+        let hidden = decoder.forward(prompt_embeds, &mut cache);
+        let logits = decoder.logits(hidden.narrow(1, prompt_len - 1, 1)).reshape([1, dcfg.vocab_size]);
+        let bans = seq.bans();
+        let token = crate::greedy_token(logits, &bans);
+        let finish = seq.push(token, !bans.is_empty());
+        if finish.is_none() {
+            self.cache.insert(slot, &cache);
+            self.sequences[slot] = Some(seq);
+        }
+        Ok(Sampled { sequence: id, token: Some(token), finish })
+    }
+
+    /// One batched decode step: every live sequence gets its next token. Finished sequences
+    /// free their slots. Reads back one tensor of `slots` ids.
+    pub fn step(&mut self, decoder: &Decoder) -> Vec<Sampled> {
+        if self.live() == 0 {
+            return Vec::new();
+        }
+        let tokens: Vec<u32> = self.sequences.iter().map(|s| s.as_ref().map_or(0, |s| s.next)).collect();
+        let hidden = decoder.forward_slots(&tokens, &mut self.cache);
+        let vocab = decoder.config().vocab_size;
+        let logits = decoder.logits(hidden).reshape([self.slots(), vocab]);
+        let bans: Vec<Vec<u32>> =
+            self.sequences.iter().map(|s| s.as_ref().map_or_else(Vec::new, Sequence::bans)).collect();
+        let chosen = greedy_tokens(logits, &bans);
+        let mut out = Vec::new();
+        for (slot, token) in chosen.into_iter().enumerate() {
+            let Some(seq) = self.sequences[slot].as_mut() else { continue };
+            let finish = seq.push(token, !bans[slot].is_empty());
+            out.push(Sampled { sequence: seq.id, token: Some(token), finish });
+            if finish.is_some() {
+                self.sequences[slot] = None;
+                self.cache.release(slot);
+            }
+        }
+        out
+    }
+
+    /// Stops sequence `sequence` and frees its slot; `false` if it is not live.
+    pub fn cancel(&mut self, sequence: u64) -> bool {
+        match self.sequences.iter().position(|s| s.as_ref().is_some_and(|s| s.id == sequence)) {
+            Some(slot) => {
+                self.sequences[slot] = None;
+                self.cache.release(slot);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Argmax per row of `logits` `[rows, vocab]` after setting row `r`'s `bans[r]` to `-inf`;
+/// ties go to the lowest id (as [`greedy_token`](crate::greedy_token)). The `rows` ids are the
+/// only values read back.
+pub fn greedy_tokens(logits: Tensor<2>, bans: &[Vec<u32>]) -> Vec<u32> {
+    let logits = logits.cast(DType::F32);
+    let [rows, vocab] = logits.dims();
+    let flat: Vec<i64> = bans
+        .iter()
+        .enumerate()
+        .flat_map(|(r, ids)| ids.iter().map(move |&id| (r * vocab) as i64 + id as i64))
+        .collect();
+    let logits = if flat.is_empty() {
+        logits
+    } else {
+        let device = logits.device();
+        let n = flat.len();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(flat, [n]), &device);
+        let fill = Tensor::<1>::full([n], f32::NEG_INFINITY, (&device, DType::F32));
+        logits.reshape([rows * vocab]).select_assign(0, index, fill, IndexingUpdateOp::Assign).reshape([rows, vocab])
+    };
+    logits.argmax(1).into_data().iter::<i64>().map(|id| id as u32).collect()
+}

@@ -1,0 +1,115 @@
+//! Batched decoding equals decoding alone: on the CPU in f32, sequences of different prompts,
+//! lengths, token limits and repeat guards, decoded together in the slots of a [`Batcher`]
+//! (slots reused as sequences finish), generate exactly the ids that [`generate`] gives each
+//! of them on its own.
+
+mod common;
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use common::*;
+use dsocr_decoder::{generate, Batcher, FinishReason, GenerationConfig, RepeatGuard};
+
+struct Case {
+    ids: Vec<u32>,
+    cfg: GenerationConfig,
+}
+
+fn cases() -> Vec<Case> {
+    let vocab = 512u32;
+    let prompt =
+        |seed: u32, len: usize| (0..len as u32).map(|i| (seed * 7919 + i * 104_729) % (vocab - 20) + 13).collect();
+    let cfg = |max, guard: Option<RepeatGuard>| GenerationConfig {
+        max_new_tokens: max,
+        eos_token_id: u32::MAX,
+        repeat_guard: guard,
+        ..GenerationConfig::default()
+    };
+    vec![
+        Case { ids: prompt(1, 5), cfg: cfg(23, None) },
+        Case { ids: prompt(2, 17), cfg: cfg(7, Some(RepeatGuard::Window { n: 3, window: 20, whitelist: vec![] })) },
+        Case { ids: prompt(3, 40), cfg: cfg(31, Some(RepeatGuard::Whole { n: 2 })) },
+        Case { ids: prompt(4, 3), cfg: cfg(1, None) },
+        Case { ids: prompt(5, 260), cfg: cfg(12, None) },
+        Case { ids: prompt(6, 9), cfg: cfg(18, Some(RepeatGuard::Window { n: 2, window: 50, whitelist: vec![17] })) },
+    ]
+}
+
+#[test]
+fn batched_ids_equal_the_ids_of_each_sequence_alone() {
+    let decoder = load_decoder();
+    let cases = cases();
+    let alone: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|c| {
+            let g = generate(&decoder, decoder.embed(&c.ids), &c.ids, &c.cfg, |_| ControlFlow::Continue(())).unwrap();
+            g.ids
+        })
+        .collect();
+
+    // Three slots for six sequences (with a chunk of 8 the cache grows during the run): slots
+    // are reused as sequences finish; new ones are admitted between steps.
+    let mut batch = Batcher::new(&decoder, 3, 8);
+    let mut got: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut which: HashMap<u64, usize> = HashMap::new();
+    let mut finished: HashMap<u64, FinishReason> = HashMap::new();
+    let mut next = 0;
+    while finished.len() < cases.len() {
+        while next < cases.len() && batch.has_free_slot() {
+            let c = &cases[next];
+            let s = batch.admit(&decoder, decoder.embed(&c.ids), &c.ids, &c.cfg).unwrap();
+            which.insert(s.sequence, next);
+            got.entry(s.sequence).or_default().extend(s.token);
+            if let Some(f) = s.finish {
+                finished.insert(s.sequence, f);
+            }
+            next += 1;
+        }
+        for s in batch.step(&decoder) {
+            got.entry(s.sequence).or_default().extend(s.token);
+            if let Some(f) = s.finish {
+                finished.insert(s.sequence, f);
+            }
+        }
+    }
+    assert_eq!(batch.live(), 0);
+    for (seq, ids) in &got {
+        let k = which[seq];
+        assert_eq!(ids, &alone[k], "sequence {k}: batched ids differ from its ids alone");
+        assert_eq!(ids.len(), cases[k].cfg.max_new_tokens, "sequence {k}");
+    }
+    assert!(batch.cache().capacity() >= 260 + 12, "the cache grew in chunks: {}", batch.cache().capacity());
+}
+
+#[test]
+fn eos_frees_the_slot_and_cancel_too() {
+    let decoder = load_decoder();
+    let ids: Vec<u32> = (20..30).collect();
+    let free = GenerationConfig { max_new_tokens: 40, eos_token_id: u32::MAX, ..GenerationConfig::default() };
+    let alone = generate(&decoder, decoder.embed(&ids), &ids, &free, |_| ControlFlow::Continue(())).unwrap().ids;
+    // EOS at the id generated fourth: the sequence ends there with `Stop`.
+    let eos = GenerationConfig { eos_token_id: alone[3], ..free.clone() };
+    let stop_at = alone.iter().position(|&t| t == alone[3]).unwrap();
+    let mut batch = Batcher::new(&decoder, 2, 16);
+    let a = batch.admit(&decoder, decoder.embed(&ids), &ids, &eos).unwrap();
+    let b = batch.admit(&decoder, decoder.embed(&ids), &ids, &free).unwrap();
+    assert!(!batch.has_free_slot());
+    assert!(batch.admit(&decoder, decoder.embed(&ids), &ids, &free).is_err(), "no third slot");
+    let mut a_ids = vec![a.token.unwrap()];
+    let mut a_finish = None;
+    while a_finish.is_none() {
+        for s in batch.step(&decoder) {
+            if s.sequence == a.sequence {
+                a_ids.push(s.token.unwrap());
+                a_finish = s.finish;
+            }
+        }
+    }
+    assert_eq!((a_ids.as_slice(), a_finish), (&alone[..=stop_at], Some(FinishReason::Stop)));
+    assert_eq!(batch.live(), 1);
+    assert!(batch.cancel(b.sequence));
+    assert!(!batch.cancel(b.sequence));
+    assert_eq!(batch.live(), 0);
+    assert!(batch.step(&decoder).is_empty());
+}
