@@ -27,4 +27,7 @@ pub enum ModelError {
     Input(String),
     #[error("reading a result back from the device failed: {0}")]
     Readback(String),
+    /// A batched run was stopped before this request started.
+    #[error("stopped before this page started")]
+    NotStarted,
 }

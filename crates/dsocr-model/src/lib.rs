@@ -18,11 +18,13 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod config;
 mod error;
 mod model;
 mod pipeline;
 
+pub use batch::{PageBatch, PageEvent};
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use model::{DeepseekOcr, LoadOptions, ModelFiles};
