@@ -107,6 +107,17 @@ pub struct BenchArgs {
     /// Skip the per-part timing of single decode steps.
     #[arg(long)]
     skip_breakdown: bool,
+    /// Continuous batching instead of the stages: for each batch size (comma-separated, e.g.
+    /// 1,8,32) stream `--batch-pages` Gundam pages with forced lengths around `--mean-tokens`
+    /// and report pages/s, tokens/s and where the time goes.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    batch: Vec<u64>,
+    /// Pages per batch size in `--batch` mode.
+    #[arg(long, default_value_t = 32)]
+    batch_pages: usize,
+    /// Mean forced output length in `--batch` mode (uniform in [mean/2, 3·mean/2), fixed seed).
+    #[arg(long, default_value_t = 1000)]
+    mean_tokens: usize,
 }
 
 fn default_backend() -> String {
@@ -326,6 +337,25 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         },
     };
 
+    if !args.batch.is_empty() && !args.load_only {
+        let batches: Vec<usize> = args.batch.iter().map(|&b| b as usize).collect();
+        let max_crops = args.max_crops.unwrap_or(OcrOptions::official().max_crops);
+        let rows = crate::bench_batch::run(
+            &model,
+            &image,
+            &batches,
+            args.batch_pages,
+            args.mean_tokens,
+            max_crops,
+            args.seed,
+        )?;
+        println!("{}", crate::bench_batch::markdown(&rows));
+        if let Some(path) = &args.json {
+            let text = serde_json::to_string_pretty(&serde_json::json!({ "report": report, "batched": rows }))?;
+            std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let ocr = Ocr::new(model);
     if !args.load_only {
         run_stages(&args, &image, &ocr, &mut report, &mut mem)?;

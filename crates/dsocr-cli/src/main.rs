@@ -1,6 +1,7 @@
 //! `dsocr`: DeepSeek-OCR on your own machine.
 
 mod bench;
+mod bench_batch;
 mod debug;
 mod load;
 mod models;
