@@ -4,6 +4,7 @@
 # compressed to .carry/dsocr.xz) and, for WGPU, the Vulkan loader debs in .gl/.
 # Usage: [LIMIT=s] [REPEAT=n] [FRESH=1] bench/gpu_run.sh parity|bench|serve|all   (writes logs under $OUT)
 # serve: pages/s of the CLI over a folder against pages/s through dsocr serve (PAGES, TOKENS, WINDOW).
+# batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 BIN=/tmp/dsocr
@@ -39,6 +40,15 @@ bench|all)
   R=${REPEAT:-3}
   step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --json "$OUT/torch.json"
   step bench-cuda-bf16 $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --json "$OUT/bench-cuda.json" --compare "$OUT/torch.json"
+  ;;
+batch)
+  mkdir -p /tmp/full
+  [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
+  for spec in ${BATCHES:-1:8 8:32 32:64 64:128}; do
+    B=${spec%%:*}; P=${spec##*:}
+    step batch-$B $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --batch "$B" --batch-pages "$P" --mean-tokens "${MEAN:-256}" --json "$OUT/batch-$B.json"
+    grep -A3 "^| batch" "$OUT/batch-$B.log" | tail -1 | tee -a "$OUT/summary.txt"
+  done
   ;;
 serve)
   mkdir -p /tmp/full /tmp/pages
