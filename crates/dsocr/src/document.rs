@@ -225,84 +225,88 @@ impl Ocr {
         options: &OcrOptions,
         mut on_event: impl FnMut(Event) -> ControlFlow<()>,
     ) -> Result<DocumentResult, OcrError> {
+        let doc = self.open(source, name, options)?;
+        self.run_document(doc, options, &mut on_event)
+    }
+
+    /// Opens a document for running: the options checked, an image decoded or a PDF opened,
+    /// the page selection and the page limit applied. Nothing is reported yet.
+    pub(crate) fn open(&self, source: Source, name: &str, options: &OcrOptions) -> Result<OpenDocument, OcrError> {
         options.validate().map_err(OcrError::Options)?;
+        let path = source.path();
         match source.kind() {
-            InputKind::Image => self.run_image(source, name, options, &mut on_event),
-            InputKind::Pdf => self.run_pdf(source, name, options, &mut on_event),
+            InputKind::Image => {
+                if let Some(selection) = &options.pages {
+                    let pages = selection
+                        .pages(1)
+                        .map_err(|message| OcrError::PageSelection { path: path.clone(), message })?;
+                    if pages != [1] {
+                        return Err(OcrError::PageSelection {
+                            path,
+                            message: "an image has one page: the selection must be page 1".to_string(),
+                        });
+                    }
+                }
+                let load = dsocr_input::LoadOptions { max_pixels: options.max_image_pixels, ..Default::default() };
+                let image = match &source {
+                    Source::File(file) => load_image_with(file, &load),
+                    Source::Bytes { name, bytes } => load_image_from_memory_with(bytes, name, &load),
+                }
+                .map_err(|source| OcrError::Image { path: path.clone(), source })?;
+                let result = DocumentResult::new(&path, name, DocumentKind::Image, 1);
+                Ok(OpenDocument {
+                    path,
+                    name: name.to_string(),
+                    total: 1,
+                    pages: vec![1],
+                    content: Content::Image(image),
+                    result,
+                })
+            }
+            InputKind::Pdf => {
+                let pdf = match source {
+                    Source::File(file) => PdfDocument::open(file),
+                    Source::Bytes { name, bytes } => PdfDocument::from_bytes(bytes, name),
+                }
+                .map_err(|source| OcrError::Pdf { path: path.clone(), source })?;
+                let total = pdf.page_count();
+                let pages: Vec<usize> = match &options.pages {
+                    Some(selection) => selection
+                        .pages(total)
+                        .map_err(|message| OcrError::PageSelection { path: path.clone(), message })?,
+                    None => (1..=total).collect(),
+                };
+                if let Some(limit) = options.max_pages.filter(|&limit| pages.len() > limit) {
+                    return Err(OcrError::TooManyPages { path, pages: pages.len(), limit });
+                }
+                let kind = DocumentKind::Pdf { dpi: options.pdf_dpi };
+                let result = DocumentResult::new(&path, name, kind, pages.len());
+                Ok(OpenDocument { path, name: name.to_string(), total, pages, content: Content::Pdf(pdf), result })
+            }
         }
     }
 
-    fn run_image(
+    fn run_document(
         &self,
-        source: Source,
-        name: &str,
+        doc: OpenDocument,
         options: &OcrOptions,
         on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
     ) -> Result<DocumentResult, OcrError> {
-        let path = &source.path();
-        if let Some(selection) = &options.pages {
-            if selection.pages(1).map_err(|message| OcrError::PageSelection { path: path.clone(), message })? != [1] {
-                return Err(OcrError::PageSelection {
-                    path: path.clone(),
-                    message: "an image has one page: the selection must be page 1".to_string(),
-                });
-            }
-        }
-        let load = dsocr_input::LoadOptions { max_pixels: options.max_image_pixels, ..Default::default() };
-        let image = match &source {
-            Source::File(file) => load_image_with(file, &load),
-            Source::Bytes { name, bytes } => load_image_from_memory_with(bytes, name, &load),
-        }
-        .map_err(|source| OcrError::Image { path: path.clone(), source })?;
-        emit(on_event, path, Event::DocumentStarted { path: path.clone(), kind: InputKind::Image, pages: 1 })?;
-        let mut result = DocumentResult::new(path, name, DocumentKind::Image, 1);
-        emit(on_event, path, Event::PageStarted { page: 1, pages: 1 })?;
-        let page = self.run_page(path, image, 1, name, false, options, on_event)?;
-        result.add(&page);
-        emit(on_event, path, Event::PageDone(Box::new(page)))?;
-        Ok(result)
-    }
-
-    fn run_pdf(
-        &self,
-        source: Source,
-        name: &str,
-        options: &OcrOptions,
-        on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
-    ) -> Result<DocumentResult, OcrError> {
-        let path = &source.path();
-        let dpi = options.pdf_dpi;
-        let pdf = match source {
-            Source::File(file) => PdfDocument::open(file),
-            Source::Bytes { name, bytes } => PdfDocument::from_bytes(bytes, name),
-        }
-        .map_err(|source| OcrError::Pdf { path: path.clone(), source })?;
-        let total = pdf.page_count();
-        let selected: Vec<usize> = match &options.pages {
-            Some(selection) => {
-                selection.pages(total).map_err(|message| OcrError::PageSelection { path: path.clone(), message })?
-            }
-            None => (1..=total).collect(),
-        };
-        let count = selected.len();
-        if let Some(limit) = options.max_pages.filter(|&limit| count > limit) {
-            return Err(OcrError::TooManyPages { path: path.clone(), pages: count, limit });
-        }
-        emit(on_event, path, Event::DocumentStarted { path: path.clone(), kind: InputKind::Pdf, pages: count })?;
-        let mut result = DocumentResult::new(path, name, DocumentKind::Pdf { dpi }, count);
-        let indices = selected.iter().map(|page| page - 1).collect();
-        for (&page, rendered) in selected.iter().zip(pdf.pages_at(dpi, indices)) {
-            result.document.set_next_page(page);
+        let OpenDocument { path, name, total, pages, content, mut result } = doc;
+        let path = &path;
+        let pdf = matches!(content, Content::Pdf(_));
+        emit(on_event, path, content.started(path, pages.len()))?;
+        for (&page, rendered) in pages.iter().zip(content.images(path, &pages, options.pdf_dpi)) {
             let outcome = match rendered {
-                Ok(rendered) => {
-                    for warning in rendered.warnings {
+                Ok((image, warnings)) => {
+                    for warning in warnings {
                         emit(on_event, path, Event::Note { page, message: format!("renderer: {warning}") })?;
                     }
                     emit(on_event, path, Event::PageStarted { page, pages: total })?;
-                    let what = format!("page {page}/{total}");
-                    self.run_page(path, rendered.image, page, &what, true, options, on_event)
+                    let what = content.what(&name, page, total);
+                    self.run_page(path, image, page, &what, pdf, options, on_event)
                 }
-                Err(source) => Err(OcrError::PdfPage { path: path.clone(), page, source }),
+                Err(error) => Err(error),
             };
             match outcome {
                 Ok(done) => {
@@ -310,10 +314,10 @@ impl Ocr {
                     emit(on_event, path, Event::PageDone(Box::new(done)))?;
                 }
                 Err(OcrError::Cancelled { path }) => return Err(OcrError::Cancelled { path }),
+                // An image has one page: its failure is the document's.
+                Err(error) if !pdf => return Err(error),
                 Err(error) => {
-                    result.pages_failed += 1;
-                    // A document of this kind takes any number of pages: this cannot fail.
-                    let _ = result.document.add_failed(error.page_reason());
+                    result.add_failed(&error);
                     emit(on_event, path, Event::PageFailed { page, error })?;
                 }
             }
@@ -384,7 +388,13 @@ impl Ocr {
     }
 }
 
-fn page_result(page: usize, image: RgbImage, run: OcrResult, mode: Mode, other_run: Option<OtherRun>) -> PageResult {
+pub(crate) fn page_result(
+    page: usize,
+    image: RgbImage,
+    run: OcrResult,
+    mode: Mode,
+    other_run: Option<OtherRun>,
+) -> PageResult {
     PageResult {
         page,
         image,
@@ -417,13 +427,24 @@ impl DocumentResult {
         }
     }
 
-    fn add(&mut self, page: &PageResult) {
+    /// Records a page that failed: an entry with its reason in the JSON.
+    pub(crate) fn add_failed(&mut self, error: &OcrError) {
+        self.pages_failed += 1;
+        if let Some(page) = error.page() {
+            self.document.set_next_page(page);
+        }
+        // A document of this kind takes any number of pages: this cannot fail.
+        let _ = self.document.add_failed(error.page_reason());
+    }
+
+    pub(crate) fn add(&mut self, page: &PageResult) {
         self.pages_done += 1;
         self.tokens += page.tokens_spent();
         if page.finish != FinishReason::Stop {
             self.pages_flagged += 1;
         }
         // The document was made for this kind of input: an image gets its one page here.
+        self.document.set_next_page(page.page);
         let _ = self.document.add_page(page.generated());
     }
 }
@@ -433,5 +454,63 @@ fn emit(on_event: &mut dyn FnMut(Event) -> ControlFlow<()>, path: &Path, event: 
     match on_event(event) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(()) => Err(OcrError::Cancelled { path: path.to_path_buf() }),
+    }
+}
+
+/// What a document holds to run: its image, or its opened PDF.
+pub(crate) enum Content {
+    Image(RgbImage),
+    Pdf(PdfDocument),
+}
+
+/// A document opened by [`Ocr::open`]: its pages to run and the result being built.
+pub(crate) struct OpenDocument {
+    pub path: PathBuf,
+    pub name: String,
+    /// Pages of the whole document (1 for an image).
+    pub total: usize,
+    /// The pages to run (1-based, in order).
+    pub pages: Vec<usize>,
+    pub content: Content,
+    pub result: DocumentResult,
+}
+
+impl Content {
+    /// The `DocumentStarted` event of a document of `pages` pages to run.
+    pub fn started(&self, path: &Path, pages: usize) -> Event {
+        let kind = if matches!(self, Content::Pdf(_)) { InputKind::Pdf } else { InputKind::Image };
+        Event::DocumentStarted { path: path.to_path_buf(), kind, pages }
+    }
+
+    /// How messages name page `page`: `page 2/5` of a PDF, the name of an image.
+    pub fn what(&self, name: &str, page: usize, total: usize) -> String {
+        match self {
+            Content::Pdf(_) => format!("page {page}/{total}"),
+            Content::Image(_) => name.to_string(),
+        }
+    }
+
+    /// The images of `pages` (1-based), in order, with renderer warnings (PDF pages rendered one
+    /// at a time as the iterator is advanced, sharing font caches).
+    pub fn images<'a>(
+        &'a self,
+        path: &Path,
+        pages: &[usize],
+        dpi: f32,
+    ) -> Box<dyn Iterator<Item = Result<(RgbImage, Vec<String>), OcrError>> + 'a> {
+        match self {
+            Content::Image(image) => Box::new(std::iter::once(Ok((image.clone(), Vec::new())))),
+            Content::Pdf(pdf) => {
+                let indices = pages.iter().map(|p| p - 1).collect();
+                let (path, pages) = (path.to_path_buf(), pages.to_vec());
+                Box::new(pdf.pages_at(dpi, indices).zip(pages).map(move |(r, page)| {
+                    r.map(|r| (r.image, r.warnings)).map_err(|source| OcrError::PdfPage {
+                        path: path.clone(),
+                        page,
+                        source,
+                    })
+                }))
+            }
+        }
     }
 }
