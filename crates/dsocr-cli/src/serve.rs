@@ -38,6 +38,11 @@ pub struct ServeArgs {
     #[arg(long)]
     precision: Option<String>,
 
+    /// Most pages decoding together (continuous batching over requests) [default: 16 on a GPU,
+    /// 1 on the CPU].
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    batch: Option<usize>,
+
     /// Most requests waiting for the model; more are answered 429 with Retry-After.
     #[arg(long, default_value_t = EngineOptions::default().max_queue)]
     max_queue: usize,
@@ -92,7 +97,9 @@ fn run_inner(args: ServeArgs) -> Result<()> {
     eprintln!("loading {} on {} ({})", model_dir.display(), load.backend, load.precision);
     let start = Instant::now();
     let dir = model_dir.clone();
-    let engine = Engine::start(move || Ocr::load_dir(&dir, &load), EngineOptions { max_queue: args.max_queue })
+    let batch = args.batch.unwrap_or(if load.backend.is_gpu() { 16 } else { 1 });
+    eprintln!("batch: up to {batch} pages at once");
+    let engine = Engine::start(move || Ocr::load_dir(&dir, &load), EngineOptions { max_queue: args.max_queue, batch })
         .with_context(|| format!("cannot start the engine with {}", model_dir.display()))?;
     eprintln!("model loaded in {:.1} s", start.elapsed().as_secs_f64());
     let options = ServerOptions {

@@ -33,9 +33,13 @@ struct Server {
 }
 
 fn server_with(model: std::path::PathBuf, options: ServerOptions, max_queue: usize) -> Server {
+    batched_server(model, options, max_queue, 1)
+}
+
+fn batched_server(model: std::path::PathBuf, options: ServerOptions, max_queue: usize, batch: usize) -> Server {
     let engine = Engine::start(
         move || Ocr::load_dir(&model, &LoadOptions::new(Backend::Cpu, Precision::F32)),
-        EngineOptions { max_queue },
+        EngineOptions { max_queue, batch },
     )
     .expect("engine");
     let state = AppState::new(Arc::new(engine), options);
@@ -529,4 +533,33 @@ async fn full_queue_deadline_and_a_client_that_goes_away() {
     assert!(metrics.contains("dsocr_client_disconnects_total 1"), "{metrics}");
     assert!(metrics.contains("dsocr_engine_requests_total{outcome=\"cancelled\"} 1"), "{metrics}");
     assert!(metrics.contains("dsocr_live_sequences 0"), "{metrics}");
+}
+
+#[tokio::test]
+async fn concurrent_requests_decode_together_with_batching() {
+    let s = batched_server(scripted_dir(), ServerOptions::default(), 8, 4);
+    let requests = (0..4).map(|k| {
+        let app = s.app.clone();
+        let body = chat("", k % 2 == 1);
+        tokio::spawn(async move { send(&app, post_json("/v1/chat/completions", &body)).await })
+    });
+    for (k, handle) in requests.enumerate() {
+        let (status, _, body) = handle.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let text = if k % 2 == 1 {
+            sse(&body)
+                .iter()
+                .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+                .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+                .collect::<String>()
+        } else {
+            serde_json::from_slice::<Value>(&body).unwrap()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(text, OCR_SCRIPT_TEXT, "request {k}");
+    }
+    let stats = s.state.engine.stats();
+    assert_eq!((stats.completed, stats.pages, stats.running), (4, 4, 0));
 }

@@ -56,6 +56,11 @@ impl Backend {
         [Backend::Cuda, Backend::Wgpu, Backend::Cpu, Backend::Ndarray].into_iter().filter(|b| b.is_compiled()).collect()
     }
 
+    /// Whether this backend runs on a GPU (wgpu, cuda).
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Backend::Wgpu | Backend::Cuda)
+    }
+
     /// The precision this backend runs fastest in while staying faithful (docs/parity.md).
     pub fn fast_precision(self) -> Precision {
         match self {

@@ -340,21 +340,13 @@ impl Ocr {
         let generation = self.generation_config(options, pdf_page);
         let mode = options.mode;
         let first = self.run_model(path, &image, page, what, mode, &generation, options, on_event)?;
-        let retry = options.retry_in_base_mode && first.finish != FinishReason::Stop && mode != Mode::Base;
-        if !retry {
+        if !wants_retry(options, mode, &first) {
             return Ok(page_result(page, image, first, mode, None));
         }
         let tokens = first.generated_tokens();
         emit(on_event, path, Event::Retrying { page, finish: first.finish, tokens, mode })?;
         let second = self.run_model(path, &image, page, what, Mode::Base, &generation, options, on_event)?;
-        if second.finish == FinishReason::Stop {
-            let other = OtherRun { mode, finish: first.finish, tokens };
-            Ok(page_result(page, image, second, Mode::Base, Some(other)))
-        } else {
-            // Neither run ended cleanly: keep the first (more detailed) one.
-            let other = OtherRun { mode: Mode::Base, finish: second.finish, tokens: second.generated_tokens() };
-            Ok(page_result(page, image, first, mode, Some(other)))
-        }
+        Ok(after_retry(page, image, mode, first, second))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -369,9 +361,7 @@ impl Ocr {
         options: &OcrOptions,
         on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
     ) -> Result<OcrResult, OcrError> {
-        let mut request = OcrRequest::new(options.prompt.text(), Some(image.clone()), mode);
-        request.max_crops = options.max_crops;
-        request.generation = generation.clone();
+        let request = page_request(image, mode, generation, options);
         let result = self
             .model
             .run(&request, |piece| on_event(Event::Text { page, piece: piece.to_string() }))
@@ -386,6 +376,36 @@ impl Ocr {
         }
         Ok(result)
     }
+}
+
+/// Whether a page's first run is run again in base mode.
+pub(crate) fn wants_retry(options: &OcrOptions, mode: Mode, first: &OcrResult) -> bool {
+    options.retry_in_base_mode && first.finish != FinishReason::Stop && mode != Mode::Base
+}
+
+/// The page after a base-mode retry: the retry if it ended with EOS, else the first run.
+pub(crate) fn after_retry(page: usize, image: RgbImage, mode: Mode, first: OcrResult, second: OcrResult) -> PageResult {
+    if second.finish == FinishReason::Stop {
+        let other = OtherRun { mode, finish: first.finish, tokens: first.generated_tokens() };
+        page_result(page, image, second, Mode::Base, Some(other))
+    } else {
+        // Neither run ended cleanly: keep the first (more detailed) one.
+        let other = OtherRun { mode: Mode::Base, finish: second.finish, tokens: second.generated_tokens() };
+        page_result(page, image, first, mode, Some(other))
+    }
+}
+
+/// The model request of one page.
+pub(crate) fn page_request(
+    image: &RgbImage,
+    mode: Mode,
+    generation: &GenerationConfig,
+    options: &OcrOptions,
+) -> OcrRequest {
+    let mut request = OcrRequest::new(options.prompt.text(), Some(image.clone()), mode);
+    request.max_crops = options.max_crops;
+    request.generation = generation.clone();
+    request
 }
 
 pub(crate) fn page_result(
@@ -512,5 +532,11 @@ impl Content {
                 }))
             }
         }
+    }
+}
+
+impl OpenDocument {
+    pub fn is_pdf(&self) -> bool {
+        matches!(self.content, Content::Pdf(_))
     }
 }

@@ -13,8 +13,9 @@
 //! - Shutdown: [`Engine::stop_accepting`] refuses new requests and lets the queued ones finish;
 //!   [`Engine::cancel_all`] stops everything in flight.
 //!
-//! Pages run one at a time today (batch size 1); continuous batching of several pages plugs in
-//! behind this same queue.
+//! - Batching: with [`EngineOptions::batch`] > 1 pages of different requests decode together
+//!   (continuous batching, `scheduler.rs`); each request keeps at most one page in the batch,
+//!   so its events come in the order of the document loop. With 1, requests run one at a time.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,13 +29,16 @@ use crate::{DocumentResult, Event, Ocr, OcrError, OcrOptions, Source};
 /// Limits of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineOptions {
-    /// Most requests waiting to start (the one running not counted).
+    /// Most requests waiting to start (those running not counted).
     pub max_queue: usize,
+    /// Most pages decoding together (continuous batching over requests; 1: one request at a
+    /// time, each page alone).
+    pub batch: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { max_queue: 64 }
+        Self { max_queue: 64, batch: 1 }
     }
 }
 
@@ -130,27 +134,27 @@ pub struct EngineStats {
     pub tokens: u64,
 }
 
-struct Queued {
-    job: Job,
-    deadline: Option<Instant>,
-    ticket: Ticket,
-    on_event: EventSink,
-    on_done: DoneSink,
+pub(crate) struct Queued {
+    pub(crate) job: Job,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) ticket: Ticket,
+    pub(crate) on_event: EventSink,
+    pub(crate) on_done: DoneSink,
 }
 
 #[derive(Default)]
-struct Shared {
-    queued: AtomicUsize,
-    running: AtomicUsize,
+pub(crate) struct Shared {
+    pub(crate) queued: AtomicUsize,
+    pub(crate) running: AtomicUsize,
     next_id: AtomicU64,
     accepting: AtomicBool,
-    cancel_all: AtomicBool,
+    pub(crate) cancel_all: AtomicBool,
     completed: AtomicU64,
     failed: AtomicU64,
     cancelled: AtomicU64,
     timed_out: AtomicU64,
-    pages: AtomicU64,
-    tokens: AtomicU64,
+    pub(crate) pages: AtomicU64,
+    pub(crate) tokens: AtomicU64,
     /// Moving average of a request's run time, in milliseconds (for `Retry-After`).
     average_ms: AtomicU64,
 }
@@ -180,6 +184,7 @@ impl Engine {
         let (sender, receiver) = mpsc::channel::<Queued>();
         let (loaded_tx, loaded_rx) = mpsc::channel::<Result<(), OcrError>>();
         let worker_shared = shared.clone();
+        let slots = options.batch.max(1);
         let worker = std::thread::Builder::new()
             .name("dsocr-engine".to_string())
             .spawn(move || {
@@ -193,6 +198,10 @@ impl Engine {
                         return;
                     }
                 };
+                if slots > 1 {
+                    crate::scheduler::run(&ocr, &worker_shared, receiver, slots);
+                    return;
+                }
                 for queued in receiver {
                     worker_shared.queued.fetch_sub(1, Ordering::SeqCst);
                     run_one(&ocr, &worker_shared, queued);
@@ -317,8 +326,7 @@ fn run_one(ocr: &Ocr, shared: &Shared, queued: Queued) {
         shared.running.fetch_add(1, Ordering::SeqCst);
         let result = ocr.run(job.source, &job.name, &job.options, |event| {
             if let Event::PageDone(page) = &event {
-                shared.pages.fetch_add(1, Ordering::Relaxed);
-                shared.tokens.fetch_add(page.tokens_spent() as u64, Ordering::Relaxed);
+                count_page(shared, page);
             }
             if stopped() || timed_out() {
                 return ControlFlow::Break(());
@@ -335,6 +343,16 @@ fn run_one(ocr: &Ocr, shared: &Shared, queued: Queued) {
         }
         other => other,
     };
+    finish_job(shared, on_done, started, result);
+}
+
+/// Counts a finished request (and its run time, for `Retry-After`) and hands over its result.
+pub(crate) fn finish_job(
+    shared: &Shared,
+    on_done: DoneSink,
+    started: Instant,
+    result: Result<DocumentResult, OcrError>,
+) {
     let counter = match &result {
         Ok(_) => &shared.completed,
         Err(OcrError::Cancelled { .. }) => &shared.cancelled,
@@ -349,4 +367,10 @@ fn run_one(ocr: &Ocr, shared: &Shared, queued: Queued) {
         shared.average_ms.store(new, Ordering::Relaxed);
     }
     on_done(result);
+}
+
+/// Counts a page done.
+pub(crate) fn count_page(shared: &Shared, page: &crate::PageResult) {
+    shared.pages.fetch_add(1, Ordering::Relaxed);
+    shared.tokens.fetch_add(page.tokens_spent() as u64, Ordering::Relaxed);
 }

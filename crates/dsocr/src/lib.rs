@@ -29,6 +29,7 @@ mod error;
 pub mod hub;
 pub mod inputs;
 mod options;
+mod scheduler;
 
 use std::path::Path;
 

@@ -18,7 +18,7 @@ fn engine(max_queue: usize) -> Engine {
     let dir = reference_tiny();
     Engine::start(
         move || Ocr::load_dir(&dir, &LoadOptions::new(Backend::Cpu, Precision::F32)),
-        EngineOptions { max_queue },
+        EngineOptions { max_queue, batch: 1 },
     )
     .expect("the fixture model loads")
 }
@@ -145,4 +145,98 @@ fn a_model_that_does_not_load_is_an_error() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/model"), "{err}");
+}
+
+/// What a request saw: its event kinds in order (text runs collapsed) and its result.
+type Seen = (Vec<String>, Result<(String, Vec<usize>), String>);
+
+fn run_all(batch: usize, jobs: Vec<Job>, cancel_third: bool) -> Vec<Seen> {
+    let dir = reference_tiny();
+    let engine = Engine::start(
+        move || Ocr::load_dir(&dir, &LoadOptions::new(Backend::Cpu, Precision::F32)),
+        EngineOptions { max_queue: 16, batch },
+    )
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let n = jobs.len();
+    let mut tickets = Vec::new();
+    for (k, job) in jobs.into_iter().enumerate() {
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink_events = events.clone();
+        let texts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let on_event: EventSink = Box::new(move |e| {
+            let name = match &e {
+                Event::DocumentStarted { pages, .. } => format!("doc {pages}"),
+                Event::PageStarted { page, .. } => format!("start {page}"),
+                Event::Text { page, .. } => format!("text {page}"),
+                Event::Note { .. } => "note".into(),
+                Event::Retrying { page, .. } => format!("retry {page}"),
+                Event::PageDone(p) => format!("done {}", p.page),
+                Event::PageFailed { page, .. } => format!("failed {page}"),
+            };
+            let mut v = sink_events.lock().unwrap();
+            if v.last() != Some(&name) || !name.starts_with("text") {
+                v.push(name);
+            }
+            let t = texts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if cancel_third && k == 2 && t == 6 {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        let tx = tx.clone();
+        let on_done: DoneSink = Box::new(move |r| {
+            let r = r
+                .map(|d| {
+                    (d.document.raw().to_string(), d.document.pages().iter().map(|p| p.generated_tokens).collect())
+                })
+                .map_err(|e| e.to_string());
+            let _ = tx.send((k, events, r));
+        });
+        tickets.push(engine.submit(job, on_event, on_done).unwrap());
+    }
+    let mut out: Vec<Option<Seen>> = (0..n).map(|_| None).collect();
+    for _ in 0..n {
+        let (k, events, r) = rx.recv_timeout(WAIT).expect("every request is answered");
+        out[k] = Some((events.lock().unwrap().clone(), r));
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.queued, stats.running), (0, 0), "{stats:?}");
+    out.into_iter().map(|o| o.unwrap()).collect()
+}
+
+fn mixed_jobs() -> Vec<Job> {
+    let pdf = dsocr_testkit::fixtures::make_pdf_ext(&[Some("One"), None, Some("Three")], 300, 200, false);
+    let mut jobs = vec![
+        job("a", 9),
+        Job { source: Source::Bytes { name: "doc.pdf".into(), bytes: pdf }, ..job("doc", 5) },
+        job("c", 30),
+        Job { source: Source::Bytes { name: "bad.png".into(), bytes: b"not an image".to_vec() }, ..job("bad", 3) },
+        job("e", 2),
+    ];
+    jobs[2].options.mode = Mode::Base;
+    jobs[4].options.retry_in_base_mode = true;
+    jobs
+}
+
+#[test]
+fn batched_requests_give_what_each_gives_alone_in_the_same_event_order() {
+    let alone = run_all(1, mixed_jobs(), false);
+    let together = run_all(3, mixed_jobs(), false);
+    assert_eq!(together, alone);
+    // The PDF's middle page fails alone; the bad image fails alone; the retry ran.
+    assert!(alone[1].0.contains(&"failed 2".to_string()), "{:?}", alone[1]);
+    assert!(alone[3].1.as_ref().is_err_and(|e| e.contains("bad.png")), "{:?}", alone[3]);
+    assert!(alone[4].0.contains(&"retry 1".to_string()), "{:?}", alone[4]);
+    assert_eq!(alone[0].1.as_ref().unwrap().1, [9]);
+}
+
+#[test]
+fn a_request_cancelled_in_a_batch_ends_alone() {
+    let out = run_all(3, mixed_jobs(), true);
+    assert!(out[2].1.as_ref().is_err_and(|e| e.contains("cancelled")), "{:?}", out[2]);
+    let alone = run_all(1, mixed_jobs(), false);
+    for k in [0, 1, 4] {
+        assert_eq!(out[k], alone[k], "request {k}");
+    }
 }
