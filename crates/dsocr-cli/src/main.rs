@@ -35,7 +35,7 @@ enum Command {
     /// List the models in the local Hugging Face cache.
     Models(models::ModelsArgs),
     /// Measure load, vision, prefill and decode speed and memory.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Serve the OpenAI-compatible API, the OCR endpoint and the web page over HTTP.
     Serve(serve::ServeArgs),
     /// Developer tools: run fixture cases, check numeric parity.
@@ -49,7 +49,7 @@ fn main() -> Result<ExitCode> {
         Command::Ocr(args) => ocr::run(args),
         Command::Render(args) => render::run(args),
         Command::Models(args) => models::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::Serve(args) => serve::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }

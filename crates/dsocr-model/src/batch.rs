@@ -211,6 +211,6 @@ impl DeepseekOcr {
                 }
             }
         }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(ModelError::NotStarted))).collect()
+        results.into_iter().map(|r| r.unwrap_or(Err(ModelError::NotStarted))).collect()
     }
 }

@@ -477,6 +477,9 @@ fn emit(on_event: &mut dyn FnMut(Event) -> ControlFlow<()>, path: &Path, event: 
     }
 }
 
+/// A page's image and the renderer's warnings about it.
+pub(crate) type PageImage = (RgbImage, Vec<String>);
+
 /// What a document holds to run: its image, or its opened PDF.
 pub(crate) enum Content {
     Image(RgbImage),
@@ -517,7 +520,7 @@ impl Content {
         path: &Path,
         pages: &[usize],
         dpi: f32,
-    ) -> Box<dyn Iterator<Item = Result<(RgbImage, Vec<String>), OcrError>> + 'a> {
+    ) -> Box<dyn Iterator<Item = Result<PageImage, OcrError>> + 'a> {
         match self {
             Content::Image(image) => Box::new(std::iter::once(Ok((image.clone(), Vec::new())))),
             Content::Pdf(pdf) => {
