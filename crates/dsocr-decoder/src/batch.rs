@@ -2,10 +2,13 @@
 //!
 //! [`SlotCache`]: per layer one K and one V buffer `[slots, heads, capacity, head_dim]` and a
 //! length per slot; capacity grows in chunks (as [`KvCache`]) and a finished sequence's slot is
-//! reused without reallocation. [`Batcher`] runs sequences in those slots: a new sequence is
-//! prefilled alone (its prompt through a single-sequence [`KvCache`], then copied into a free
-//! slot), and every [`Batcher::step`] feeds each live sequence its last token in ONE batched
-//! forward `[slots, 1, d]` with per-row RoPE positions and per-row length masks. Sampling,
+//! reused without reallocation. The live sequences always occupy the first rows: when one
+//! finishes, the last one's rows are moved into its place, so a step computes exactly the live
+//! rows (a view of the first `live` rows, no copy) and never a free one. [`Batcher`] runs
+//! sequences in those slots: a new sequence is prefilled alone (its prompt through a
+//! single-sequence [`KvCache`], then copied into the next free row), and every
+//! [`Batcher::step`] feeds each live sequence its last token in ONE batched forward
+//! `[live, 1, d]` with per-row RoPE positions and per-row length masks. Sampling,
 //! repeat guard and finish reason are per sequence and follow [`generate`](crate::generate)
 //! exactly; a step reads back one small tensor of `slots` token ids, nothing else.
 
@@ -16,14 +19,14 @@ use crate::generation::{length_or_repetition, GenerationConfig};
 use crate::kv_cache::KvCache;
 use crate::{Decoder, DecoderError, FinishReason};
 
-/// The KV cache of a batch: one region per slot.
+/// The KV cache of a batch: one region per slot; the live sequences in rows `0..live`.
 #[derive(Debug, Clone)]
 pub struct SlotCache {
     /// Per layer: K and V `[slots, heads, capacity, head_dim]` (allocated at the first write).
     layers: Vec<(Option<Tensor<4>>, Option<Tensor<4>>)>,
-    /// Positions written per slot.
+    /// Positions written per row (rows `0..live` are in use).
     lens: Vec<usize>,
-    live: Vec<bool>,
+    live: usize,
     heads: usize,
     head_dim: usize,
     chunk: usize,
@@ -39,7 +42,7 @@ impl SlotCache {
         Self {
             layers: vec![(None, None); cfg.num_hidden_layers],
             lens: vec![0; slots],
-            live: vec![false; slots],
+            live: 0,
             heads: cfg.num_kv_heads(),
             head_dim: cfg.head_dim(),
             chunk: chunk.max(1),
@@ -53,13 +56,18 @@ impl SlotCache {
         self.lens.len()
     }
 
-    /// Positions held by slot `slot`.
-    pub fn len(&self, slot: usize) -> usize {
-        self.lens[slot]
+    /// Rows in use (the live sequences are rows `0..live`).
+    pub fn live(&self) -> usize {
+        self.live
     }
 
-    pub fn is_live(&self, slot: usize) -> bool {
-        self.live[slot]
+    /// Positions held by row `row`.
+    pub fn len(&self, row: usize) -> usize {
+        self.lens[row]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
     }
 
     /// Allocated positions per slot.
@@ -73,13 +81,18 @@ impl SlotCache {
         2 * per * self.layers.len()
     }
 
-    /// The position of every slot's next token (0 for free slots).
+    /// The position of every live row's next token.
     pub(crate) fn positions(&self) -> Vec<usize> {
-        self.lens.iter().zip(&self.live).map(|(&len, &live)| if live { len } else { 0 }).collect()
+        self.lens[..self.live].to_vec()
     }
 
-    /// Copies a prefilled sequence (`cache`, batch 1) into the free slot `slot`, which becomes live.
-    pub fn insert(&mut self, slot: usize, cache: &KvCache) {
+    /// Copies a prefilled sequence (`cache`, batch 1) into the next free row and returns it.
+    /// `None` when every slot is in use.
+    pub fn insert(&mut self, cache: &KvCache) -> Option<usize> {
+        if self.live == self.slots() {
+            return None;
+        }
+        let row = self.live;
         let len = cache.len();
         self.grow(len.max(1));
         let (h, d) = (self.heads, self.head_dim);
@@ -88,21 +101,42 @@ impl SlotCache {
             for (buf, new) in [(k_buf, k), (v_buf, v)] {
                 let new = new.clone().slice([0..1, 0..h, 0..len, 0..d]).cast(self.dtype);
                 if let Some(old) = buf.take() {
-                    *buf = Some(old.slice_assign([slot..slot + 1, 0..h, 0..len, 0..d], new));
+                    *buf = Some(old.slice_assign([row..row + 1, 0..h, 0..len, 0..d], new));
                 }
             }
         }
-        self.lens[slot] = len;
-        self.live[slot] = true;
+        self.lens[row] = len;
+        self.live += 1;
+        Some(row)
     }
 
-    /// Frees `slot` (its buffers stay for the next sequence).
-    pub fn release(&mut self, slot: usize) {
-        self.lens[slot] = 0;
-        self.live[slot] = false;
+    /// Frees row `row`: the last live row moves into it (its K/V copied), so the live rows stay
+    /// `0..live`. Returns the row that moved, if one did.
+    pub fn remove(&mut self, row: usize) -> Option<usize> {
+        if row >= self.live {
+            return None;
+        }
+        let last = self.live - 1;
+        self.live -= 1;
+        if row == last {
+            self.lens[last] = 0;
+            return None;
+        }
+        let (h, c, d) = (self.heads, self.capacity, self.head_dim);
+        for (k_buf, v_buf) in &mut self.layers {
+            for buf in [k_buf, v_buf] {
+                if let Some(old) = buf.take() {
+                    let moved = old.clone().slice([last..last + 1, 0..h, 0..c, 0..d]);
+                    *buf = Some(old.slice_assign([row..row + 1, 0..h, 0..c, 0..d], moved));
+                }
+            }
+        }
+        self.lens[row] = self.lens[last];
+        self.lens[last] = 0;
+        Some(last)
     }
 
-    /// Makes room for one more position in every live slot.
+    /// Makes room for one more position in every live row.
     pub(crate) fn reserve_step(&mut self) {
         let need = self.positions().into_iter().max().unwrap_or(0) + 1;
         self.grow(need);
@@ -128,21 +162,17 @@ impl SlotCache {
         self.capacity = grown;
     }
 
-    /// Writes `k`, `v` `[slots, heads, 1, head_dim]` of layer `layer`, row `s` at position
-    /// `positions()[s]`, in place; returns the whole buffers and the mask `[slots, 1, 1,
-    /// capacity]` that is `true` past each slot's new length.
-    pub(crate) fn write(
-        &mut self,
-        layer: usize,
-        k: Tensor<4>,
-        v: Tensor<4>,
-    ) -> (Tensor<4>, Tensor<4>, Tensor<4, Bool>) {
+    /// Writes `k`, `v` `[live, heads, 1, head_dim]` of layer `layer`, row `r` at position
+    /// `len(r)`, in place; returns views of the live rows `[live, heads, capacity, head_dim]`
+    /// and the mask `[live, 1, 1, capacity]` that is `true` past each row's new length.
+    pub(crate) fn write(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>, Tensor<4, Bool>) {
         let (s, h, c, d) = (self.slots(), self.heads, self.capacity, self.head_dim);
+        let n = self.live;
         let positions = self.positions();
         // Row (slot, head) of the flattened [s·h·c, d] buffer for each new position.
-        let rows: Vec<i64> = (0..s).flat_map(|slot| (0..h).map(move |head| ((slot * h + head) * c) as i64)).collect();
-        let rows: Vec<i64> = rows.iter().enumerate().map(|(r, &base)| base + positions[r / h] as i64).collect();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(rows, [s * h]), &self.device);
+        let rows: Vec<i64> =
+            (0..n * h).map(|r| ((r / h * h + r % h) * c + positions[r / h]) as i64).collect();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(rows, [n * h]), &self.device);
         let (k_buf, v_buf) = &mut self.layers[layer];
         let mut out = Vec::with_capacity(2);
         for (buf, new) in [(k_buf, k), (v_buf, v)] {
@@ -151,28 +181,26 @@ impl SlotCache {
                 .take()
                 .map(|b| b.reshape([s * h * c, d]))
                 .unwrap_or_else(|| Tensor::<2>::zeros([s * h * c, d], (&self.device, self.dtype)));
-            let new = new.reshape([s * h, d]).cast(self.dtype);
+            let new = new.reshape([n * h, d]).cast(self.dtype);
             let written = flat.select_assign(0, index.clone(), new, IndexingUpdateOp::Assign).reshape([s, h, c, d]);
-            *buf = Some(written.clone());
-            out.push(written);
+            out.push(if n == s { written.clone() } else { written.clone().narrow(0, 0, n) });
+            *buf = Some(written);
         }
         let valid: Vec<i64> = positions.iter().map(|&p| p as i64 + 1).collect();
-        let valid = Tensor::<1, Int>::from_data(TensorData::new(valid, [s]), &self.device).reshape([s, 1]);
+        let valid = Tensor::<1, Int>::from_data(TensorData::new(valid, [n]), &self.device).reshape([n, 1]);
         let mask = Tensor::<1, Int>::arange(0..c as i64, &self.device)
             .reshape([1, c])
             .greater_equal(valid)
-            .reshape([s, 1, 1, c]);
+            .reshape([n, 1, 1, c]);
         let v = out.pop().unwrap_or_else(|| unreachable!("two buffers written"));
         let k = out.pop().unwrap_or_else(|| unreachable!("two buffers written"));
         (k, v, mask)
     }
 
-    /// Advances every live slot by the position just written.
+    /// Advances every live row by the position just written.
     pub(crate) fn advance_live(&mut self) {
-        for (len, &live) in self.lens.iter_mut().zip(&self.live) {
-            if live {
-                *len += 1;
-            }
+        for len in &mut self.lens[..self.live] {
+            *len += 1;
         }
     }
 }
@@ -225,27 +253,28 @@ impl Sequence {
     }
 }
 
-/// Sequences decoded together in the slots of a [`SlotCache`].
+/// Sequences decoded together in the slots of a [`SlotCache`]; `sequences[r]` is the sequence
+/// in row `r`.
 #[derive(Debug, Clone)]
 pub struct Batcher {
     cache: SlotCache,
-    sequences: Vec<Option<Sequence>>,
+    sequences: Vec<Sequence>,
     next_id: u64,
 }
 
 impl Batcher {
     /// A batch of at most `slots` sequences, the cache growing by `chunk` positions.
     pub fn new(decoder: &Decoder, slots: usize, chunk: usize) -> Self {
-        Self { cache: SlotCache::new(decoder, slots.max(1), chunk), sequences: vec![None; slots.max(1)], next_id: 1 }
+        Self { cache: SlotCache::new(decoder, slots.max(1), chunk), sequences: Vec::new(), next_id: 1 }
     }
 
     pub fn slots(&self) -> usize {
-        self.sequences.len()
+        self.cache.slots()
     }
 
     /// Sequences being decoded.
     pub fn live(&self) -> usize {
-        self.sequences.iter().filter(|s| s.is_some()).count()
+        self.sequences.len()
     }
 
     pub fn has_free_slot(&self) -> bool {
@@ -258,7 +287,7 @@ impl Batcher {
 
     /// Prefills a new sequence (alone) and chooses its first token. Checks as
     /// [`generate`](crate::generate) does. A sequence that ends with its first token (or has no
-    /// budget) takes no slot; otherwise it holds a free slot until it finishes or is cancelled.
+    /// budget) takes no slot; otherwise it holds one until it finishes or is cancelled.
     /// `Err` also when no slot is free.
     pub fn admit(
         &mut self,
@@ -267,11 +296,9 @@ impl Batcher {
         prompt_ids: &[u32],
         cfg: &GenerationConfig,
     ) -> Result<Sampled, DecoderError> {
-        let slot = self
-            .sequences
-            .iter()
-            .position(Option::is_none)
-            .ok_or_else(|| DecoderError::Generation("no free slot in the batch".into()))?;
+        if !self.has_free_slot() {
+            return Err(DecoderError::Generation("no free slot in the batch".into()));
+        }
         let dcfg = decoder.config();
         let [batch, prompt_len, width] = prompt_embeds.dims();
         if batch != 1 || prompt_len != prompt_ids.len() || width != dcfg.hidden_size {
@@ -319,48 +346,58 @@ impl Batcher {
         let token = crate::greedy_token(logits, &bans);
         let finish = seq.push(token, !bans.is_empty());
         if finish.is_none() {
-            self.cache.insert(slot, &cache);
-            self.sequences[slot] = Some(seq);
+            let row = self.cache.insert(&cache);
+            debug_assert_eq!(row, Some(self.sequences.len()));
+            self.sequences.push(seq);
         }
         Ok(Sampled { sequence: id, token: Some(token), finish })
     }
 
     /// One batched decode step: every live sequence gets its next token. Finished sequences
-    /// free their slots. Reads back one tensor of `slots` ids.
+    /// free their rows. Reads back one tensor of `live` ids.
     pub fn step(&mut self, decoder: &Decoder) -> Vec<Sampled> {
-        if self.live() == 0 {
+        let n = self.live();
+        if n == 0 {
             return Vec::new();
         }
-        let tokens: Vec<u32> = self.sequences.iter().map(|s| s.as_ref().map_or(0, |s| s.next)).collect();
+        let tokens: Vec<u32> = self.sequences.iter().map(|s| s.next).collect();
         let hidden = decoder.forward_slots(&tokens, &mut self.cache);
         let vocab = decoder.config().vocab_size;
-        let logits = decoder.logits(hidden).reshape([self.slots(), vocab]);
-        let bans: Vec<Vec<u32>> =
-            self.sequences.iter().map(|s| s.as_ref().map_or_else(Vec::new, Sequence::bans)).collect();
+        let logits = decoder.logits(hidden).reshape([n, vocab]);
+        let bans: Vec<Vec<u32>> = self.sequences.iter().map(Sequence::bans).collect();
         let chosen = greedy_tokens(logits, &bans);
-        let mut out = Vec::new();
-        for (slot, token) in chosen.into_iter().enumerate() {
-            let Some(seq) = self.sequences[slot].as_mut() else { continue };
-            let finish = seq.push(token, !bans[slot].is_empty());
+        let mut out = Vec::with_capacity(n);
+        let mut finished = Vec::new();
+        for (row, token) in chosen.into_iter().enumerate() {
+            let seq = &mut self.sequences[row];
+            let finish = seq.push(token, !bans[row].is_empty());
             out.push(Sampled { sequence: seq.id, token: Some(token), finish });
             if finish.is_some() {
-                self.sequences[slot] = None;
-                self.cache.release(slot);
+                finished.push(row);
             }
+        }
+        // From the highest row down, so that the rows still to remove do not move.
+        for row in finished.into_iter().rev() {
+            self.remove_row(row);
         }
         out
     }
 
-    /// Stops sequence `sequence` and frees its slot; `false` if it is not live.
+    /// Stops sequence `sequence` and frees its row; `false` if it is not live.
     pub fn cancel(&mut self, sequence: u64) -> bool {
-        match self.sequences.iter().position(|s| s.as_ref().is_some_and(|s| s.id == sequence)) {
-            Some(slot) => {
-                self.sequences[slot] = None;
-                self.cache.release(slot);
+        match self.sequences.iter().position(|s| s.id == sequence) {
+            Some(row) => {
+                self.remove_row(row);
                 true
             }
             None => false,
         }
+    }
+
+    /// Frees `row`; the last sequence moves into it (cache and bookkeeping alike).
+    fn remove_row(&mut self, row: usize) {
+        self.sequences.swap_remove(row);
+        self.cache.remove(row);
     }
 }
 

@@ -173,11 +173,12 @@ impl Decoder {
         (hidden, states)
     }
 
-    /// A batched decode step: `tokens[s]` is fed to slot `s` at position `cache.len(s)` (every
-    /// slot, live or not: fixed shapes; a free slot's row is computed and ignored). Returns the
-    /// final-norm hidden states `[slots, 1, d]` and advances the live slots by one position.
+    /// A batched decode step: `tokens[r]` is fed to live row `r` of `cache` at position
+    /// `cache.len(r)` (`tokens.len() == cache.live()`). Returns the final-norm hidden states
+    /// `[live, 1, d]` and advances every live row by one position.
     pub fn forward_slots(&self, tokens: &[u32], cache: &mut SlotCache) -> Tensor<3> {
         let slots = tokens.len();
+        debug_assert_eq!(slots, cache.live());
         let d = self.cfg.hidden_size;
         cache.reserve_step();
         let (cos, sin) = self.rope.rows(&cache.positions());
