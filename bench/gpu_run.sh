@@ -62,7 +62,7 @@ serve)
   up() { curl -sf http://127.0.0.1:8000/health > /dev/null 2>&1 || python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health')" 2>/dev/null; }
   for _ in $(seq 1 240); do up && break; sleep 0.5; done
   cat "$OUT/serve.log"
-  step http-pages      $BIN bench serve --url http://127.0.0.1:8000 --clients 4 --duration "$W" --every 15 --image $FIX/images/page.png --max-tokens "$T" --no-repeat-guard --server-pid $SPID --json "$OUT/http.json"
+  step http-pages      $BIN bench serve --url http://127.0.0.1:8000 --clients "${CLIENTS:-4}" --duration "$W" --every 15 --image $FIX/images/page.png --max-tokens "$T" --no-repeat-guard --server-pid $SPID --json "$OUT/http.json"
   python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/metrics').read().decode())" > "$OUT/metrics.txt"
   kill -TERM $SPID; wait $SPID
   grep -h "pages/s" "$OUT/cli-pages.log" | tee -a "$OUT/summary.txt"
