@@ -165,13 +165,18 @@ impl SlotCache {
     /// Writes `k`, `v` `[live, heads, 1, head_dim]` of layer `layer`, row `r` at position
     /// `len(r)`, in place; returns views of the live rows `[live, heads, capacity, head_dim]`
     /// and the mask `[live, 1, 1, capacity]` that is `true` past each row's new length.
-    pub(crate) fn write(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>, Tensor<4, Bool>) {
+    pub(crate) fn write(
+        &mut self,
+        layer: usize,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4, Bool>) {
         let (s, h, c, d) = (self.slots(), self.heads, self.capacity, self.head_dim);
         let n = self.live;
         let positions = self.positions();
-        // Row (slot, head) of the flattened [s·h·c, d] buffer for each new position.
-        let rows: Vec<i64> =
-            (0..n * h).map(|r| ((r / h * h + r % h) * c + positions[r / h]) as i64).collect();
+        // Row r = slot·h + head of the flattened [s·h·c, d] buffer starts at r·c; the new
+        // position of that slot is added.
+        let rows: Vec<i64> = (0..n * h).map(|r| (r * c + positions[r / h]) as i64).collect();
         let index = Tensor::<1, Int>::from_data(TensorData::new(rows, [n * h]), &self.device);
         let (k_buf, v_buf) = &mut self.layers[layer];
         let mut out = Vec::with_capacity(2);
