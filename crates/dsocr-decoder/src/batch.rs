@@ -15,7 +15,7 @@
 use burn::prelude::*;
 use burn::tensor::{DType, IndexingUpdateOp};
 
-use crate::generation::{length_or_repetition, GenerationConfig};
+use crate::generation::{check_prompt, length_or_repetition, GenerationConfig};
 use crate::kv_cache::KvCache;
 use crate::{Decoder, DecoderError, FinishReason};
 
@@ -305,31 +305,9 @@ impl Batcher {
             return Err(DecoderError::Generation("no free slot in the batch".into()));
         }
         let dcfg = decoder.config();
-        let [batch, prompt_len, width] = prompt_embeds.dims();
-        if batch != 1 || prompt_len != prompt_ids.len() || width != dcfg.hidden_size {
-            return Err(DecoderError::Shape(format!(
-                "prompt embeddings are {:?}, expected [1, {}, {}]",
-                [batch, prompt_len, width],
-                prompt_ids.len(),
-                dcfg.hidden_size
-            )));
-        }
-        if prompt_len == 0 {
-            return Err(DecoderError::Generation("the prompt is empty".into()));
-        }
-        if prompt_len > dcfg.max_position_embeddings {
-            return Err(DecoderError::Generation(format!(
-                "the prompt has {prompt_len} tokens, more than max_position_embeddings {}",
-                dcfg.max_position_embeddings
-            )));
-        }
-        decoder.check_ids(prompt_ids)?;
-        if let Some(guard) = &cfg.repeat_guard {
-            guard.validate()?;
-        }
+        let (prompt_len, budget) = check_prompt(decoder, &prompt_embeds, prompt_ids, cfg)?;
         let id = self.next_id;
         self.next_id += 1;
-        let budget = cfg.max_new_tokens.min(dcfg.max_position_embeddings - prompt_len);
         let mut seq = Sequence {
             id,
             cfg: cfg.clone(),

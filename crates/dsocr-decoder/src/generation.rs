@@ -230,29 +230,7 @@ where
     F: FnMut(u32) -> ControlFlow<()>,
 {
     let dcfg = decoder.config();
-    let [batch, prompt_len, width] = prompt_embeds.dims();
-    if batch != 1 || prompt_len != prompt_ids.len() || width != dcfg.hidden_size {
-        return Err(DecoderError::Shape(format!(
-            "prompt embeddings are {:?}, expected [1, {}, {}]",
-            [batch, prompt_len, width],
-            prompt_ids.len(),
-            dcfg.hidden_size
-        )));
-    }
-    if prompt_len == 0 {
-        return Err(DecoderError::Generation("the prompt is empty".into()));
-    }
-    if prompt_len > dcfg.max_position_embeddings {
-        return Err(DecoderError::Generation(format!(
-            "the prompt has {prompt_len} tokens, more than max_position_embeddings {}",
-            dcfg.max_position_embeddings
-        )));
-    }
-    decoder.check_ids(prompt_ids)?;
-    if let Some(guard) = &cfg.repeat_guard {
-        guard.validate()?;
-    }
-    let budget = cfg.max_new_tokens.min(dcfg.max_position_embeddings - prompt_len);
+    let (prompt_len, budget) = check_prompt(decoder, &prompt_embeds, prompt_ids, cfg)?;
     let vocab = dcfg.vocab_size;
 
     // Prefill.
@@ -319,6 +297,41 @@ where
         }
     }
     Ok(Generation { ids, finish, prompt_len, last_guard_step, trace })
+}
+
+/// Checks a prompt for generation (`[1, L, d]` embeddings of the `L` ids, within the context,
+/// ids in the vocabulary, a valid guard); returns `L` and the token budget (`max_new_tokens`
+/// capped by the context).
+pub(crate) fn check_prompt(
+    decoder: &Decoder,
+    prompt_embeds: &Tensor<3>,
+    prompt_ids: &[u32],
+    cfg: &GenerationConfig,
+) -> Result<(usize, usize), DecoderError> {
+    let dcfg = decoder.config();
+    let [batch, prompt_len, width] = prompt_embeds.dims();
+    if batch != 1 || prompt_len != prompt_ids.len() || width != dcfg.hidden_size {
+        return Err(DecoderError::Shape(format!(
+            "prompt embeddings are {:?}, expected [1, {}, {}]",
+            [batch, prompt_len, width],
+            prompt_ids.len(),
+            dcfg.hidden_size
+        )));
+    }
+    if prompt_len == 0 {
+        return Err(DecoderError::Generation("the prompt is empty".into()));
+    }
+    if prompt_len > dcfg.max_position_embeddings {
+        return Err(DecoderError::Generation(format!(
+            "the prompt has {prompt_len} tokens, more than max_position_embeddings {}",
+            dcfg.max_position_embeddings
+        )));
+    }
+    decoder.check_ids(prompt_ids)?;
+    if let Some(guard) = &cfg.repeat_guard {
+        guard.validate()?;
+    }
+    Ok((prompt_len, cfg.max_new_tokens.min(dcfg.max_position_embeddings - prompt_len)))
 }
 
 pub(crate) fn length_or_repetition(
