@@ -141,7 +141,7 @@ async fn run(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Resul
         .map_err(|e| ApiError::invalid(format!("the request body is not a valid chat completion request: {e}")))?;
     let parsed = parse(&state, request)?;
     let mut running = submit(&state, parsed.job)?;
-    let id = format!("chatcmpl-{:x}{:x}", unix_now(), rand_suffix());
+    let id = format!("chatcmpl-{:x}{:x}", unix_now(), next_id());
     // Wait for the document to start: an image that cannot be read is still a plain HTTP error.
     let first = loop {
         match running.next().await {
@@ -230,7 +230,8 @@ fn openai_finish(finish: FinishReason) -> &'static str {
     }
 }
 
-fn rand_suffix() -> u64 {
+/// A number per answer, for unique completion ids.
+fn next_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)

@@ -100,6 +100,7 @@ impl From<OcrError> for ApiError {
             OcrError::Pdf { .. } => Self::new(StatusCode::BAD_REQUEST, "bad_pdf", message),
             OcrError::TimedOut { .. } => Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message),
             OcrError::Cancelled { .. } => Self::new(StatusCode::SERVICE_UNAVAILABLE, "cancelled", message),
+            OcrError::Panicked { .. } => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message),
             OcrError::PdfPage { .. } | OcrError::Model { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "model_error", message)
             }

@@ -18,6 +18,7 @@
 //!   so its events come in the order of the document loop. With 1, requests run one at a time.
 
 use std::ops::ControlFlow;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -324,17 +325,19 @@ fn run_one(ocr: &Ocr, shared: &Shared, queued: Queued) {
         Err(OcrError::TimedOut { path: path.clone(), after: timeout })
     } else {
         shared.running.fetch_add(1, Ordering::SeqCst);
-        let result = ocr.run(job.source, &job.name, &job.options, |event| {
-            if let Event::PageDone(page) = &event {
-                count_page(shared, page);
-            }
-            if stopped() || timed_out() {
-                return ControlFlow::Break(());
-            }
-            on_event(event)
-        });
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            ocr.run(job.source, &job.name, &job.options, |event| {
+                if let Event::PageDone(page) = &event {
+                    count_page(shared, page);
+                }
+                if stopped() || timed_out() {
+                    return ControlFlow::Break(());
+                }
+                call_sink(&mut on_event, event)
+            })
+        }));
         shared.running.fetch_sub(1, Ordering::SeqCst);
-        result
+        run.unwrap_or_else(|payload| Err(OcrError::Panicked { path: path.clone(), message: panic_message(&*payload) }))
     };
     // A stop caused by the deadline reads as such, not as a cancellation.
     let result = match result {
@@ -366,7 +369,24 @@ pub(crate) fn finish_job(
         let new = if old == 0 { ms } else { (old * 7 + ms) / 8 };
         shared.average_ms.store(new, Ordering::Relaxed);
     }
-    on_done(result);
+    // A panicking sink must not take the engine's thread down.
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(move || on_done(result)));
+}
+
+/// Hands `event` to a request's sink; a sink that panics stops its request (`Break`).
+pub(crate) fn call_sink(sink: &mut EventSink, event: Event) -> ControlFlow<()> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| sink(event))).unwrap_or(ControlFlow::Break(()))
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
 }
 
 /// Counts a page done.

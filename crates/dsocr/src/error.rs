@@ -63,6 +63,10 @@ pub enum OcrError {
     /// The event handler asked to stop.
     #[error("{}: cancelled", path.display())]
     Cancelled { path: PathBuf },
+    /// Code on the engine's thread panicked while running this request (a bug): the request
+    /// failed, the engine goes on with the next one.
+    #[error("{}: internal error while running this request ({message}); it was stopped", path.display())]
+    Panicked { path: PathBuf, message: String },
     /// The request's deadline passed (queued or running) before it was done.
     #[error("{}: not done within the deadline of {:.0} s", path.display(), after.as_secs_f64())]
     TimedOut { path: PathBuf, after: std::time::Duration },
@@ -79,6 +83,7 @@ impl OcrError {
             | OcrError::PageSelection { path, .. }
             | OcrError::TooManyPages { path, .. }
             | OcrError::TimedOut { path, .. }
+            | OcrError::Panicked { path, .. }
             | OcrError::Cancelled { path } => Some(path),
             OcrError::Load { dir, .. } => Some(dir),
             OcrError::Options(_) | OcrError::Backend(_) | OcrError::Hub(_) => None,

@@ -9,6 +9,7 @@
 //! alone; the others go on.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Instant;
@@ -17,7 +18,7 @@ use dsocr_input::{Mode, RgbImage};
 use dsocr_model::{OcrResult, PageBatch, PageEvent};
 
 use crate::document::{after_retry, page_request, page_result, wants_retry, OpenDocument};
-use crate::engine::{count_page, finish_job, Queued, Shared};
+use crate::engine::{call_sink, count_page, finish_job, panic_message, Queued, Shared};
 use crate::{Event, FinishReason, Ocr, OcrError};
 
 /// A page in the batch.
@@ -50,7 +51,7 @@ impl Active {
 
     /// Hands `event` to the request's sink; `false` when it asked to stop.
     fn emit(&mut self, event: Event) -> bool {
-        (self.queued.on_event)(event).is_continue()
+        call_sink(&mut self.queued.on_event, event).is_continue()
     }
 }
 
@@ -132,7 +133,26 @@ pub(crate) fn run(ocr: &Ocr, shared: &Shared, receiver: mpsc::Receiver<Queued>, 
         }
 
         if batch.live() > 0 {
-            batch.step(&mut events);
+            let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| batch.step(&mut events)));
+            if let Err(payload) = stepped {
+                // The batch's state is unknown after a panic in the model: every request with a
+                // page in it fails (they are named in the error), the others go on in a new batch.
+                let message = panic_message(&*payload);
+                events.clear();
+                keys.clear();
+                batch = PageBatch::new(model, slots);
+                let mut k = 0;
+                while k < active.len() {
+                    if active[k].in_flight.is_some() {
+                        let a = active.remove(k);
+                        let error = OcrError::Panicked { path: a.doc.path.clone(), message: message.clone() };
+                        finish(shared, a, Err(error));
+                    } else {
+                        k += 1;
+                    }
+                }
+                continue;
+            }
             dispatch(ocr, shared, &mut batch, &mut active, &mut keys, &mut next_key, &mut events);
         }
     }
@@ -235,7 +255,11 @@ fn admit(
 ) -> Result<(), dsocr_model::ModelError> {
     let generation = ocr.generation_config(options, pdf);
     let request = page_request(image, mode, &generation, options);
-    batch.admit(key, &request, events)
+    // A panic while admitting (vision, prefill) fails this page only; the batch is untouched
+    // until the new sequence is inserted at the very end.
+    std::panic::catch_unwind(AssertUnwindSafe(|| batch.admit(key, &request, events))).unwrap_or_else(|payload| {
+        Err(dsocr_model::ModelError::Input(format!("internal error: {}", panic_message(&*payload))))
+    })
 }
 
 /// Hands the batch's events to their requests: text pieces, finished pages (with the base-mode

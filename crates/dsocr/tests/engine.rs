@@ -240,3 +240,31 @@ fn a_request_cancelled_in_a_batch_ends_alone() {
         assert_eq!(out[k], alone[k], "request {k}");
     }
 }
+
+#[test]
+fn a_sink_that_panics_fails_its_request_and_the_engine_goes_on() {
+    for batch in [1, 3] {
+        let dir = reference_tiny();
+        let engine = Engine::start(
+            move || Ocr::load_dir(&dir, &LoadOptions::new(Backend::Cpu, Precision::F32)),
+            EngineOptions { max_queue: 8, batch },
+        )
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let panicking: EventSink = Box::new(|e| {
+            if matches!(e, Event::Text { .. } | Event::PageDone(_)) {
+                panic!("a front end bug");
+            }
+            ControlFlow::Continue(())
+        });
+        engine.submit(job("panics", 6), panicking, done_to(&tx, "panics")).unwrap();
+        engine.submit(job("after", 3), quiet(), done_to(&tx, "after")).unwrap();
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..2 {
+            let (tag, r) = rx.recv_timeout(WAIT).expect("both are answered");
+            seen.insert(tag, r);
+        }
+        assert!(seen["panics"].is_err(), "batch {batch}: {:?}", seen["panics"]);
+        assert_eq!(seen["after"].as_ref().map(|d| d.tokens).ok(), Some(3), "batch {batch}");
+    }
+}
