@@ -36,6 +36,11 @@ use dsocr_weights::VarBuilder;
 use crate::mlp::Mlp;
 use crate::{DecoderConfig, DecoderError};
 
+/// Gathered (on-device) expert weights are used for up to this many times `n_routed_experts`
+/// expert slots (`tokens · top_k`): 21 rows of a batched decode step for DeepSeek-OCR's 64
+/// experts, top 6.
+pub const GATHER_FACTOR: usize = 2;
+
 /// Which expert path a MoE layer takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExpertDispatch {
@@ -45,7 +50,7 @@ pub enum ExpertDispatch {
     /// sizes: ~30–60 ms vs ~5.5 ms per layer for one token).
     #[default]
     Auto,
-    /// [`Moe::forward_gathered`] whenever `tokens · top_k ≤ n_routed_experts` (every decode
+    /// [`Moe::forward_gathered`] whenever `tokens · top_k ≤ GATHER_FACTOR · n_routed_experts` (every decode
     /// step), [`Moe::forward_grouped`] otherwise (prefill).
     OnDevice,
     /// Always [`Moe::forward_grouped`] (one host read of the top-k indices per layer and call).
@@ -157,9 +162,11 @@ impl Moe {
         let [b, t, d] = x.dims();
         let x = x.reshape([b * t, d]);
         let (indices, weights) = self.route(x.clone());
-        // Selecting weights copies k expert matrices per token: worth it only while that is
-        // fewer than all experts (always true for one decode token).
-        let routed = if self.gather_on_device && b * t * self.top_k <= self.num_experts {
+        // Selecting weights copies k expert matrices per token. On the H200 a batched decode
+        // step of 16 rows (96 copies) through the grouped path (a host read per layer, one
+        // matmul pair per active expert) took twice the step of 8 rows (docs/performance.md), so
+        // the gathered path is kept up to GATHER_FACTOR times the expert count.
+        let routed = if self.gather_on_device && b * t * self.top_k <= GATHER_FACTOR * self.num_experts {
             // `gather_on_device` implies packed experts (load / set_dispatch).
             self.forward_gathered(x.clone(), indices, weights)
         } else {
