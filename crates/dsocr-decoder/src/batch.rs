@@ -33,6 +33,9 @@ pub struct SlotCache {
     capacity: usize,
     device: Device,
     dtype: DType,
+    /// Of the current step, made once by [`reserve_step`](Self::reserve_step) and shared by
+    /// every layer: the flattened write rows `[live · heads]` and the mask `[live, 1, 1, capacity]`.
+    step: Option<(Tensor<1, Int>, Tensor<4, Bool>)>,
 }
 
 impl SlotCache {
@@ -49,6 +52,7 @@ impl SlotCache {
             capacity: 0,
             device: decoder.device(),
             dtype: decoder.dtype(),
+            step: None,
         }
     }
 
@@ -92,6 +96,7 @@ impl SlotCache {
         if self.live == self.slots() {
             return None;
         }
+        self.step = None;
         let row = self.live;
         let len = cache.len();
         self.grow(len.max(1));
@@ -116,6 +121,7 @@ impl SlotCache {
         if row >= self.live {
             return None;
         }
+        self.step = None;
         let last = self.live - 1;
         self.live -= 1;
         if row == last {
@@ -136,10 +142,23 @@ impl SlotCache {
         Some(last)
     }
 
-    /// Makes room for one more position in every live row.
+    /// Makes room for one more position in every live row and prepares the step's write rows
+    /// and mask (one host→device upload each per step, not per layer).
     pub(crate) fn reserve_step(&mut self) {
-        let need = self.positions().into_iter().max().unwrap_or(0) + 1;
-        self.grow(need);
+        let positions = self.positions();
+        self.grow(positions.iter().max().copied().unwrap_or(0) + 1);
+        let (n, h, c) = (self.live, self.heads, self.capacity);
+        // Row r = slot·h + head of the flattened [s·h·c, d] buffer starts at r·c; the new
+        // position of that slot is added.
+        let rows: Vec<i64> = (0..n * h).map(|r| (r * c + positions[r / h]) as i64).collect();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(rows, [n * h]), &self.device);
+        let valid: Vec<i64> = positions.iter().map(|&p| p as i64 + 1).collect();
+        let valid = Tensor::<1, Int>::from_data(TensorData::new(valid, [n]), &self.device).reshape([n, 1]);
+        let mask = Tensor::<1, Int>::arange(0..c as i64, &self.device)
+            .reshape([1, c])
+            .greater_equal(valid)
+            .reshape([n, 1, 1, c]);
+        self.step = Some((index, mask));
     }
 
     /// Grows every buffer to hold `need` positions (a multiple of the chunk; one copy).
@@ -173,11 +192,10 @@ impl SlotCache {
     ) -> (Tensor<4>, Tensor<4>, Tensor<4, Bool>) {
         let (s, h, c, d) = (self.slots(), self.heads, self.capacity, self.head_dim);
         let n = self.live;
-        let positions = self.positions();
-        // Row r = slot·h + head of the flattened [s·h·c, d] buffer starts at r·c; the new
-        // position of that slot is added.
-        let rows: Vec<i64> = (0..n * h).map(|r| (r * c + positions[r / h]) as i64).collect();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(rows, [n * h]), &self.device);
+        if self.step.is_none() {
+            self.reserve_step();
+        }
+        let Some((index, mask)) = self.step.clone() else { unreachable!("prepared above") };
         let (k_buf, v_buf) = &mut self.layers[layer];
         let mut out = Vec::with_capacity(2);
         for (buf, new) in [(k_buf, k), (v_buf, v)] {
@@ -191,19 +209,14 @@ impl SlotCache {
             out.push(if n == s { written.clone() } else { written.clone().narrow(0, 0, n) });
             *buf = Some(written);
         }
-        let valid: Vec<i64> = positions.iter().map(|&p| p as i64 + 1).collect();
-        let valid = Tensor::<1, Int>::from_data(TensorData::new(valid, [n]), &self.device).reshape([n, 1]);
-        let mask = Tensor::<1, Int>::arange(0..c as i64, &self.device)
-            .reshape([1, c])
-            .greater_equal(valid)
-            .reshape([n, 1, 1, c]);
         let v = out.pop().unwrap_or_else(|| unreachable!("two buffers written"));
         let k = out.pop().unwrap_or_else(|| unreachable!("two buffers written"));
         (k, v, mask)
     }
 
-    /// Advances every live row by the position just written.
+    /// Advances every live row by the position just written (the step's rows and mask expire).
     pub(crate) fn advance_live(&mut self) {
+        self.step = None;
         for len in &mut self.lens[..self.live] {
             *len += 1;
         }

@@ -60,7 +60,7 @@ pub enum PromptError {
 pub type Result<T, E = PromptError> = std::result::Result<T, E>;
 
 /// The message of a caught panic (`panic!` with a string literal or a formatted string).
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

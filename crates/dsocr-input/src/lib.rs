@@ -31,7 +31,7 @@ pub mod prompt;
 pub mod resize;
 pub mod tokenizer;
 
-pub use error::{PromptError, Result};
+pub use error::{panic_message, PromptError, Result};
 pub use image::RgbImage;
 pub use image_io::{
     load_image, load_image_from_memory, load_image_from_memory_with, load_image_with, LoadOptions, DEFAULT_MAX_PIXELS,

@@ -378,16 +378,7 @@ pub(crate) fn call_sink(sink: &mut EventSink, event: Event) -> ControlFlow<()> {
     std::panic::catch_unwind(AssertUnwindSafe(|| sink(event))).unwrap_or(ControlFlow::Break(()))
 }
 
-/// The message of a caught panic.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
-    }
-}
+pub(crate) use dsocr_input::panic_message;
 
 /// Counts a page done.
 pub(crate) fn count_page(shared: &Shared, page: &crate::PageResult) {
