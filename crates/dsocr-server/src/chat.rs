@@ -142,22 +142,7 @@ async fn run(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Resul
     let parsed = parse(&state, request)?;
     let mut running = submit(&state, parsed.job)?;
     let id = format!("chatcmpl-{:x}{:x}", unix_now(), next_id());
-    // Wait for the document to start: an image that cannot be read is still a plain HTTP error.
-    let first = loop {
-        match running.next().await {
-            Some(Msg::Event(Event::DocumentStarted { .. })) => break None,
-            Some(Msg::Event(_)) => continue,
-            Some(Msg::Done(result)) => break Some(result),
-            None => return Err(worker_gone()),
-        }
-    };
-    if let Some(result) = first {
-        running.finished();
-        return Err(match result {
-            Ok(_) => worker_gone(),
-            Err(e) => e.into(),
-        });
-    }
+    running.started().await?;
     let model = state.options.model_id.clone();
     if parsed.stream {
         let stream = chunks(running, id, model, parsed.output, parsed.include_usage);

@@ -86,22 +86,7 @@ async fn run(state: Arc<AppState>, multipart: Result<Multipart, MultipartRejecti
         timeout: Some(state.options.timeout),
     };
     let mut running = submit(&state, job)?;
-    // Wait for the document to open: an unreadable file or a page limit is a plain HTTP error.
-    let started = loop {
-        match running.next().await {
-            Some(Msg::Event(Event::DocumentStarted { kind, pages, .. })) => break Ok((kind, pages)),
-            Some(Msg::Event(_)) => {}
-            Some(Msg::Done(result)) => break Err(result),
-            None => return Err(worker_gone()),
-        }
-    };
-    let (kind, pages) = match started {
-        Ok(started) => started,
-        Err(result) => {
-            running.finished();
-            return Err(result.err().map(ApiError::from).unwrap_or_else(worker_gone));
-        }
-    };
+    let (kind, pages) = running.started().await?;
     let pdf = kind == InputKind::Pdf;
     let doc_kind = if pdf { DocumentKind::Pdf { dpi: options.pdf_dpi } } else { DocumentKind::Image };
     if form.stream {

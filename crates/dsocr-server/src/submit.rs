@@ -6,9 +6,11 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use dsocr::engine::CancelOnDrop;
+use dsocr::inputs::InputKind;
 use dsocr::{DocumentResult, Event, Job, OcrError};
 use tokio::sync::mpsc;
 
+use crate::chat::worker_gone;
 use crate::{ApiError, AppState};
 
 /// What comes back from the worker.
@@ -28,6 +30,23 @@ impl Running {
     /// The next message; `None` only if the worker went away.
     pub async fn next(&mut self) -> Option<Msg> {
         self.rx.recv().await
+    }
+
+    /// Waits for the document to open and returns its kind and page count. A document that
+    /// cannot be opened (unreadable, too large, a bad page selection) ends here as a plain HTTP
+    /// error, before any answer has started.
+    pub async fn started(&mut self) -> Result<(InputKind, usize), ApiError> {
+        loop {
+            match self.next().await {
+                Some(Msg::Event(Event::DocumentStarted { kind, pages, .. })) => return Ok((kind, pages)),
+                Some(Msg::Event(_)) => {}
+                Some(Msg::Done(result)) => {
+                    self.finished();
+                    return Err(result.err().map(ApiError::from).unwrap_or_else(worker_gone));
+                }
+                None => return Err(worker_gone()),
+            }
+        }
     }
 
     /// The job finished and its answer was produced: dropping no longer counts as a disconnect.
