@@ -4,6 +4,9 @@
 # compressed to .carry/dsocr.xz) and, for WGPU, the Vulkan loader debs in .gl/.
 # Usage: [LIMIT=s] [REPEAT=n] [FRESH=1] bench/gpu_run.sh parity|bench|serve|all   (writes logs under $OUT)
 # serve: pages/s of the CLI over a folder against pages/s through dsocr serve (PAGES, TOKENS, WINDOW).
+# kernels: `dsocr bench kernels` (each CubeCL kernel against its plain-Burn reference, real shapes).
+# profile: CubeCL's kernel profile of two decode runs of different lengths (kernels per step = the difference).
+# ab: the stages with the dsocr-nn kernels on and off (DSOCR_KERNELS=0), PyTorch beside (TOKENS forced).
 # batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -40,6 +43,27 @@ bench|all)
   R=${REPEAT:-3}
   step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --json "$OUT/torch.json"
   step bench-cuda-bf16 $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --json "$OUT/bench-cuda.json" --compare "$OUT/torch.json"
+  ;;
+ab)
+  mkdir -p /tmp/full
+  [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
+  T=${TOKENS:-300}; R=${REPEAT:-1}
+  step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --decode-tokens $T --skip-pages --json "$OUT/torch.json"
+  step kernels-on      $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --json "$OUT/kernels-on.json" --compare "$OUT/torch.json"
+  step kernels-off     env DSOCR_KERNELS=0 $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --json "$OUT/kernels-off.json" --compare "$OUT/torch.json"
+  ;;
+kernels)
+  step kernels-bf16    $BIN bench kernels --device cuda --precision bf16 --json "$OUT/kernels-bf16.json"
+  step kernels-f32     $BIN bench kernels --device cuda --precision f32 --json "$OUT/kernels-f32.json"
+  step kernels-wgpu    $BIN bench kernels --device wgpu --precision f16 --json "$OUT/kernels-wgpu-f16.json"
+  ;;
+profile)
+  mkdir -p /tmp/full
+  [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
+  for T in ${PROFILE_TOKENS:-33 65}; do
+    CUBECL_DEBUG_LOG=/tmp/profile-$T.log CUBECL_DEBUG_OPTION=profile step profile-$T $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --skip-vision --skip-base --skip-pages --skip-breakdown --decode-tokens "$T" --repeat 1
+    xz -T4 -c /tmp/profile-$T.log > "$OUT/profile-$T.log.xz"
+  done
   ;;
 batch)
   mkdir -p /tmp/full

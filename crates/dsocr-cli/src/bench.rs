@@ -34,6 +34,8 @@ const BREAKDOWN_STEPS: usize = 8;
 pub enum BenchCommand {
     /// Load-test a running `dsocr serve`: concurrent clients, requests/s, latency, errors, memory.
     Serve(crate::load::LoadArgs),
+    /// Each CubeCL kernel against the op it replaces at the decoder's real shapes: time, GB/s, error.
+    Kernels(crate::bench_kernels::KernelArgs),
 }
 
 #[derive(Args)]
@@ -120,7 +122,7 @@ pub struct BenchArgs {
     mean_tokens: usize,
 }
 
-fn default_backend() -> String {
+pub(crate) fn default_backend() -> String {
     Backend::compiled().last().map(|b| b.name().to_string()).unwrap_or_else(|| "cpu".into())
 }
 
@@ -265,8 +267,10 @@ fn page_options(args: &BenchArgs, max_new_tokens: usize) -> OcrOptions {
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
-    if let Some(BenchCommand::Serve(load)) = args.command {
-        return crate::load::run(load);
+    match args.command {
+        Some(BenchCommand::Serve(load)) => return crate::load::run(load),
+        Some(BenchCommand::Kernels(kernels)) => return crate::bench_kernels::run(kernels),
+        None => {}
     }
     let Some(model_dir) = args.model.clone() else {
         anyhow::bail!("--model is required (a model folder, or where to write the random full-size checkpoint)");

@@ -32,6 +32,19 @@ pub enum DebugCommand {
         #[arg(long = "case")]
         cases: Vec<String>,
     },
+    /// Check every GPU kernel of dsocr-nn against its plain-Burn reference on a device (small
+    /// shapes, and the decoder's real ones with --real); exits 1 on any mismatch.
+    Kernels {
+        /// Backend: wgpu or cuda.
+        #[arg(long, default_value_t = default_backend())]
+        device: String,
+        /// Float precision: f32, f16 or bf16 (one per process: a device keeps its float type).
+        #[arg(long, default_value = "f32")]
+        precision: String,
+        /// Also the real shapes (lm_head, 64 experts): needs a few GB of device memory.
+        #[arg(long)]
+        real: bool,
+    },
 }
 
 #[derive(Args)]
@@ -64,6 +77,7 @@ impl Target {
 
 pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
     match cmd {
+        DebugCommand::Kernels { device, precision, real } => check_kernels(&device, &precision, real),
         DebugCommand::RunCase { target, case, out, views } => {
             let (fixture, model) = target.load()?;
             let case = fixture.case(&case)?;
@@ -124,4 +138,31 @@ pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn check_kernels(device: &str, precision: &str, real: bool) -> Result<ExitCode> {
+    use dsocr_nn::kernels::check::{self, Sizes};
+    let backend: Backend = device.parse()?;
+    let sizes = if real { Sizes::Real } else { Sizes::Small };
+    let mut failures = 0;
+    let precision: Precision = precision.parse().map_err(anyhow::Error::msg)?;
+    let device = backend.device(precision)?;
+    println!("kernels on {backend} ({precision}), plane operations: {}", dsocr_nn::kernels::plane_ops(&device));
+    for c in check::run(&device, precision.dtype(), sizes) {
+        let result = if c.passed() { "ok" } else { "FAIL" };
+        failures += usize::from(!c.passed());
+        println!("  {:<58} {:>10.2e} {:>8.0e}  {result}", c.name, c.rel_err, c.tolerance);
+    }
+    if failures > 0 {
+        println!("{failures} check(s) failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("all kernels match their references");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+fn check_kernels(_device: &str, _precision: &str, _real: bool) -> Result<ExitCode> {
+    bail!("this dsocr was built without GPU backends (features cuda, wgpu): it has no kernels to check")
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_batch;
+mod bench_kernels;
 mod debug;
 mod load;
 mod models;

@@ -2,7 +2,7 @@
 //! q/k/v/o projections, rotate-half RoPE on q and k, causal softmax(q kᵀ / √d) v.
 
 use burn::prelude::*;
-use dsocr_weights::nn::{attention, Linear};
+use dsocr_nn::{attention, Linear};
 use dsocr_weights::VarBuilder;
 
 use crate::batch::SlotCache;

@@ -4,6 +4,8 @@
 //! h = x + Attn(RMSNorm_in(x))
 //! x = h + FFN(RMSNorm_post(h))      FFN = dense MLP below first_k_dense_replace, MoE after
 //! ```
+//!
+//! The add that makes `h` and the norm after it are one op (`RmsNorm::forward_residual`).
 
 use burn::prelude::*;
 use dsocr_weights::VarBuilder;
@@ -77,8 +79,8 @@ impl DecoderLayer {
         cache: &mut KvCache,
     ) -> Tensor<3> {
         let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cos, sin, cache, self.index);
-        let h = x + attn;
-        let ffn = self.mlp.forward(self.post_attention_layernorm.forward(h.clone()));
+        let (h, normed) = self.post_attention_layernorm.forward_residual(x, attn);
+        let ffn = self.mlp.forward(normed);
         h + ffn
     }
 
@@ -93,8 +95,8 @@ impl DecoderLayer {
     ) -> Tensor<3> {
         let normed = self.input_layernorm.forward(x.clone());
         let attn = self.self_attn.forward_slots(normed, rope, cos, sin, cache, self.index);
-        let h = x + attn;
-        let ffn = self.mlp.forward(self.post_attention_layernorm.forward(h.clone()));
+        let (h, normed) = self.post_attention_layernorm.forward_residual(x, attn);
+        let ffn = self.mlp.forward(normed);
         h + ffn
     }
 }

@@ -2,7 +2,7 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use dsocr_weights::nn::Linear;
+use dsocr_nn::Linear;
 use dsocr_weights::VarBuilder;
 
 use crate::DecoderError;

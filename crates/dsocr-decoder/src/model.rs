@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 use burn::tensor::{DType, IndexingUpdateOp};
-use dsocr_weights::nn::Linear;
+use dsocr_nn::Linear;
 use dsocr_weights::VarBuilder;
 
 use crate::batch::SlotCache;

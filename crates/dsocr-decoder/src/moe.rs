@@ -18,9 +18,10 @@
 //!   memory (4.5 GiB in bf16) on top of the mapped file.
 //!
 //! Two ways of running the experts, with the same math:
-//! - [`Moe::forward_gathered`] (decode, few tokens): `select` the chosen experts' weights on the
-//!   device and run one batched matrix-vector product per projection (`matvec`); no host
-//!   round trip. Needs packed experts.
+//! - [`Moe::forward_gathered`] (decode, few tokens): one matrix-vector product per projection
+//!   over the chosen experts, read by id from the packed stack on the device
+//!   ([`dsocr_nn::gathered_matvec`]: a CubeCL kernel on GPUs, `select` + multiply-sum
+//!   otherwise); no host round trip. Needs packed experts.
 //! - [`Moe::forward_grouped`] (prefill): the top-k indices are read to the host ONCE per layer,
 //!   tokens are grouped per active expert, and each active expert runs on its rows. Either store.
 //!
@@ -29,8 +30,8 @@
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{DType, IndexingUpdateOp};
+use dsocr_nn::{gathered_matvec, Linear};
 use dsocr_weights::backend::is_host_device;
-use dsocr_weights::nn::Linear;
 use dsocr_weights::VarBuilder;
 
 use crate::mlp::Mlp;
@@ -162,10 +163,10 @@ impl Moe {
         let [b, t, d] = x.dims();
         let x = x.reshape([b * t, d]);
         let (indices, weights) = self.route(x.clone());
-        // Selecting weights copies k expert matrices per token. On the H200 a batched decode
-        // step of 16 rows (96 copies) through the grouped path (a host read per layer, one
-        // matmul pair per active expert) took twice the step of 8 rows (docs/performance.md), so
-        // the gathered path is kept up to GATHER_FACTOR times the expert count.
+        // The gathered path reads each chosen expert once per slot (the kernel reads in place;
+        // the reference, used without kernels, copies them with `select`). GATHER_FACTOR was
+        // measured with the copies (docs/performance.md); with the kernel the crossover is to be
+        // re-measured.
         let routed = if self.gather_on_device && b * t * self.top_k <= GATHER_FACTOR * self.num_experts {
             // `gather_on_device` implies packed experts (load / set_dispatch).
             self.forward_gathered(x.clone(), indices, weights)
@@ -196,8 +197,7 @@ impl Moe {
         (indices, weights)
     }
 
-    /// All on the device: gather the chosen experts' weights and run batched matrix-vector
-    /// products.
+    /// All on the device: matrix-vector products over the chosen experts' weights.
     /// `x: [n, d]`, `indices: [n, k]`, `weights: [n, k]` f32 → `[n, d]`.
     ///
     /// The experts must be packed ([`ExpertDispatch::OnDevice`] or a GPU device); with separate
@@ -209,15 +209,11 @@ impl Moe {
         let [n, d] = x.dims();
         let (k, i) = (self.top_k, self.intermediate);
         let dtype = x.dtype();
+        // Slot j·k + s is token j's s-th expert; the kernel reads each chosen matrix in place.
         let flat = indices.reshape([n * k]);
-
-        // Token j's row repeated for each of its k experts: [n·k, 1, d].
-        let xs = x.unsqueeze_dim::<3>(1).repeat_dim(1, k).reshape([n * k, 1, d]);
-        let gate_up = gate_up.clone().select(0, flat.clone()); // [n·k, 2I, d]
-        let h = matvec(gate_up, xs); // [n·k, 1, 2I]
-        let act = silu(h.clone().narrow(2, 0, i)) * h.narrow(2, i, i);
-        let down = down.clone().select(0, flat); // [n·k, d, I]
-        let y = matvec(down, act); // [n·k, 1, d]
+        let h = gathered_matvec(x, gate_up.clone(), flat.clone()); // [n·k, 2I]
+        let act = silu(h.clone().narrow(1, 0, i)) * h.narrow(1, i, i); // [n·k, I]
+        let y = gathered_matvec(act, down.clone(), flat); // [n·k, d]
 
         let y = y.reshape([n, k, d]).cast(DType::F32) * weights.unsqueeze_dim::<3>(2);
         y.sum_dim(1).reshape([n, d]).cast(dtype)
@@ -269,17 +265,6 @@ impl Moe {
         }
         out.cast(dtype)
     }
-}
-
-/// `w: [m, out, in]` (PyTorch layout, rows contiguous) times `x: [m, 1, in]` → `[m, 1, out]`.
-///
-/// A batch of matrix-vector products, written as a multiply and a sum over the contiguous `in`
-/// axis (the GPU backends accumulate half-precision sums in f32, like a matmul). It reads each
-/// weight once; the untuned tiled matmul kernels (tensor-core tiles of 16 rows) were measured
-/// far slower on the H100 for one row per matrix (docs/performance.md).
-fn matvec(w: Tensor<3>, x: Tensor<3>) -> Tensor<3> {
-    let [m, out, _] = w.dims();
-    (w * x).sum_dim(2).reshape([m, 1, out])
 }
 
 /// Packs separate experts into `gate_up: [E, 2I, d]` and `down: [E, d, I]` (one copy):

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
-use dsocr_weights::nn::{attention, LayerNorm, Linear};
+use dsocr_nn::{attention, LayerNorm, Linear};
 use dsocr_weights::VarBuilder;
 
 use crate::interpolate::resize_bicubic_aa;

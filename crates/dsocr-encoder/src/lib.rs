@@ -43,7 +43,7 @@
 //! start of [`DeepEncoder::forward`]. In f32 the outputs match the PyTorch float32 reference to
 //! about 1e-5. In f16/bf16 the matmuls, convolutions and residual streams run in that dtype
 //! (like the vLLM path, spec §6.8), while LayerNorm and the attention softmax compute in f32
-//! and cast back ([`dsocr_weights::nn::LayerNorm`], [`dsocr_weights::nn::attention`]), as HF's
+//! and cast back ([`dsocr_nn::LayerNorm`], [`dsocr_nn::attention`]), as HF's
 //! autocast does. Unlike HF's autocast run, the CLIP residual stream is not kept in f32.
 
 mod clip;

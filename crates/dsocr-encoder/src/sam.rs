@@ -14,7 +14,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::DType;
-use dsocr_weights::nn::{attention, LayerNorm, Linear};
+use dsocr_nn::{attention, LayerNorm, Linear};
 use dsocr_weights::VarBuilder;
 
 use crate::interpolate::{resize_bicubic_aa, resize_linear};

@@ -1,5 +1,5 @@
 use burn::prelude::*;
-use dsocr_weights::nn::Linear;
+use dsocr_nn::Linear;
 use dsocr_weights::{VarBuilder, WeightError};
 use serde::Deserialize;
 

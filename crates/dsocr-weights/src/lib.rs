@@ -6,7 +6,8 @@
 //!   (candle-style `vb.pp("blocks").pp(3).get("weight", [768])`);
 //! - [`backend`]: which Burn backends this build contains, and a [`Device`](burn::prelude::Device)
 //!   for a user's `--device` choice with the float precision it runs in;
-//! - [`nn`]: the few layers that every block uses (`Linear` in PyTorch layout, `LayerNorm`).
+//!
+//! The layers built on these tensors (`Linear`, `LayerNorm`, attention) live in `dsocr-nn`.
 //!
 //! Model code takes no backend parameter: Burn 0.22 carries the backend in the `Device`.
 
@@ -14,7 +15,6 @@ pub mod backend;
 mod error;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod kernel_cache;
-pub mod nn;
 mod safetensors_files;
 mod var_builder;
 

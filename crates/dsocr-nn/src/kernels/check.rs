@@ -1,0 +1,151 @@
+//! Every kernel against its plain-Burn reference on one device, at small shapes (odd sizes,
+//! fewer elements than lanes, the tiny fixture's) and at the decoder's real ones, with the
+//! input layouts the model hands them (reshaped, transposed views). Run by `tests/kernels.rs`
+//! (WGPU, lavapipe in CI) and by `dsocr debug kernels` (any device, the real GPU).
+//!
+//! The oracle is the reference in f32 of the same (rounded) inputs; the tolerance is a relative
+//! error of f32 sums in another order, or one rounding to the half-precision output.
+
+use burn::prelude::*;
+use burn::tensor::{DType, Distribution};
+
+use crate::matvec::{gathered_matvec_reference, matvec_reference};
+use crate::rms_norm::{add_rms_norm_reference, rms_norm_reference};
+
+/// One comparison.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub rel_err: f32,
+    pub tolerance: f32,
+}
+
+impl Check {
+    pub fn passed(&self) -> bool {
+        self.rel_err.is_finite() && self.rel_err <= self.tolerance
+    }
+}
+
+/// Sizes that fit a software driver (one buffer ≤ 128 MiB on lavapipe), or the real ones too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sizes {
+    Small,
+    Real,
+}
+
+/// `(rows, out, in)`: one row and several; `in` with and without a 4-wide vector; fewer
+/// vectors than lanes; the tiny fixture's projections; an output taller than 8 × 65,535.
+const MATVEC_SMALL: [(usize, usize, usize); 10] = [
+    (1, 24, 40),
+    (3, 24, 41),
+    (1, 64, 64),
+    (5, 64, 64),
+    (5, 96, 64),
+    (5, 64, 96),
+    (1, 512, 64),
+    (2, 64, 24),
+    (7, 1792, 1280),
+    (1, 600_000, 8),
+];
+/// The decoder's real projections (DeepSeek-OCR: hidden 1280, dense 6848, shared 1792,
+/// vocabulary 129,280).
+const MATVEC_REAL: [(usize, usize, usize); 6] =
+    [(1, 1280, 1280), (16, 1280, 1280), (1, 6848, 1280), (1, 1280, 6848), (1, 129_280, 1280), (4, 129_280, 1280)];
+/// `(tokens, slots per token, experts, out, in)`.
+const GATHERED_SMALL: [(usize, usize, usize, usize, usize); 5] =
+    [(1, 6, 8, 20, 48), (3, 6, 8, 20, 48), (18, 1, 8, 33, 17), (5, 3, 8, 48, 64), (15, 1, 8, 64, 24)];
+const GATHERED_REAL: [(usize, usize, usize, usize, usize); 3] =
+    [(1, 6, 64, 1792, 1280), (6, 1, 64, 1280, 896), (16, 6, 64, 1792, 1280)];
+/// `(rows, d)`.
+const NORM_SMALL: [(usize, usize); 6] = [(1, 8), (5, 40), (3, 37), (5, 64), (2, 1280), (4, 3000)];
+const NORM_REAL: [(usize, usize); 3] = [(1, 1280), (16, 1280), (902, 1280)];
+
+fn random<const D: usize>(shape: [usize; D], device: &Device, dtype: DType) -> Tensor<D> {
+    Tensor::<D>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(dtype)
+}
+
+/// The f32 product row by row as a multiply and a sum (exact f32 arithmetic on every backend,
+/// where a matmul may round its inputs, e.g. to TF32 on CUDA tensor cores).
+fn matvec_oracle(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    let rows = x.dims()[0];
+    Tensor::cat((0..rows).map(|r| matvec_reference(x.clone().narrow(0, r, 1), w.clone())).collect(), 0)
+}
+
+fn f32<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
+    t.clone().cast(DType::F32)
+}
+
+/// `max |got − want| / max |want|`, in f32.
+fn relative_error(got: Tensor<2>, want: Tensor<2>) -> f32 {
+    let scale: f32 = want.clone().abs().max().into_scalar();
+    let diff: f32 = (got.cast(DType::F32) - want).abs().max().into_scalar();
+    diff / scale.max(1e-6)
+}
+
+fn tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 4e-3,
+        _ => 2e-2, // bf16: 8 bits of mantissa
+    }
+}
+
+/// Runs every check in `dtype` on `device` (the kernels themselves, whatever
+/// [`available`](super::available) says).
+pub fn run(device: &Device, dtype: DType, sizes: Sizes) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let tol = tolerance(dtype);
+    let mut push = |name: String, rel_err: f32| checks.push(Check { name, rel_err, tolerance: tol });
+
+    let real = sizes == Sizes::Real;
+    let matvec_shapes = MATVEC_SMALL.iter().chain(MATVEC_REAL.iter().filter(|_| real));
+    for &(rows, out, k) in matvec_shapes {
+        let x = random([rows, k], device, dtype);
+        let w = random([out, k], device, dtype);
+        let want = matvec_oracle(f32(&x), f32(&w));
+        push(
+            format!("matvec {rows}×{k} · {out}×{k}"),
+            relative_error(super::matvec(x.clone(), w.clone()), want.clone()),
+        );
+        // As `Linear` hands them over: x reshaped from [1, rows, k], w the transposed view of a
+        // transposed view.
+        let x3 = x.reshape([1, rows, k]).reshape([rows, k]);
+        let w_view = w.transpose().transpose();
+        push(format!("matvec {rows}×{k} · {out}×{k} (views)"), relative_error(super::matvec(x3, w_view), want));
+    }
+    // A transposed weight that is not contiguous (an `[in, out]` tensor viewed as `[out, in]`).
+    let (x, w_t) = (random([2, 40], device, dtype), random([40, 24], device, dtype));
+    let want = matvec_oracle(f32(&x), f32(&w_t).transpose());
+    push("matvec 2×40 · strided 24×40".into(), relative_error(super::matvec(x, w_t.transpose()), want));
+
+    let gathered_shapes = GATHERED_SMALL.iter().chain(GATHERED_REAL.iter().filter(|_| real));
+    for &(tokens, per, experts, out, k) in gathered_shapes {
+        let slots = tokens * per;
+        let ids: Vec<i64> = (0..slots).map(|s| ((s * 5 + s / per.max(1) * 3) % experts) as i64).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [slots]), device);
+        let x = random([tokens, k], device, dtype);
+        let w = random([experts, out, k], device, dtype);
+        let want = gathered_matvec_reference(f32(&x), w.clone().cast(DType::F32), ids.clone());
+        let got = super::gathered_matvec(x, w, ids);
+        push(format!("gathered {tokens} tokens × {per} of {experts} experts {out}×{k}"), relative_error(got, want));
+    }
+
+    let norm_shapes = NORM_SMALL.iter().chain(NORM_REAL.iter().filter(|_| real));
+    for &(rows, d) in norm_shapes {
+        let x = random([rows, d], device, dtype);
+        let delta = random([rows, d], device, dtype);
+        let w = (random([d], device, DType::F32) * 0.2 + 1.0).cast(dtype);
+        let want = rms_norm_reference(f32(&x), &f32(&w), 1e-6);
+        push(format!("rms_norm {rows}×{d}"), relative_error(super::rms_norm(x.clone(), w.clone(), 1e-6), want));
+        // The sum is the one rounding of `x + delta` in the activation dtype, as the
+        // reference's: compared with the reference in that dtype, exactly.
+        let (want_sum, _) = add_rms_norm_reference(x.clone(), delta.clone(), &w, 1e-6);
+        let want = rms_norm_reference(f32(&want_sum), &f32(&w), 1e-6);
+        let (sum, normed) = super::add_rms_norm(x, delta, w, 1e-6);
+        let sum_diff: f32 = (f32(&sum) - f32(&want_sum)).abs().max().into_scalar();
+        // Exact: any difference is an infinite relative error.
+        push(format!("add_rms_norm {rows}×{d} sum"), if sum_diff == 0.0 { 0.0 } else { f32::INFINITY });
+        push(format!("add_rms_norm {rows}×{d}"), relative_error(normed, want));
+    }
+    checks
+}

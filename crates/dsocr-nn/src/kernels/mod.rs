@@ -1,0 +1,129 @@
+//! CubeCL kernels for the GPU backends (features `cuda`, `wgpu`): one `#[cube]` source, JIT
+//! compiled to CUDA by NVRTC and to WGSL by wgpu.
+//!
+//! Each kernel is a Burn backend extension (`#[backend_extension(Cube, Fusion)]`): fusion sees
+//! it as one opaque operation, ordered with the tensor ops around it. Each has a plain-Burn
+//! reference beside its caller ([`crate::matvec`]) and a test against it (`tests/kernels.rs`,
+//! run through WGPU; on lavapipe in CI).
+//!
+//! - [`matvec`](mod@matvec): `x Wᵀ` for a few rows, one plane (warp) per output element;
+//!   [`gathered_matvec`]: the same with each row's matrix picked by id from a stack;
+//! - [`rms_norm`](mod@rms_norm) / [`add_rms_norm`]: RMSNorm, alone or after the residual add,
+//!   one cube per row.
+
+pub mod check;
+mod matvec;
+mod rms_norm;
+
+use std::sync::{Mutex, OnceLock};
+
+use burn::backend::DispatchDevice;
+use burn::prelude::*;
+use burn::tensor::DType;
+use cubecl::features::Plane;
+
+use burn::backend::Dispatch;
+
+use self::matvec::MatvecOps;
+use self::rms_norm::RmsNormOps;
+
+/// The kernels of this module, by the name `DSOCR_KERNELS` knows them by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Matvec,
+    GatheredMatvec,
+    RmsNorm,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 3] = [Kernel::Matvec, Kernel::GatheredMatvec, Kernel::RmsNorm];
+    /// The kernels on unless `DSOCR_KERNELS` says otherwise. `rms_norm` is off by default: with
+    /// it, CUDA bf16 parity on the tiny fixture measured `gundam_small.prefill_logits_tail` at
+    /// 0.244 against the 0.2 bound (0.182 without it; docs/parity.md), so it waits for that to
+    /// be understood. `DSOCR_KERNELS=all` turns it on.
+    pub const DEFAULT: [Kernel; 2] = [Kernel::Matvec, Kernel::GatheredMatvec];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Matvec => "matvec",
+            Kernel::GatheredMatvec => "gathered",
+            Kernel::RmsNorm => "rms_norm",
+        }
+    }
+
+    /// Whether the environment leaves this kernel on: `DSOCR_KERNELS` unset → [`DEFAULT`](Self::DEFAULT);
+    /// `all` → every kernel; `0` or `none` → none (every op takes its plain-Burn reference: for A/B
+    /// measurements, or to rule the kernels out when something looks wrong on a driver); a
+    /// comma-separated list of names (`matvec,rms_norm`) → those; `force` → every kernel, also
+    /// on adapters that do not advertise plane operations (CubeCL hides them on CPU adapters
+    /// such as lavapipe, where they work: for tests on a software driver).
+    pub fn enabled(self) -> bool {
+        env_switch().0.contains(&self)
+    }
+}
+
+/// Whether `kernel` can take `x` and `w`: switched on ([`Kernel::enabled`]), a CubeCL device
+/// with plane (warp / subgroup) operations, both tensors of one float dtype the kernels are
+/// written for.
+pub fn available<const D: usize, const E: usize>(kernel: Kernel, x: &Tensor<D>, w: &Tensor<E>) -> bool {
+    let dtype = x.dtype();
+    kernel.enabled()
+        && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+        && w.dtype() == dtype
+        && plane_ops(&x.device())
+}
+
+/// `DSOCR_KERNELS` read once: the kernels it leaves on, and whether it forces them.
+fn env_switch() -> &'static (Vec<Kernel>, bool) {
+    static SWITCH: OnceLock<(Vec<Kernel>, bool)> = OnceLock::new();
+    SWITCH.get_or_init(|| match std::env::var("DSOCR_KERNELS").as_deref().map(str::trim) {
+        Err(_) | Ok("" | "1") => (Kernel::DEFAULT.to_vec(), false),
+        Ok("all") => (Kernel::ALL.to_vec(), false),
+        Ok("force") => (Kernel::ALL.to_vec(), true),
+        Ok(names) => {
+            (Kernel::ALL.into_iter().filter(|k| names.split(',').any(|name| name.trim() == k.name())).collect(), false)
+        }
+    })
+}
+
+/// Whether `device` is a CubeCL device whose runtime has plane operations (asked once per
+/// device), or `DSOCR_KERNELS=force` says to assume it.
+pub fn plane_ops(device: &Device) -> bool {
+    static SEEN: Mutex<Vec<(Device, bool)>> = Mutex::new(Vec::new());
+    let mut seen = match SEEN.lock() {
+        Ok(seen) => seen,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some((_, ops)) = seen.iter().find(|(d, _)| d == device) {
+        return *ops;
+    }
+    #[allow(unreachable_patterns)]
+    let ops = match device.as_dispatch() {
+        DispatchDevice::Cube(cube) => env_switch().1 || cube.client().properties().features.plane.contains(Plane::Ops),
+        _ => false,
+    };
+    seen.push((device.clone(), ops));
+    ops
+}
+
+/// `x: [m, in]`, `w: [out, in]` → `[m, out]` (see [`crate::matvec::matvec`]).
+pub fn matvec(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(Dispatch::matvec(x.into_dispatch(), w.into_dispatch()))
+}
+
+/// `x: [n, in]`, `w: [E, out, in]`, `ids: [S]` → `[S, out]` (see
+/// [`crate::matvec::gathered_matvec`]).
+pub fn gathered_matvec(x: Tensor<2>, w: Tensor<3>, ids: Tensor<1, Int>) -> Tensor<2> {
+    Tensor::from_dispatch(Dispatch::gathered_matvec(x.into_dispatch(), w.into_dispatch(), ids.into_dispatch()))
+}
+
+/// `x: [rows, d]`, `weight: [d]` → `[rows, d]` (see [`crate::rms_norm::rms_norm`]).
+pub fn rms_norm(x: Tensor<2>, weight: Tensor<1>, eps: f64) -> Tensor<2> {
+    Tensor::from_dispatch(Dispatch::rms_norm(x.into_dispatch(), weight.into_dispatch(), eps))
+}
+
+/// `(x + delta, rms_norm(x + delta))` (see [`crate::rms_norm::add_rms_norm`]).
+pub fn add_rms_norm(x: Tensor<2>, delta: Tensor<2>, weight: Tensor<1>, eps: f64) -> (Tensor<2>, Tensor<2>) {
+    let (sum, normed) = Dispatch::add_rms_norm(x.into_dispatch(), delta.into_dispatch(), weight.into_dispatch(), eps);
+    (Tensor::from_dispatch(sum), Tensor::from_dispatch(normed))
+}

@@ -1,0 +1,30 @@
+//! Device ops of dsocr: the layers every block uses, loaded straight from PyTorch-layout
+//! tensors, and the matrix-vector products of a decode step.
+//!
+//! Every op has a plain-Burn reference beside it: it is the CPU path, the readable spec and
+//! the test oracle. On the GPU backends (features `cuda`, `wgpu`) some ops run CubeCL kernels
+//! instead ([`kernels`], one `#[cube]` source compiled to CUDA and to WGSL); each kernel is
+//! tested against its reference.
+//!
+//! - [`Linear`]: `y = x Wᵀ + b`, `W` in PyTorch's `[out, in]` layout; a decode step's few rows
+//!   go through [`matvec`];
+//! - [`matvec`] / [`gathered_matvec`]: `x Wᵀ` for a few rows, and the same with one weight
+//!   matrix per row picked by id from a stack (the MoE experts of a decode step);
+//! - [`rms_norm`] / [`add_rms_norm`]: RMSNorm with f32 statistics, alone or after the
+//!   residual add;
+//! - [`LayerNorm`]: statistics in f32 whatever the activation dtype;
+//! - [`attention`]: scaled dot-product attention with an f32 softmax in half precision.
+
+mod attention;
+#[cfg(feature = "kernels")]
+pub mod kernels;
+mod layer_norm;
+mod linear;
+pub mod matvec;
+pub mod rms_norm;
+
+pub use attention::attention;
+pub use layer_norm::LayerNorm;
+pub use linear::Linear;
+pub use matvec::{gathered_matvec, matvec};
+pub use rms_norm::{add_rms_norm, rms_norm};
