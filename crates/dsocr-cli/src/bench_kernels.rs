@@ -52,6 +52,11 @@ struct Case {
     gathered: Option<(usize, usize)>,
 }
 
+/// A timed operation.
+type Op = Box<dyn Fn() -> Tensor<2>>;
+/// A norm case: name, kernel, reference, f32 oracle, bytes moved.
+type NormCase<'a> = (&'a str, &'a dyn Fn() -> Tensor<2>, &'a dyn Fn() -> Tensor<2>, &'a Tensor<2>, usize);
+
 #[derive(Debug, Serialize)]
 struct CaseResult {
     name: String,
@@ -102,13 +107,7 @@ pub fn run(args: KernelArgs) -> Result<ExitCode> {
     let mut results = Vec::new();
     for case in CASES {
         let x = Tensor::<2>::random([case.rows, case.k], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
-        let (kernel, reference, want, used, weight_bytes): (
-            Box<dyn Fn() -> Tensor<2>>,
-            Box<dyn Fn() -> Tensor<2>>,
-            _,
-            _,
-            _,
-        ) = match case.gathered {
+        let (kernel, reference, want, used, weight_bytes): (Op, Op, _, _, _) = match case.gathered {
             None => {
                 let w = Tensor::<2>::random([case.out, case.k], Distribution::Normal(0.0, 0.05), &device).cast(dtype);
                 let want = x.clone().cast(DType::F32).matmul(w.clone().cast(DType::F32).transpose());
@@ -196,7 +195,7 @@ pub fn run(args: KernelArgs) -> Result<ExitCode> {
         let (xr, dr, wr) = (x, delta, w);
         let add_kernel = move || add_rms_norm(xk.clone(), dk.clone(), &wk, 1e-6).1;
         let add_reference = move || add_rms_norm_reference(xr.clone(), dr.clone(), &wr, 1e-6).1;
-        let pairs: [(&str, &dyn Fn() -> Tensor<2>, &dyn Fn() -> Tensor<2>, &Tensor<2>, usize); 2] = [
+        let pairs: [NormCase; 2] = [
             ("rms_norm", &norm_kernel, &norm_reference, &want, 2 * bytes),
             ("add + rms_norm", &add_kernel, &add_reference, &want_add, 4 * bytes),
         ];

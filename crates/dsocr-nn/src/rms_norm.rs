@@ -84,7 +84,7 @@ mod tests {
         let device = Backend::Cpu.device(Precision::F32).unwrap();
         let x = Tensor::<2>::from_data([[3.0f32, 4.0], [1.0, -1.0]], &device);
         let w = Tensor::<1>::from_data([2.0f32, 0.5], &device);
-        let got: Vec<f32> = rms_norm(x, &w, 0.0).into_data().to_vec().unwrap();
+        let got: Vec<f32> = rms_norm(x, &w, 0.0).into_data().try_to_vec::<f32>().unwrap();
         // Row 0: rms = sqrt((9 + 16) / 2); row 1: rms = 1.
         let rms = (12.5f32).sqrt();
         let want = [2.0 * 3.0 / rms, 0.5 * 4.0 / rms, 2.0, -0.5];

@@ -114,7 +114,7 @@ impl MatvecOps for CubeBackend {
 /// The vector width (the widest the runtime reads fast that divides `k`), the output elements
 /// per cube and the grid: `rows` on x, output blocks on y (under the grid limit).
 fn launch_shape(x: &CubeTensor, k: usize, rows: usize, out_dim: usize) -> (usize, usize, CubeCount) {
-    let vector = x.client.io_optimized_vector_sizes(x.dtype.size()).filter(|v| k % v == 0).max().unwrap_or(1);
+    let vector = x.client.io_optimized_vector_sizes(x.dtype.size()).filter(|v| k.is_multiple_of(*v)).max().unwrap_or(1);
     let rows_per_cube = ROWS_PER_CUBE.max(out_dim.div_ceil(MAX_GRID));
     let blocks = out_dim.div_ceil(rows_per_cube);
     (vector, rows_per_cube, CubeCount::Static(rows as u32, blocks as u32, 1))

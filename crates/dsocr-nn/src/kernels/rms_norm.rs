@@ -92,7 +92,7 @@ impl RmsNormOps for CubeBackend {
 
 /// The widest vector the runtime reads fast that divides the row.
 fn vector_size(x: &CubeTensor, d: usize) -> usize {
-    x.client.io_optimized_vector_sizes(x.dtype.size()).filter(|v| d % v == 0).max().unwrap_or(1)
+    x.client.io_optimized_vector_sizes(x.dtype.size()).filter(|v| d.is_multiple_of(*v)).max().unwrap_or(1)
 }
 
 /// The sum over the cube of each unit's `partial`.
@@ -110,6 +110,13 @@ fn cube_sum(partial: f32) -> f32 {
         total += shared[p];
     }
     total
+}
+
+/// `1 / sqrt(mean + eps)` of the row whose squares this unit summed into `acc`.
+#[cube]
+fn inv_rms<N: Size>(acc: Vector<f32, N>, d: f32, eps: f32) -> f32 {
+    let total = cube_sum(Vector::vector_sum(acc));
+    1.0f32 / f32::sqrt(total / d + eps)
 }
 
 /// `w · to_F(v · inv_rms)`: one normalised vector.
@@ -134,8 +141,7 @@ fn rms_norm_kernel<F: Float, N: Size>(
         let v = Vector::<f32, N>::cast_from(x[base + j]);
         acc += v * v;
     }
-    let total = cube_sum(Vector::vector_sum(acc));
-    let inv_rms = 1.0f32 / f32::sqrt(total / d + eps);
+    let inv_rms = inv_rms(acc, d, eps);
     for j in range_stepped(UNIT_POS as usize, d_vectors, CUBE_DIM as usize) {
         out[base + j] = normed(x[base + j], weight[j], inv_rms);
     }
@@ -162,8 +168,7 @@ fn add_rms_norm_kernel<F: Float, N: Size>(
         let v = Vector::<f32, N>::cast_from(h);
         acc += v * v;
     }
-    let total = cube_sum(Vector::vector_sum(acc));
-    let inv_rms = 1.0f32 / f32::sqrt(total / d + eps);
+    let inv_rms = inv_rms(acc, d, eps);
     for j in range_stepped(UNIT_POS as usize, d_vectors, CUBE_DIM as usize) {
         // The same rounded sum as the first pass wrote (this unit's own vectors).
         out[base + j] = normed(x[base + j] + delta[base + j], weight[j], inv_rms);
