@@ -20,7 +20,7 @@ use burn::tensor::{DType, Distribution};
 use clap::Args;
 use dsocr_nn::matvec::{gathered_matvec_reference, matvec_reference};
 use dsocr_nn::rms_norm::{add_rms_norm_reference, rms_norm_reference};
-use dsocr_nn::{add_rms_norm, gathered_matvec, matvec, rms_norm};
+use dsocr_nn::{add_rms_norm, gathered_matvec, matvec, relative_error, rms_norm};
 use dsocr_weights::{Backend, Precision};
 use serde::Serialize;
 
@@ -263,13 +263,6 @@ fn time(op: &dyn Fn() -> Tensor<2>, iters: usize, sync: &dyn Fn() -> Result<()>)
     let seconds = start.elapsed().as_secs_f64() / iters as f64;
     drop(outputs);
     Ok(seconds)
-}
-
-/// `max |got − want| / max |want|`.
-fn relative_error(got: Tensor<2>, want: Tensor<2>) -> f32 {
-    let scale: f32 = want.clone().abs().max().into_scalar();
-    let diff: f32 = (got.cast(DType::F32) - want).abs().max().into_scalar();
-    diff / scale.max(1e-12)
 }
 
 fn markdown(results: &[CaseResult], what: &str, iters: usize) -> String {

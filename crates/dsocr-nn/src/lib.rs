@@ -28,3 +28,14 @@ pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use matvec::{gathered_matvec, matvec};
 pub use rms_norm::{add_rms_norm, rms_norm};
+
+use burn::prelude::*;
+
+/// `max |got − want| / max |want|` in f32: how the kernel checks (`kernels::check`) and
+/// `dsocr bench kernels` compare an op's output with its f32 oracle.
+pub fn relative_error(got: Tensor<2>, want: Tensor<2>) -> f32 {
+    let want = want.cast(burn::tensor::DType::F32);
+    let scale: f32 = want.clone().abs().max().into_scalar();
+    let diff: f32 = (got.cast(burn::tensor::DType::F32) - want).abs().max().into_scalar();
+    diff / scale.max(1e-12)
+}

@@ -10,6 +10,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 
 use crate::matvec::{gathered_matvec_reference, matvec_reference};
+use crate::relative_error;
 use crate::rms_norm::{add_rms_norm_reference, rms_norm_reference};
 
 /// One comparison.
@@ -73,13 +74,6 @@ fn matvec_oracle(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 
 fn f32<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
     t.clone().cast(DType::F32)
-}
-
-/// `max |got − want| / max |want|`, in f32.
-fn relative_error(got: Tensor<2>, want: Tensor<2>) -> f32 {
-    let scale: f32 = want.clone().abs().max().into_scalar();
-    let diff: f32 = (got.cast(DType::F32) - want).abs().max().into_scalar();
-    diff / scale.max(1e-6)
 }
 
 fn tolerance(dtype: DType) -> f32 {
