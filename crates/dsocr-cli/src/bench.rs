@@ -175,6 +175,12 @@ struct DecodeResult {
     /// step each): how the step cost grows with the context.
     step_ms_first_tenth: f64,
     step_ms_last_tenth: f64,
+    /// How the steps of the last run ran: `graph` (recorded and replayed: `hardware` on CUDA
+    /// graphs, else by re-running the recorded closure) or `eager`.
+    steps: &'static str,
+    /// Recordings in the last run and the wall time they took (included in the rates above).
+    graph_captures: usize,
+    graph_capture_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -530,9 +536,11 @@ fn run_stages(
             eos_token_id: NEVER_EOS,
             repeat_guard: None,
             trace: None,
+            ..GenerationConfig::default()
         };
-        // Returns the prompt length and the instants at which each token was handed out.
-        let once = || -> Result<(usize, Vec<Instant>)> {
+        // Returns the prompt length, the instants at which each token was handed out and how
+        // the steps ran.
+        let once = || -> Result<(usize, Vec<Instant>, dsocr_decoder::StepReport)> {
             let (ids, embeds) = model.prompt_embeddings(&prompt, Some(vision))?;
             let mut stamps = Vec::with_capacity(args.decode_tokens);
             let out = dsocr_decoder::generate(&model.decoder, embeds, &ids, &gen, |_| {
@@ -547,21 +555,22 @@ fn run_stages(
                     ids.len()
                 );
             }
-            Ok((ids.len(), stamps))
+            Ok((ids.len(), stamps, out.steps))
         };
         let rate = |stamps: &[Instant]| {
             let span = (stamps[stamps.len() - 1] - stamps[0]).as_secs_f64();
             (stamps.len() - 1) as f64 / span
         };
         eprintln!("decode {} tokens: cold run", args.decode_tokens);
-        let (prompt_tokens, stamps) = once()?;
+        let (prompt_tokens, stamps, mut step_report) = once()?;
         mem.sample();
         let cold = rate(&stamps);
         eprintln!("  = {cold:.2} tokens/s");
         let (mut rates, mut steps) = (Vec::new(), Vec::new());
         for i in 0..repeat {
             eprintln!("decode {} tokens: warm run {}/{repeat}", args.decode_tokens, i + 1);
-            let (_, stamps) = once()?;
+            let (_, stamps, report) = once()?;
+            step_report = report;
             mem.sample();
             rates.push(rate(&stamps));
             eprintln!("  = {:.2} tokens/s", rate(&stamps));
@@ -582,6 +591,13 @@ fn run_stages(
             step_ms_p90: percentile(&steps, 0.9).unwrap_or(f64::NAN),
             step_ms_first_tenth: median(&last_run[..tenth]).unwrap_or(f64::NAN),
             step_ms_last_tenth: median(&last_run[last_run.len() - tenth..]).unwrap_or(f64::NAN),
+            steps: match (step_report.graph, step_report.hardware) {
+                (true, true) => "graph (hardware)",
+                (true, false) => "graph (re-run)",
+                _ => "eager",
+            },
+            graph_captures: step_report.captures,
+            graph_capture_ms: step_report.capture_time.as_secs_f64() * 1e3,
         });
     }
     drop(gundam_vision);
@@ -825,7 +841,7 @@ fn markdown(r: &Report) -> String {
     }
     if let Some(d) = &r.decode {
         out.push_str(&format!(
-            "| decode, batch 1, {} forced tokens after {} | {:.2} tokens/s | **{:.2} tokens/s** | step {:.1} ms median, {:.1} ms p90; first/last tenth {:.1}/{:.1} ms |\n",
+            "| decode, batch 1, {} forced tokens after {} | {:.2} tokens/s | **{:.2} tokens/s** | step {:.1} ms median, {:.1} ms p90; first/last tenth {:.1}/{:.1} ms; {} steps, {} recordings in {:.0} ms |\n",
             d.tokens,
             d.prompt_tokens,
             d.cold_tokens_per_s,
@@ -833,7 +849,10 @@ fn markdown(r: &Report) -> String {
             d.step_ms_median,
             d.step_ms_p90,
             d.step_ms_first_tenth,
-            d.step_ms_last_tenth
+            d.step_ms_last_tenth,
+            d.steps,
+            d.graph_captures,
+            d.graph_capture_ms
         ));
     }
     if let Some(p) = &r.pages {
@@ -1009,6 +1028,9 @@ mod tests {
                 step_ms_p90: 10.0,
                 step_ms_first_tenth: 10.0,
                 step_ms_last_tenth: 10.0,
+                steps: "eager",
+                graph_captures: 0,
+                graph_capture_ms: 0.0,
             }),
             decode_step_breakdown: None,
             pages: None,

@@ -70,6 +70,33 @@ impl Attention {
         self.o_proj.forward(out)
     }
 
+    /// A decode step of one sequence whose position lives in device memory: `x: [1, 1, d]`
+    /// at the position held by `position` `[1]`, `cos`/`sin` from [`Rope::row_at`], `mask`
+    /// `[1, 1, 1, capacity]` true past that position. Writes this layer's K/V there (in place)
+    /// and attends over the whole buffer with the mask: no host value enters, so the step can
+    /// be captured as a graph and replayed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_step(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        position: &Tensor<1, Int>,
+        mask: &Tensor<4, Bool>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Tensor<3> {
+        let split_heads = |y: Tensor<3>| y.reshape([1, 1, self.num_heads, self.head_dim]).swap_dims(1, 2);
+        let q = rope.apply_rows(split_heads(self.q_proj.forward(x.clone())), cos, sin);
+        let k = rope.apply_rows(split_heads(self.k_proj.forward(x.clone())), cos, sin);
+        let v = split_heads(self.v_proj.forward(x));
+        let (k, v) = cache.write_at(layer, k, v, position);
+        let out = attention(q, k, v, None, Some(mask.clone()), false); // [1, heads, 1, head_dim]
+        let out = out.swap_dims(1, 2).reshape([1, 1, self.num_heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+
     /// A decode step of several sequences, one new token each: `x: [slots, 1, d]`, row `s` at
     /// position `cache.len(s)` with `cos`/`sin` rows from [`Rope::rows`]. Writes each row's K/V
     /// at its own position and attends over that slot's positions only (per-row length mask).

@@ -8,6 +8,8 @@ use std::ops::ControlFlow;
 use burn::prelude::*;
 use burn::tensor::{DType, IndexingUpdateOp};
 
+use crate::kv_cache::DEFAULT_CHUNK;
+use crate::step::{StepMode, StepReport, Stepper, GRAPH_CHUNK};
 use crate::{Decoder, DecoderError};
 
 /// Default `max_new_tokens` of the low-level [`GenerationConfig`] (the request-level defaults of
@@ -165,11 +167,23 @@ pub struct GenerationConfig {
     pub repeat_guard: Option<RepeatGuard>,
     /// Also return a [`GenerationTrace`] (for parity checks).
     pub trace: Option<TraceConfig>,
+    /// How the decode steps run (default: as replayed graphs where the device supports it).
+    pub step: StepMode,
+    /// Positions the K/V buffers grow by; `None`: [`DEFAULT_CHUNK`] for eager steps,
+    /// [`GRAPH_CHUNK`] for graphs (each growth records the step again).
+    pub kv_chunk: Option<usize>,
 }
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        Self { max_new_tokens: DEFAULT_MAX_NEW_TOKENS, eos_token_id: 1, repeat_guard: None, trace: None }
+        Self {
+            max_new_tokens: DEFAULT_MAX_NEW_TOKENS,
+            eos_token_id: 1,
+            repeat_guard: None,
+            trace: None,
+            step: StepMode::default(),
+            kv_chunk: None,
+        }
     }
 }
 
@@ -212,6 +226,8 @@ pub struct Generation {
     /// Index (into `ids`) of the last step at which the repeat guard banned something.
     pub last_guard_step: Option<usize>,
     pub trace: Option<GenerationTrace>,
+    /// How the decode steps ran (graph or eager, recordings).
+    pub steps: StepReport,
 }
 
 /// Greedy decoding: prefill `prompt_embeds` `[1, L, d]` (whose ids are `prompt_ids`, used by
@@ -234,7 +250,9 @@ where
     let vocab = dcfg.vocab_size;
 
     // Prefill.
-    let mut cache = decoder.new_cache();
+    let graph = cfg.step.uses_graph(decoder);
+    let chunk = cfg.kv_chunk.unwrap_or(if graph { GRAPH_CHUNK } else { DEFAULT_CHUNK });
+    let mut cache = decoder.new_cache_with_chunk(chunk);
     let mut trace = None;
     let mut logits = match cfg.trace {
         Some(tc) => {
@@ -256,6 +274,9 @@ where
     let trace_steps = cfg.trace.map_or(0, |tc| tc.decode_logits_steps);
     let mut decode_rows: Vec<Tensor<2>> = Vec::new();
 
+    let mut stepper = Stepper::new(decoder, cache, graph);
+    // The argmax of `logits` when the last step computed it on the device.
+    let mut argmax: Option<Tensor<1, Int>> = None;
     let mut history = prompt_ids.to_vec();
     let mut ids = Vec::new();
     let mut last_guard_step = None;
@@ -271,7 +292,10 @@ where
         if !banned.is_empty() {
             last_guard_step = Some(ids.len());
         }
-        let token = greedy_token(logits.reshape([1, vocab]), &banned);
+        let token = match argmax.take() {
+            Some(id) if banned.is_empty() => id.into_scalar::<i64>() as u32,
+            _ => greedy_token(logits.clone().reshape([1, vocab]), &banned),
+        };
         ids.push(token);
         history.push(token);
         let flow = on_token(token);
@@ -285,18 +309,20 @@ where
             // The last token is never fed back: its logits would not be used.
             break length_or_repetition(cfg, ids.len(), last_guard_step);
         }
-        let hidden = decoder.forward(decoder.embed(&[token]), &mut cache);
-        logits = decoder.logits(hidden);
+        let out = stepper.step(token, prompt_len + ids.len() - 1);
         if decode_rows.len() < trace_steps {
-            decode_rows.push(logits.clone().reshape([1, vocab]));
+            // A copy: in graph mode the logits buffer is the graph's, rewritten by the next step.
+            decode_rows.push(out.logits.clone().add_scalar(0.0));
         }
+        logits = out.logits.unsqueeze::<3>();
+        argmax = Some(out.token);
     };
     if let Some(trace) = trace.as_mut() {
         if !decode_rows.is_empty() {
             trace.decode_logits = Some(Tensor::cat(decode_rows, 0));
         }
     }
-    Ok(Generation { ids, finish, prompt_len, last_guard_step, trace })
+    Ok(Generation { ids, finish, prompt_len, last_guard_step, trace, steps: stepper.report() })
 }
 
 /// Checks a prompt for generation (`[1, L, d]` embeddings of the `L` ids, within the context,
@@ -364,6 +390,12 @@ pub fn greedy_token(logits: Tensor<2>, banned: &[u32]) -> u32 {
         let fill = Tensor::<2>::full([rows, n], f32::NEG_INFINITY, (&device, DType::F32));
         logits.select_assign(1, ids, fill, IndexingUpdateOp::Assign)
     };
+    argmax_ids(logits).into_scalar::<i64>() as u32
+}
+
+/// Argmax of each row of `logits` `[rows, vocab]` as ids `[rows]` on the device, lowest id on
+/// ties (see [`greedy_token`]).
+pub fn argmax_ids(logits: Tensor<2>) -> Tensor<1, Int> {
     let [rows, vocab] = logits.dims();
     match argmax_split(vocab) {
         // One long row is reduced by few GPU threads (3.6 ms for the 129,280 logits on the
@@ -371,20 +403,20 @@ pub fn greedy_token(logits: Tensor<2>, banned: &[u32]) -> u32 {
         Some(width) if rows == 1 && !dsocr_weights::backend::is_host_device(&logits.device()) => {
             argmax_two_stage(logits, width)
         }
-        _ => logits.argmax(1).into_scalar::<i64>() as u32,
+        _ => logits.argmax(1).reshape([rows]),
     }
 }
 
 /// Argmax of a `[1, vocab]` row as `[vocab / width, width]`: the maximum of every block, then
 /// the best block. Both stages keep the lowest index on ties, so the result is the lowest id
 /// among equal maxima, as a one-stage argmax.
-fn argmax_two_stage(logits: Tensor<2>, width: usize) -> u32 {
+fn argmax_two_stage(logits: Tensor<2>, width: usize) -> Tensor<1, Int> {
     let vocab = logits.dims()[1];
     let blocks = logits.reshape([vocab / width, width]);
     let (maxima, columns) = blocks.max_dim_with_indices(1); // [blocks, 1] each
     let row = maxima.argmax(0); // [1, 1]
     let column = columns.gather(0, row.clone());
-    (row * width as i64 + column).into_scalar::<i64>() as u32
+    (row * width as i64 + column).reshape([1])
 }
 
 /// The row width of the two-stage argmax: the divisor of `vocab` closest to its square root
@@ -478,7 +510,7 @@ mod tests {
                 v[p] = 5.0; // equal maxima in different blocks and inside one block
             }
             let logits = Tensor::<2>::from_data(TensorData::new(v, [1, vocab]), &device);
-            assert_eq!(argmax_two_stage(logits.clone(), 40) as usize, want, "peaks {peaks:?}");
+            assert_eq!(argmax_two_stage(logits.clone(), 40).into_scalar::<i64>() as usize, want, "peaks {peaks:?}");
             assert_eq!(greedy_token(logits, &[]) as usize, want);
         }
     }

@@ -8,6 +8,7 @@
 //! step).
 
 use burn::prelude::*;
+use burn::tensor::IndexingUpdateOp;
 
 /// Default growth step, in positions.
 pub const DEFAULT_CHUNK: usize = 256;
@@ -109,6 +110,52 @@ impl KvCache {
         (k_all, v_all, mask)
     }
 
+    /// Grows every written buffer to hold `positions` positions (to the next multiple of
+    /// `chunk`; one copy of the content), for decode steps that write at a device position
+    /// ([`write_at`](Self::write_at)), which cannot grow the buffers themselves.
+    pub(crate) fn reserve(&mut self, positions: usize, chunk: usize) {
+        for entry in &mut self.layers {
+            for buf in [&mut entry.k, &mut entry.v] {
+                if let Some(old) = buf.take() {
+                    let like = old.clone();
+                    *buf = Some(grown(Some(old), positions, chunk.max(1), &like));
+                }
+            }
+        }
+        self.mask = None;
+    }
+
+    /// Writes `k`, `v` `[1, heads, 1, head_dim]` of layer `layer` at the position held by the
+    /// device tensor `position` `[1]` (in place: the buffer is moved out of its slot, so
+    /// `select_assign` owns it) and returns the whole buffers `[1, heads, capacity, head_dim]`.
+    /// The position must be below [`capacity`](Self::capacity) ([`reserve`](Self::reserve));
+    /// the cache length is not advanced (the caller tracks it, [`set_len`](Self::set_len)).
+    pub(crate) fn write_at(
+        &mut self,
+        layer: usize,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        position: &Tensor<1, Int>,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let chunk = self.chunk;
+        let entry = &mut self.layers[layer];
+        let write = |buf: &mut Option<Tensor<4>>, new: Tensor<4>| {
+            let cache = grown(buf.take(), 1, chunk, &new);
+            let dtype = cache.dtype();
+            let written = cache.select_assign(2, position.clone(), new.cast(dtype), IndexingUpdateOp::Assign);
+            *buf = Some(written.clone());
+            written
+        };
+        let k_all = write(&mut entry.k, k);
+        let v_all = write(&mut entry.v, v);
+        (k_all, v_all)
+    }
+
+    /// Sets the number of cached positions (after [`write_at`](Self::write_at) steps).
+    pub(crate) fn set_len(&mut self, len: usize) {
+        self.len = len;
+    }
+
     /// `positions >= valid` as `[1, 1, 1, capacity]`, shared by all layers of a step.
     fn mask(&mut self, valid: usize, capacity: usize, device: &Device) -> Tensor<4, Bool> {
         if let Some((v, c, mask)) = &self.mask {
@@ -147,13 +194,22 @@ fn write(buf: &mut Option<Tensor<4>>, new: Tensor<4>, start: usize, end: usize, 
     let [b, h, _, d] = new.dims();
     // Moved out of the slot (not cloned), so the buffer is uniquely owned and `slice_assign`
     // writes into it instead of copying it.
-    let cache = match buf.take() {
+    let cache = grown(buf.take(), end, chunk, &new);
+    let cache = cache.slice_assign([0..b, 0..h, start..end, 0..d], new);
+    let view = cache.clone().slice([0..b, 0..h, 0..end, 0..d]);
+    *buf = Some(cache);
+    view
+}
+
+/// `old` if it holds `end` positions, else a buffer of the next multiple of `chunk` positions
+/// with `old`'s content (one copy per chunk boundary crossed), shaped like `like` (`[b, h, _, d]`).
+fn grown(old: Option<Tensor<4>>, end: usize, chunk: usize, like: &Tensor<4>) -> Tensor<4> {
+    match old {
         Some(old) if old.dims()[2] >= end => old,
         old => {
-            let grown = end.div_ceil(chunk) * chunk;
-            let fresh = Tensor::<4>::zeros([b, h, grown, d], (&new.device(), new.dtype()));
+            let [b, h, _, d] = like.dims();
+            let fresh = Tensor::<4>::zeros([b, h, end.div_ceil(chunk) * chunk, d], (&like.device(), like.dtype()));
             match old {
-                // One copy of the old content per chunk boundary crossed.
                 Some(old) => {
                     let capacity = old.dims()[2];
                     fresh.slice_assign([0..b, 0..h, 0..capacity, 0..d], old)
@@ -161,11 +217,7 @@ fn write(buf: &mut Option<Tensor<4>>, new: Tensor<4>, start: usize, end: usize, 
                 None => fresh,
             }
         }
-    };
-    let cache = cache.slice_assign([0..b, 0..h, start..end, 0..d], new);
-    let view = cache.clone().slice([0..b, 0..h, 0..end, 0..d]);
-    *buf = Some(cache);
-    view
+    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,35 @@ impl DecoderLayer {
         h + ffn
     }
 
+    /// [`forward`](Self::forward) for a decode step whose position lives in device memory
+    /// (see [`Attention::forward_step`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_step(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        position: &Tensor<1, Int>,
+        mask: &Tensor<4, Bool>,
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
+        let normed = self.input_layernorm.forward(x.clone());
+        let attn = self.self_attn.forward_step(normed, rope, cos, sin, position, mask, cache, self.index);
+        let (h, normed) = self.post_attention_layernorm.forward_residual(x, attn);
+        let ffn = self.mlp.forward(normed);
+        h + ffn
+    }
+
+    /// Whether this layer's feed-forward runs without reading anything back to the host at
+    /// decode size (a dense MLP, or a MoE whose experts are gathered on the device).
+    pub fn decodes_on_device(&self) -> bool {
+        match &self.mlp {
+            FeedForward::Dense(_) => true,
+            FeedForward::Moe(moe) => moe.gathers_on_device(),
+        }
+    }
+
     /// [`forward`](Self::forward) for a batched decode step over a [`SlotCache`].
     pub fn forward_slots(
         &self,

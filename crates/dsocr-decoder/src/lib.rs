@@ -23,14 +23,15 @@ mod model;
 mod moe;
 mod rms_norm;
 mod rope;
+pub mod step;
 
 pub use attention::Attention;
 pub use batch::{greedy_tokens, Batcher, Sampled, SlotCache};
 pub use config::DecoderConfig;
 pub use error::DecoderError;
 pub use generation::{
-    generate, greedy_token, FinishReason, Generation, GenerationConfig, GenerationTrace, RepeatGuard, TraceConfig,
-    DEFAULT_MAX_NEW_TOKENS, TRACE_PREFILL_TAIL,
+    argmax_ids, generate, greedy_token, FinishReason, Generation, GenerationConfig, GenerationTrace, RepeatGuard,
+    TraceConfig, DEFAULT_MAX_NEW_TOKENS, TRACE_PREFILL_TAIL,
 };
 pub use kv_cache::{KvCache, DEFAULT_CHUNK};
 pub use layer::{DecoderLayer, FeedForward};
@@ -39,3 +40,4 @@ pub use model::Decoder;
 pub use moe::{ExpertDispatch, Moe};
 pub use rms_norm::RmsNorm;
 pub use rope::Rope;
+pub use step::{StepInputs, StepMode, StepOutput, StepReport, GRAPH_CHUNK};

@@ -7,11 +7,13 @@ use dsocr_nn::Linear;
 use dsocr_weights::VarBuilder;
 
 use crate::batch::SlotCache;
+use crate::generation::argmax_ids;
 use crate::kv_cache::{KvCache, DEFAULT_CHUNK};
 use crate::layer::DecoderLayer;
 use crate::moe::ExpertDispatch;
 use crate::rms_norm::RmsNorm;
 use crate::rope::Rope;
+use crate::step::{StepInputs, StepOutput};
 use crate::{DecoderConfig, DecoderError};
 
 #[derive(Debug, Clone)]
@@ -188,6 +190,40 @@ impl Decoder {
         }
         cache.advance_live();
         self.norm.forward(x)
+    }
+
+    /// One decode step whose inputs live in device memory ([`StepInputs`]: the token id and
+    /// its position), so that nothing in it comes from the host and it can be captured as a
+    /// graph and replayed ([`crate::step`]). Writes the step's K/V into `cache` at that
+    /// position (the buffers must already hold it, `KvCache::reserve`; the cache length is the
+    /// caller's to advance) and returns the logits `[1, vocab]` in f32 and their argmax `[1]`
+    /// (lowest id on ties), both on the device.
+    pub fn forward_step(&self, inputs: &StepInputs, cache: &mut KvCache) -> StepOutput {
+        let d = self.cfg.hidden_size;
+        let token = inputs.state.clone().narrow(0, 0, 1);
+        let position = inputs.state.clone().narrow(0, 1, 1);
+        let capacity = inputs.positions.dims()[0];
+        // Key positions after this one are not attended (nor written yet).
+        let mask = inputs.positions.clone().greater(position.clone().expand([capacity])).reshape([1, 1, 1, capacity]);
+        let (cos, sin) = self.rope.row_at(position.clone());
+        let mut x = self.embed_tokens.clone().select(0, token).reshape([1, 1, d]);
+        for layer in &self.layers {
+            x = layer.forward_step(x, &self.rope, &cos, &sin, &position, &mask, cache);
+        }
+        let logits = self.logits(self.norm.forward(x)).reshape([1, self.cfg.vocab_size]);
+        let token = argmax_ids(logits.clone());
+        StepOutput { logits, token }
+    }
+
+    /// Whether [`forward_step`](Self::forward_step) runs without any host read (every MoE
+    /// layer gathers its experts on the device), which graph capture requires.
+    pub fn steps_on_device(&self) -> bool {
+        self.layers.iter().all(DecoderLayer::decodes_on_device)
+    }
+
+    /// The RoPE tables.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
     }
 
     /// `lm_head` on hidden states `[batch, t, d]` → logits `[batch, t, vocab]` in f32.

@@ -158,6 +158,11 @@ impl Moe {
         }
     }
 
+    /// Whether a decode step's experts are gathered on the device (no host read of the ids).
+    pub fn gathers_on_device(&self) -> bool {
+        self.gather_on_device && matches!(self.experts, Experts::Packed { .. })
+    }
+
     /// `x: [batch, t, d]` → `[batch, t, d]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();

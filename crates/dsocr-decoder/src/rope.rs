@@ -83,6 +83,19 @@ impl Rope {
         (Tensor::cat(cos, 0), Tensor::cat(sin, 0))
     }
 
+    /// cos and sin `[1, head_dim]` of the position held by the device tensor `position` `[1]`
+    /// (a decode step whose position lives in device memory, as a captured graph needs). The
+    /// position must be below the table length (`max_position_embeddings`, which bounds every
+    /// position generation feeds).
+    pub fn row_at(&self, position: Tensor<1, Int>) -> (Tensor<2>, Tensor<2>) {
+        (self.cos.clone().select(0, position.clone()), self.sin.clone().select(0, position))
+    }
+
+    /// The number of positions the precomputed table covers.
+    pub fn table_len(&self) -> usize {
+        self.table_len
+    }
+
     /// [`apply`](Self::apply) for one new position per sequence: `x: [rows, heads, 1, head_dim]`
     /// with `cos`, `sin` `[rows, head_dim]` from [`rows`](Self::rows).
     pub fn apply_rows(&self, x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {

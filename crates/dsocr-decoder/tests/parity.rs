@@ -95,6 +95,7 @@ fn run_all_cases(dispatch: ExpertDispatch) {
                 prefill_logits_tail: 8,
                 decode_logits_steps: golden_decode.as_ref().map_or(0, |(s, _)| s[0]),
             }),
+            ..GenerationConfig::default()
         };
         let mut streamed = Vec::new();
         let out = generate(&decoder, embeds, &ids, &cfg, |id| {

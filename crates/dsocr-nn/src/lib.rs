@@ -13,7 +13,9 @@
 //! - [`rms_norm`] / [`add_rms_norm`]: RMSNorm with f32 statistics, alone or after the
 //!   residual add;
 //! - [`LayerNorm`]: statistics in f32 whatever the activation dtype;
-//! - [`attention`]: scaled dot-product attention with an f32 softmax in half precision.
+//! - [`attention`]: scaled dot-product attention with an f32 softmax in half precision;
+//! - [`overwrite`]: new values written into an existing device buffer (the inputs of a
+//!   captured decode graph).
 
 mod attention;
 #[cfg(feature = "kernels")]
@@ -21,12 +23,14 @@ pub mod kernels;
 mod layer_norm;
 mod linear;
 pub mod matvec;
+mod overwrite;
 pub mod rms_norm;
 
 pub use attention::attention;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use matvec::{gathered_matvec, matvec};
+pub use overwrite::{overwrite, overwrites_in_place};
 pub use rms_norm::{add_rms_norm, rms_norm};
 
 use burn::prelude::*;

@@ -21,10 +21,15 @@ pub fn device() -> Device {
 }
 
 pub fn load_decoder() -> Decoder {
+    load_decoder_on(&device())
+}
+
+/// The fixture decoder in f32 on `device`.
+pub fn load_decoder_on(device: &Device) -> Decoder {
     let dir = fixture_dir();
     let cfg = DecoderConfig::from_hf_config_file(dir.join("config.json")).expect("config");
     let files = Arc::new(SafetensorsFiles::open(dir.join("model.safetensors")).expect("weights"));
-    let vb = VarBuilder::new(files, &device(), DType::F32);
+    let vb = VarBuilder::new(files, device, DType::F32);
     Decoder::load(&vb, &cfg).expect("decoder")
 }
 

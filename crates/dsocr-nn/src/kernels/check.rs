@@ -141,5 +141,23 @@ pub fn run(device: &Device, dtype: DType, sizes: Sizes) -> Vec<Check> {
         push(format!("add_rms_norm {rows}×{d} sum"), if sum_diff == 0.0 { 0.0 } else { f32::INFINITY });
         push(format!("add_rms_norm {rows}×{d}"), relative_error(normed, want));
     }
+
+    // overwrite: the values land in the destination's buffer, so a clone taken before the
+    // write reads them (as a captured graph does), at lengths below and above one cube.
+    for len in [2usize, 3, 130] {
+        let ints = |offset: i64| {
+            Tensor::<1, Int>::from_data(
+                TensorData::new((0..len as i64).map(|i| i * 7 + offset).collect(), [len]),
+                device,
+            )
+        };
+        let dst = ints(100);
+        let reader = dst.clone();
+        let alias = super::overwrite(dst, ints(-3));
+        let got: Vec<i64> = reader.into_data().convert::<i64>().iter::<i64>().collect();
+        drop(alias);
+        let want: Vec<i64> = (0..len as i64).map(|i| i * 7 - 3).collect();
+        push(format!("overwrite {len} ints in place"), if got == want { 0.0 } else { f32::INFINITY });
+    }
     checks
 }

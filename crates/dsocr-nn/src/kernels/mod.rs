@@ -9,10 +9,13 @@
 //! - [`matvec`](mod@matvec): `x Wᵀ` for a few rows, one plane (warp) per output element;
 //!   [`gathered_matvec`]: the same with each row's matrix picked by id from a stack;
 //! - [`rms_norm`](mod@rms_norm) / [`add_rms_norm`]: RMSNorm, alone or after the residual add,
-//!   one cube per row.
+//!   one cube per row;
+//! - [`overwrite`](mod@overwrite): integers written into an existing buffer (the inputs of a
+//!   captured decode graph; not switchable: it replaces no op).
 
 pub mod check;
 mod matvec;
+mod overwrite;
 mod rms_norm;
 
 use std::sync::{Mutex, OnceLock};
@@ -25,6 +28,7 @@ use cubecl::features::Plane;
 use burn::backend::Dispatch;
 
 use self::matvec::MatvecOps;
+use self::overwrite::OverwriteOps;
 use self::rms_norm::RmsNormOps;
 
 /// The kernels of this module, by the name `DSOCR_KERNELS` knows them by.
@@ -104,6 +108,20 @@ pub fn plane_ops(device: &Device) -> bool {
     };
     seen.push((device.clone(), ops));
     ops
+}
+
+/// Whether `device` is a CubeCL device (every GPU backend), where [`overwrite`] runs.
+pub fn is_cube(device: &Device) -> bool {
+    #[allow(unreachable_patterns)]
+    match device.as_dispatch() {
+        DispatchDevice::Cube(_) => true,
+        _ => false,
+    }
+}
+
+/// `dst ← src` in `dst`'s buffer (see [`crate::overwrite`]); returns an alias of `dst`.
+pub fn overwrite(dst: Tensor<1, Int>, src: Tensor<1, Int>) -> Tensor<1, Int> {
+    Tensor::from_dispatch(Dispatch::overwrite_ints(dst.into_dispatch(), src.into_dispatch()))
 }
 
 /// `x: [m, in]`, `w: [out, in]` → `[m, out]` (see [`crate::matvec::matvec`]).

@@ -1,0 +1,59 @@
+//! `dst ← src` for integer vectors, written into `dst`'s own buffer.
+//!
+//! A captured graph (`burn::tensor::capture`) replays against the buffers it read while it was
+//! recorded, so the inputs of a decode step (the token id and the position) must be refreshed
+//! in those buffers between replays. Burn's ops return new tensors (or write in place only when
+//! a handle is the sole owner, which a graph's closure holding a clone prevents); this kernel
+//! writes into the buffer whatever holds it. The returned tensor is an alias of `dst` that
+//! orders the write for fusion: keep it alive until the work that must see the new values
+//! (the next replay) has been submitted.
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::backend::tensor::IntTensor;
+use burn::backend::{backend_extension, Backend, TensorMetadata};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeBackend;
+use cubecl::prelude::*;
+
+const CUBE_UNITS: u32 = 64;
+
+#[backend_extension(Cube, Fusion)]
+pub trait OverwriteOps: Backend {
+    #[fusion(shape = dst, dtype = dst)]
+    fn overwrite_ints(dst: IntTensor<Self>, src: IntTensor<Self>) -> IntTensor<Self>;
+}
+
+impl OverwriteOps for CubeBackend {
+    fn overwrite_ints(dst: CubeTensor, src: CubeTensor) -> CubeTensor {
+        let src = into_contiguous(src);
+        let len = dst.shape().num_elements().min(src.shape().num_elements());
+        if len == 0 {
+            return dst;
+        }
+        let dtypes = [dtype_to_storage_type(dst.dtype), dtype_to_storage_type(src.dtype)];
+        overwrite_kernel::launch(
+            &dst.client.clone(),
+            CubeCount::Static((len as u32).div_ceil(CUBE_UNITS), 1, 1),
+            CubeDim::new_1d(CUBE_UNITS),
+            src.into_tensor_arg(),
+            dst.clone().into_tensor_arg(),
+            len,
+            dtypes,
+        );
+        dst
+    }
+}
+
+#[cube(launch)]
+fn overwrite_kernel<I: Int, J: Int>(
+    src: &Tensor<J>,
+    dst: &mut Tensor<I>,
+    len: usize,
+    #[define(I, J)] _dtypes: [ElemType; 2],
+) {
+    let i = ABSOLUTE_POS;
+    if i < len {
+        dst[i] = I::cast_from(src[i]);
+    }
+}
