@@ -7,6 +7,8 @@
 # kernels: `dsocr bench kernels` (each CubeCL kernel against its plain-Burn reference, real shapes).
 # profile: CubeCL's kernel profile of two decode runs of different lengths (kernels per step = the difference).
 # ab: the stages with the dsocr-nn kernels on and off (DSOCR_KERNELS=0), PyTorch beside (TOKENS forced).
+# graph: batch-1 decode with the step replayed as a CUDA graph and eager (DSOCR_GRAPH=0), PyTorch beside
+#        (TOKENS forced, 1000 by default as issue 11 asks).
 # batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -51,6 +53,14 @@ ab)
   step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --decode-tokens $T --skip-pages --json "$OUT/torch.json"
   step kernels-on      $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --json "$OUT/kernels-on.json" --compare "$OUT/torch.json"
   step kernels-off     env DSOCR_KERNELS=0 $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --json "$OUT/kernels-off.json" --compare "$OUT/torch.json"
+  ;;
+graph)
+  mkdir -p /tmp/full
+  [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
+  T=${TOKENS:-1000}; R=${REPEAT:-1}
+  step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --decode-tokens $T --skip-pages --json "$OUT/torch.json"
+  step graph-on        $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-breakdown --json "$OUT/graph-on.json" --compare "$OUT/torch.json"
+  step graph-off       env DSOCR_GRAPH=0 $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-vision --skip-base --skip-breakdown --json "$OUT/graph-off.json" --compare "$OUT/torch.json"
   ;;
 kernels)
   step kernels-bf16    $BIN bench kernels --device cuda --precision bf16 --json "$OUT/kernels-bf16.json"

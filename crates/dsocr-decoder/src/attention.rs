@@ -2,7 +2,7 @@
 //! q/k/v/o projections, rotate-half RoPE on q and k, causal softmax(q kᵀ / √d) v.
 
 use burn::prelude::*;
-use dsocr_nn::{attention, Linear};
+use dsocr_nn::{attention, decode_attention, Linear};
 use dsocr_weights::VarBuilder;
 
 use crate::batch::SlotCache;
@@ -92,7 +92,7 @@ impl Attention {
         let k = rope.apply_rows(split_heads(self.k_proj.forward(x.clone())), cos, sin);
         let v = split_heads(self.v_proj.forward(x));
         let (k, v) = cache.write_at(layer, k, v, position);
-        let out = attention(q, k, v, None, Some(mask.clone()), false); // [1, heads, 1, head_dim]
+        let out = decode_attention(q, k, v, position, mask); // [1, heads, 1, head_dim]
         let out = out.swap_dims(1, 2).reshape([1, 1, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }

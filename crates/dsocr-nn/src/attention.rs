@@ -51,6 +51,31 @@ pub fn attention(
     burn::tensor::activation::softmax(scores, 3).cast(dtype).matmul(v)
 }
 
+/// Attention of one new query per sequence over its whole K/V cache: `q: [b, h, 1, d]`, `k`,
+/// `v`: `[b, h, capacity, d]`; sequence `r` attends over positions `0..=position[r]`
+/// (`position: [b]` on the device; `mask` `[b, 1, 1, capacity]` is the same thing as a mask,
+/// `true` after it). Neither is read on the host, so a captured graph can replay this.
+///
+/// The reference is [`attention`] with the mask; on GPUs it is one kernel pair
+/// ([`crate::kernels`], `attention`) that reads the length from `position`.
+pub fn decode_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    position: &Tensor<1, Int>,
+    mask: &Tensor<4, Bool>,
+) -> Tensor<4> {
+    #[cfg(feature = "kernels")]
+    {
+        use crate::kernels::{available, Kernel};
+        if available(Kernel::DecodeAttention, &q, &k) && k.dtype() == v.dtype() {
+            return crate::kernels::decode_attention(q, k, v, position.clone());
+        }
+    }
+    let _ = position;
+    attention(q, k, v, None, Some(mask.clone()), false)
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::Distribution;

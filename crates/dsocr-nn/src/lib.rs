@@ -14,6 +14,7 @@
 //!   residual add;
 //! - [`LayerNorm`]: statistics in f32 whatever the activation dtype;
 //! - [`attention`]: scaled dot-product attention with an f32 softmax in half precision;
+//!   [`decode_attention`]: one query per sequence over its K/V cache, the length on the device;
 //! - [`overwrite`]: new values written into an existing device buffer (the inputs of a
 //!   captured decode graph).
 
@@ -26,7 +27,7 @@ pub mod matvec;
 mod overwrite;
 pub mod rms_norm;
 
-pub use attention::attention;
+pub use attention::{attention, decode_attention};
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use matvec::{gathered_matvec, matvec};

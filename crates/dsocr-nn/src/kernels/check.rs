@@ -60,6 +60,18 @@ const GATHERED_REAL: [(usize, usize, usize, usize, usize); 3] =
 /// `(rows, d)`.
 const NORM_SMALL: [(usize, usize); 6] = [(1, 8), (5, 40), (3, 37), (5, 64), (2, 1280), (4, 3000)];
 const NORM_REAL: [(usize, usize); 3] = [(1, 1280), (16, 1280), (902, 1280)];
+/// `(heads, capacity, head_dim, position of each sequence)`: one block and several, the last
+/// position of the buffer, position 0, a head dimension without a 4-wide vector, two sequences.
+const ATTENTION_SMALL: [(usize, usize, usize, &[usize]); 6] = [
+    (2, 40, 16, &[17]),
+    (3, 64, 32, &[0]),
+    (2, 130, 24, &[129]),
+    (2, 100, 16, &[5, 99]),
+    (1, 9, 6, &[4]),
+    (10, 300, 128, &[299]),
+];
+/// The decoder's: 10 heads of 128, a 902-token prompt in a 1,536-position cache, and later.
+const ATTENTION_REAL: [(usize, usize, usize, &[usize]); 2] = [(10, 1536, 128, &[902]), (10, 2048, 128, &[1900])];
 
 fn random<const D: usize>(shape: [usize; D], device: &Device, dtype: DType) -> Tensor<D> {
     Tensor::<D>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(dtype)
@@ -70,6 +82,14 @@ fn random<const D: usize>(shape: [usize; D], device: &Device, dtype: DType) -> T
 fn matvec_oracle(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     let rows = x.dims()[0];
     Tensor::cat((0..rows).map(|r| matvec_reference(x.clone().narrow(0, r, 1), w.clone())).collect(), 0)
+}
+
+/// Masked attention of one query in exact f32 arithmetic (products and sums, no matmul).
+fn decode_attention_oracle(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Tensor<4, Bool>) -> Tensor<4> {
+    let [b, h, capacity, d] = k.dims();
+    let scores = (q * k).sum_dim(3).reshape([b, h, 1, capacity]) * (1.0 / (d as f64).sqrt());
+    let p = burn::tensor::activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+    (p.reshape([b, h, capacity, 1]) * v).sum_dim(2)
 }
 
 fn f32<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
@@ -140,6 +160,25 @@ pub fn run(device: &Device, dtype: DType, sizes: Sizes) -> Vec<Check> {
         // Exact: any difference is an infinite relative error.
         push(format!("add_rms_norm {rows}×{d} sum"), if sum_diff == 0.0 { 0.0 } else { f32::INFINITY });
         push(format!("add_rms_norm {rows}×{d}"), relative_error(normed, want));
+    }
+
+    let attention_shapes = ATTENTION_SMALL.iter().chain(ATTENTION_REAL.iter().filter(|_| real));
+    for &(heads, capacity, d, positions) in attention_shapes {
+        let b = positions.len();
+        let q = random([b, heads, 1, d], device, dtype);
+        let k = random([b, heads, capacity, d], device, dtype);
+        let v = random([b, heads, capacity, d], device, dtype);
+        let position = Tensor::<1, Int>::from_data(
+            TensorData::new(positions.iter().map(|&p| p as i64).collect::<Vec<_>>(), [b]),
+            device,
+        );
+        let mask = Tensor::<1, Int>::arange(0..capacity as i64, device)
+            .reshape([1, capacity])
+            .greater(position.clone().reshape([b, 1]))
+            .reshape([b, 1, 1, capacity]);
+        let want = decode_attention_oracle(f32(&q), f32(&k), f32(&v), mask).reshape([b * heads, d]);
+        let got = super::decode_attention(q, k, v, position).reshape([b * heads, d]);
+        push(format!("decode_attention {heads}×{capacity}×{d} at {positions:?}"), relative_error(got, want));
     }
 
     // overwrite: the values land in the destination's buffer, so a clone taken before the

@@ -10,10 +10,13 @@
 //!   [`gathered_matvec`]: the same with each row's matrix picked by id from a stack;
 //! - [`rms_norm`](mod@rms_norm) / [`add_rms_norm`]: RMSNorm, alone or after the residual add,
 //!   one cube per row;
+//! - [`decode_attention`](mod@decode_attention): one query per sequence over its K/V cache, split
+//!   over positions, f32 softmax, the length read from the device position;
 //! - [`overwrite`](mod@overwrite): integers written into an existing buffer (the inputs of a
 //!   captured decode graph; not switchable: it replaces no op).
 
 pub mod check;
+mod decode_attention;
 mod matvec;
 mod overwrite;
 mod rms_norm;
@@ -27,6 +30,7 @@ use cubecl::features::Plane;
 
 use burn::backend::Dispatch;
 
+use self::decode_attention::DecodeAttentionOps;
 use self::matvec::MatvecOps;
 use self::overwrite::OverwriteOps;
 use self::rms_norm::RmsNormOps;
@@ -37,21 +41,23 @@ pub enum Kernel {
     Matvec,
     GatheredMatvec,
     RmsNorm,
+    DecodeAttention,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 3] = [Kernel::Matvec, Kernel::GatheredMatvec, Kernel::RmsNorm];
+    pub const ALL: [Kernel; 4] = [Kernel::Matvec, Kernel::GatheredMatvec, Kernel::RmsNorm, Kernel::DecodeAttention];
     /// The kernels on unless `DSOCR_KERNELS` says otherwise. `rms_norm` is off by default: with
     /// it, CUDA bf16 parity on the tiny fixture measured `gundam_small.prefill_logits_tail` at
     /// 0.244 against the 0.2 bound (0.182 without it; docs/parity.md), so it waits for that to
     /// be understood. `DSOCR_KERNELS=all` turns it on.
-    pub const DEFAULT: [Kernel; 2] = [Kernel::Matvec, Kernel::GatheredMatvec];
+    pub const DEFAULT: [Kernel; 3] = [Kernel::Matvec, Kernel::GatheredMatvec, Kernel::DecodeAttention];
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Matvec => "matvec",
             Kernel::GatheredMatvec => "gathered",
             Kernel::RmsNorm => "rms_norm",
+            Kernel::DecodeAttention => "attention",
         }
     }
 
@@ -133,6 +139,17 @@ pub fn matvec(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 /// [`crate::matvec::gathered_matvec`]).
 pub fn gathered_matvec(x: Tensor<2>, w: Tensor<3>, ids: Tensor<1, Int>) -> Tensor<2> {
     Tensor::from_dispatch(Dispatch::gathered_matvec(x.into_dispatch(), w.into_dispatch(), ids.into_dispatch()))
+}
+
+/// `q: [b, h, 1, d]`, `k`, `v`: `[b, h, capacity, d]`, `position: [b]` → `[b, h, 1, d]` (see
+/// [`crate::decode_attention`]).
+pub fn decode_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, position: Tensor<1, Int>) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::decode_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        position.into_dispatch(),
+    ))
 }
 
 /// `x: [rows, d]`, `weight: [d]` → `[rows, d]` (see [`crate::rms_norm::rms_norm`]).
