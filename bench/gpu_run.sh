@@ -7,6 +7,7 @@
 # kernels: `dsocr bench kernels` (each CubeCL kernel against its plain-Burn reference, real shapes).
 # profile: CubeCL's kernel profile of two decode runs of different lengths (kernels per step = the difference).
 # ab: the stages with the dsocr-nn kernels on and off (DSOCR_KERNELS=0), PyTorch beside (TOKENS forced).
+# check: every dsocr-nn kernel against its reference at the real shapes, then parity on CUDA (f32, bf16) and WGPU f32.
 # graph: batch-1 decode with the step replayed as a CUDA graph and eager (DSOCR_GRAPH=0), PyTorch beside
 #        (TOKENS forced, 1000 by default as issue 11 asks).
 # batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page.
@@ -54,12 +55,20 @@ ab)
   step kernels-on      $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --json "$OUT/kernels-on.json" --compare "$OUT/torch.json"
   step kernels-off     env DSOCR_KERNELS=0 $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --json "$OUT/kernels-off.json" --compare "$OUT/torch.json"
   ;;
+check)
+  step kernels-check-bf16 $BIN debug kernels --device cuda --precision bf16 --real
+  step kernels-check-f32  $BIN debug kernels --device cuda --precision f32 --real
+  step cuda-f32        $BIN debug parity --fixture $FIX --device cuda --precision f32
+  step cuda-bf16       $BIN debug parity --fixture $FIX --device cuda --precision bf16
+  step wgpu-f32        $BIN debug parity --fixture $FIX --device wgpu --precision f32
+  ;;
 graph)
   mkdir -p /tmp/full
   [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
   T=${TOKENS:-1000}; R=${REPEAT:-1}
   step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --decode-tokens $T --skip-pages --json "$OUT/torch.json"
   step graph-on        $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-breakdown --json "$OUT/graph-on.json" --compare "$OUT/torch.json"
+  step graph-no-attn   env DSOCR_KERNELS=matvec,gathered $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-vision --skip-base --skip-breakdown --json "$OUT/graph-no-attn.json" --compare "$OUT/torch.json"
   step graph-off       env DSOCR_GRAPH=0 $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-vision --skip-base --skip-breakdown --json "$OUT/graph-off.json" --compare "$OUT/torch.json"
   ;;
 kernels)

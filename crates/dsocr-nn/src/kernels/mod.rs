@@ -118,11 +118,7 @@ pub fn plane_ops(device: &Device) -> bool {
 
 /// Whether `device` is a CubeCL device (every GPU backend), where [`overwrite`] runs.
 pub fn is_cube(device: &Device) -> bool {
-    #[allow(unreachable_patterns)]
-    match device.as_dispatch() {
-        DispatchDevice::Cube(_) => true,
-        _ => false,
-    }
+    matches!(device.as_dispatch(), DispatchDevice::Cube(_))
 }
 
 /// `dst ← src` in `dst`'s buffer (see [`crate::overwrite`]); returns an alias of `dst`.
