@@ -80,7 +80,8 @@ profile)
   mkdir -p /tmp/full
   [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
   for T in ${PROFILE_TOKENS:-33 65}; do
-    CUBECL_DEBUG_LOG=/tmp/profile-$T.log CUBECL_DEBUG_OPTION=profile step profile-$T $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --skip-vision --skip-base --skip-pages --skip-breakdown --decode-tokens "$T" --repeat 1
+    # Eager steps (DSOCR_GRAPH=0): a replayed graph's kernels are not profiled one by one.
+    DSOCR_GRAPH=0 CUBECL_DEBUG_LOG=/tmp/profile-$T.log CUBECL_DEBUG_OPTION=profile step profile-$T $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --skip-vision --skip-base --skip-pages --skip-breakdown --decode-tokens "$T" --repeat 1
     xz -T4 -c /tmp/profile-$T.log > "$OUT/profile-$T.log.xz"
   done
   ;;

@@ -186,6 +186,7 @@ pub fn run_case(model: &DeepseekOcr, fixture: &Fixture, case: &Case) -> Result<C
         eos_token_id: model.config.decoder.eos_token_id,
         repeat_guard: repeat_guard(model, &case.ngram)?,
         trace: Some(dsocr_decoder::TraceConfig { prefill_logits_tail, decode_logits_steps }),
+        ..GenerationConfig::default()
     };
     let generation = generate(&model.decoder, embeds, &ids, &config, |_| std::ops::ControlFlow::Continue(()))?;
     if let Some(trace) = generation.trace {
