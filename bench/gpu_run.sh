@@ -68,6 +68,7 @@ graph)
   T=${TOKENS:-1000}; R=${REPEAT:-1}
   step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --decode-tokens $T --skip-pages --json "$OUT/torch.json"
   step graph-on        $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-breakdown --json "$OUT/graph-on.json" --compare "$OUT/torch.json"
+  step graph-no-rope   env DSOCR_KERNELS=matvec,gathered,attention $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-vision --skip-base --skip-breakdown --json "$OUT/graph-no-rope.json" --compare "$OUT/torch.json"
   step graph-no-attn   env DSOCR_KERNELS=matvec,gathered $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-vision --skip-base --skip-breakdown --json "$OUT/graph-no-attn.json" --compare "$OUT/torch.json"
   step graph-off       env DSOCR_GRAPH=0 $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-vision --skip-base --skip-breakdown --json "$OUT/graph-off.json" --compare "$OUT/torch.json"
   ;;

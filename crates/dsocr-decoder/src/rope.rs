@@ -99,13 +99,7 @@ impl Rope {
     /// [`apply`](Self::apply) for one new position per sequence: `x: [rows, heads, 1, head_dim]`
     /// with `cos`, `sin` `[rows, head_dim]` from [`rows`](Self::rows).
     pub fn apply_rows(&self, x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
-        let [rows, _, _, _] = x.dims();
-        let half = self.head_dim / 2;
-        let a = x.clone().narrow(3, 0, half);
-        let b = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![b.neg(), a], 3);
-        let shape = [rows, 1, 1, self.head_dim];
-        x * cos.clone().reshape(shape) + rotated * sin.clone().reshape(shape)
+        dsocr_nn::rope_rows(x, cos, sin)
     }
 
     /// `x * cos + rotate_half(x) * sin` for `x: [batch, heads, len, head_dim]`, with

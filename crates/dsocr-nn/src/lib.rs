@@ -12,6 +12,7 @@
 //!   matrix per row picked by id from a stack (the MoE experts of a decode step);
 //! - [`rms_norm`] / [`add_rms_norm`]: RMSNorm with f32 statistics, alone or after the
 //!   residual add;
+//! - [`rope_rows`]: rotate-half RoPE of one new position per sequence;
 //! - [`LayerNorm`]: statistics in f32 whatever the activation dtype;
 //! - [`attention`]: scaled dot-product attention with an f32 softmax in half precision;
 //!   [`decode_attention`]: one query per sequence over its K/V cache, the length on the device;
@@ -26,6 +27,7 @@ mod linear;
 pub mod matvec;
 mod overwrite;
 pub mod rms_norm;
+pub mod rope;
 
 pub use attention::{attention, decode_attention};
 pub use layer_norm::LayerNorm;
@@ -33,6 +35,7 @@ pub use linear::Linear;
 pub use matvec::{gathered_matvec, matvec};
 pub use overwrite::{overwrite, overwrites_in_place};
 pub use rms_norm::{add_rms_norm, rms_norm};
+pub use rope::rope_rows;
 
 use burn::prelude::*;
 

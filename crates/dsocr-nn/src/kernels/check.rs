@@ -12,6 +12,7 @@ use burn::tensor::{DType, Distribution};
 use crate::matvec::{gathered_matvec_reference, matvec_reference};
 use crate::relative_error;
 use crate::rms_norm::{add_rms_norm_reference, rms_norm_reference};
+use crate::rope::rope_rows_reference;
 
 /// One comparison.
 #[derive(Debug, Clone)]
@@ -179,6 +180,16 @@ pub fn run(device: &Device, dtype: DType, sizes: Sizes) -> Vec<Check> {
         let want = decode_attention_oracle(f32(&q), f32(&k), f32(&v), mask).reshape([b * heads, d]);
         let got = super::decode_attention(q, k, v, position).reshape([b * heads, d]);
         push(format!("decode_attention {heads}×{capacity}×{d} at {positions:?}"), relative_error(got, want));
+    }
+
+    // rope: rows at different positions, head dims of the fixture (16) and the model (128).
+    for &(rows, heads, d) in &[(1usize, 2usize, 16usize), (3, 4, 8), (1, 10, 128), (5, 10, 128)] {
+        let x = random([rows, heads, 1, d], device, dtype);
+        let angles = Tensor::<2>::random([rows, d], Distribution::Uniform(-3.0, 3.0), device);
+        let (cos, sin) = (angles.clone().cos().cast(dtype), angles.sin().cast(dtype));
+        let want = rope_rows_reference(f32(&x), &f32(&cos), &f32(&sin)).reshape([rows * heads, d]);
+        let got = super::rope_rows(x, cos, sin).reshape([rows * heads, d]);
+        push(format!("rope {rows}×{heads}×{d}"), relative_error(got, want));
     }
 
     // overwrite: the values land in the destination's buffer, so a clone taken before the

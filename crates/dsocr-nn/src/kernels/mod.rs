@@ -12,6 +12,7 @@
 //!   one cube per row;
 //! - [`decode_attention`](mod@decode_attention): one query per sequence over its K/V cache, split
 //!   over positions, f32 softmax, the length read from the device position;
+//! - [`rope`](mod@rope): rotate-half RoPE of one new position per sequence, one unit per element;
 //! - [`overwrite`](mod@overwrite): integers written into an existing buffer (the inputs of a
 //!   captured decode graph; not switchable: it replaces no op).
 
@@ -20,6 +21,7 @@ mod decode_attention;
 mod matvec;
 mod overwrite;
 mod rms_norm;
+mod rope;
 
 use std::sync::{Mutex, OnceLock};
 
@@ -34,6 +36,7 @@ use self::decode_attention::DecodeAttentionOps;
 use self::matvec::MatvecOps;
 use self::overwrite::OverwriteOps;
 use self::rms_norm::RmsNormOps;
+use self::rope::RopeOps;
 
 /// The kernels of this module, by the name `DSOCR_KERNELS` knows them by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,15 +45,17 @@ pub enum Kernel {
     GatheredMatvec,
     RmsNorm,
     DecodeAttention,
+    Rope,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 4] = [Kernel::Matvec, Kernel::GatheredMatvec, Kernel::RmsNorm, Kernel::DecodeAttention];
+    pub const ALL: [Kernel; 5] =
+        [Kernel::Matvec, Kernel::GatheredMatvec, Kernel::RmsNorm, Kernel::DecodeAttention, Kernel::Rope];
     /// The kernels on unless `DSOCR_KERNELS` says otherwise. `rms_norm` is off by default: with
     /// it, CUDA bf16 parity on the tiny fixture measured `gundam_small.prefill_logits_tail` at
     /// 0.244 against the 0.2 bound (0.182 without it; docs/parity.md), so it waits for that to
     /// be understood. `DSOCR_KERNELS=all` turns it on.
-    pub const DEFAULT: [Kernel; 3] = [Kernel::Matvec, Kernel::GatheredMatvec, Kernel::DecodeAttention];
+    pub const DEFAULT: [Kernel; 4] = [Kernel::Matvec, Kernel::GatheredMatvec, Kernel::DecodeAttention, Kernel::Rope];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -58,6 +63,7 @@ impl Kernel {
             Kernel::GatheredMatvec => "gathered",
             Kernel::RmsNorm => "rms_norm",
             Kernel::DecodeAttention => "attention",
+            Kernel::Rope => "rope",
         }
     }
 
@@ -146,6 +152,12 @@ pub fn decode_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, position: Tens
         v.into_dispatch(),
         position.into_dispatch(),
     ))
+}
+
+/// `x: [rows, heads, 1, d]`, `cos`, `sin`: `[rows, d]` → `[rows, heads, 1, d]` (see
+/// [`crate::rope_rows`]).
+pub fn rope_rows(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::rope_rows(x.into_dispatch(), cos.into_dispatch(), sin.into_dispatch()))
 }
 
 /// `x: [rows, d]`, `weight: [d]` → `[rows, d]` (see [`crate::rms_norm::rms_norm`]).
