@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks on the accelerator machine (docs/gpu.md, docs/performance.md).
 # Expects the dsocr binary (built here with `cargo build --profile gpu -p dsocr-cli --features cuda,wgpu`,
-# compressed to .carry/dsocr.xz) and, for WGPU, the Vulkan loader debs in .gl/.
+# compressed to .carry/dsocr.xz) and, for WGPU, the Vulkan loader and GL dispatch debs in .gl/ (docs/gpu.md).
 # Usage: [LIMIT=s] [REPEAT=n] [FRESH=1] bench/gpu_run.sh parity|bench|serve|all   (writes logs under $OUT)
 # serve: pages/s of the CLI over a folder against pages/s through dsocr serve (PAGES, TOKENS, WINDOW).
 # kernels: `dsocr bench kernels` (each CubeCL kernel against its plain-Burn reference, real shapes).
@@ -18,6 +18,7 @@ BIN=/tmp/dsocr
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
 if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" / 2>/dev/null; done; ldconfig; fi
 [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json ] && export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 # dsocr keeps compiled kernels in ~/.cache/dsocr/kernels (DSOCR_KERNEL_CACHE overrides); the
 # first process on a fresh machine fills it, later ones start from it. FRESH=1 empties it first.
 [ "${FRESH:-0}" = 1 ] && rm -rf ~/.cache/dsocr/kernels
