@@ -6,8 +6,6 @@ mod common;
 
 use std::ops::ControlFlow;
 
-#[cfg(feature = "wgpu")]
-use burn::prelude::*;
 use common::*;
 use dsocr_decoder::{generate, Decoder, GenerationConfig, StepMode, TraceConfig};
 
@@ -55,33 +53,12 @@ fn device_position_steps_match_the_full_forward() {
     }
 }
 
-/// WGPU in f32, or `None` (skip) when there is no adapter and none is required.
-#[cfg(feature = "wgpu")]
-fn wgpu() -> Option<Device> {
-    use dsocr_weights::{Backend, Precision};
-    let probe = std::panic::catch_unwind(|| {
-        let device = Backend::Wgpu.device(Precision::F32).ok()?;
-        let sum: f32 = Tensor::<1>::ones([4], &device).sum().into_scalar();
-        (sum == 4.0).then_some(device)
-    });
-    match probe {
-        Ok(Some(device)) => Some(device),
-        _ if std::env::var_os("DSOCR_REQUIRE_WGPU").is_some_and(|v| v == "1") => {
-            panic!("DSOCR_REQUIRE_WGPU=1 but no working WGPU adapter (install mesa-vulkan-drivers)")
-        }
-        _ => {
-            eprintln!("skipped: no WGPU adapter (install mesa-vulkan-drivers for lavapipe)");
-            None
-        }
-    }
-}
-
 /// The recorded step, replayed across several recordings (chunk 8), gives exactly the eager
 /// steps' tokens and logits; and those match the CPU's.
 #[cfg(feature = "wgpu")]
 #[test]
 fn graph_replays_match_eager_steps_on_wgpu() {
-    let Some(device) = wgpu() else { return };
+    let Some(device) = dsocr_weights::testing::wgpu_f32() else { return };
     let decoder = load_decoder_on(&device);
     let golden = Golden::open();
     let prompt = golden.ids("text_only.input_ids");

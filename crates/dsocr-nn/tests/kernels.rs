@@ -7,35 +7,13 @@
 //! `.ci/run`) makes a missing adapter a failure.
 #![cfg(feature = "wgpu")]
 
-use std::panic::catch_unwind;
-
 use burn::prelude::*;
 use burn::tensor::DType;
 use dsocr_nn::kernels::check::{self, Sizes};
 use dsocr_nn::matvec::gathered_matvec_reference;
-use dsocr_weights::{Backend, Precision};
-
-/// The WGPU device in f32, or `None` (skip) when there is no adapter and none is required.
-fn wgpu() -> Option<Device> {
-    let probe = catch_unwind(|| {
-        let device = Backend::Wgpu.device(Precision::F32).ok()?;
-        let sum: f32 = Tensor::<1>::ones([4], &device).sum().into_scalar();
-        (sum == 4.0).then_some(device)
-    });
-    match probe {
-        Ok(Some(device)) => Some(device),
-        _ if std::env::var_os("DSOCR_REQUIRE_WGPU").is_some_and(|v| v == "1") => {
-            panic!("DSOCR_REQUIRE_WGPU=1 but no working WGPU adapter (install mesa-vulkan-drivers)")
-        }
-        _ => {
-            eprintln!("skipped: no WGPU adapter (install mesa-vulkan-drivers for lavapipe)");
-            None
-        }
-    }
-}
 
 fn assert_all_pass(dtype: DType) {
-    let Some(device) = wgpu() else { return };
+    let Some(device) = dsocr_weights::testing::wgpu_f32() else { return };
     let checks = check::run(&device, dtype, Sizes::Small);
     assert!(checks.len() > 40, "{} checks", checks.len());
     let failed: Vec<_> = checks.iter().filter(|c| !c.passed()).collect();
@@ -56,7 +34,7 @@ fn kernels_match_references_in_f16() {
 /// (so that the comparisons above cannot pass against a wrong oracle).
 #[test]
 fn gathered_reference_picks_each_slots_matrix() {
-    let Some(device) = wgpu() else { return };
+    let Some(device) = dsocr_weights::testing::wgpu_f32() else { return };
     let w = Tensor::<3>::random([4, 5, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
     let x = Tensor::<2>::random([2, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
     let ids = [3i64, 0, 3, 1];

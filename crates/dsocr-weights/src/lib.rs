@@ -16,6 +16,8 @@ mod error;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod kernel_cache;
 mod safetensors_files;
+#[cfg(feature = "wgpu")]
+pub mod testing;
 mod var_builder;
 
 pub use backend::{Backend, Precision};
