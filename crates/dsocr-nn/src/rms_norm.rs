@@ -19,7 +19,7 @@ use burn::tensor::DType;
 /// `x: [..., d]`, `weight: [d]` → `[..., d]` in `x`'s dtype (see the module docs).
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
     #[cfg(feature = "kernels")]
-    if crate::kernels::available(crate::kernels::Kernel::RmsNorm, &x, weight) {
+    if kernel_applies(&x, weight) {
         let dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         return crate::kernels::rms_norm(x.reshape([rows, dims[D - 1]]), weight.clone(), eps).reshape(dims);
@@ -36,10 +36,7 @@ pub fn add_rms_norm<const D: usize>(
     eps: f64,
 ) -> (Tensor<D>, Tensor<D>) {
     #[cfg(feature = "kernels")]
-    if crate::kernels::available(crate::kernels::Kernel::RmsNorm, &x, weight)
-        && delta.dtype() == x.dtype()
-        && delta.dims() == x.dims()
-    {
+    if kernel_applies(&x, weight) && delta.dtype() == x.dtype() && delta.dims() == x.dims() {
         let dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         let d = dims[D - 1];
@@ -48,6 +45,17 @@ pub fn add_rms_norm<const D: usize>(
         return (h.reshape(dims), normed.reshape(dims));
     }
     add_rms_norm_reference(x, delta, weight, eps)
+}
+
+/// Whether the kernel takes `x`: `rms_norm` switched on (any number of rows), or
+/// `rms_norm_decode` (on by default) and at most [`MATVEC_MAX_ROWS`](crate::matvec::MATVEC_MAX_ROWS)
+/// rows, a decode step's.
+#[cfg(feature = "kernels")]
+fn kernel_applies<const D: usize>(x: &Tensor<D>, weight: &Tensor<1>) -> bool {
+    use crate::kernels::{available, Kernel};
+    let rows = x.dims()[..D - 1].iter().product::<usize>();
+    available(Kernel::RmsNorm, x, weight)
+        || (rows <= crate::matvec::MATVEC_MAX_ROWS && available(Kernel::RmsNormDecode, x, weight))
 }
 
 /// [`rms_norm`] in plain Burn.
