@@ -110,8 +110,10 @@ pub(crate) struct Stepper<'a> {
     graph_mode: bool,
     chunk: usize,
     capacity: usize,
-    /// Graph mode: the state buffer the recorded step reads, and `0..capacity`.
-    inputs: Option<StepInputs>,
+    /// `0..capacity`, made once per capacity.
+    positions: Option<Tensor<1, Int>>,
+    /// Graph mode: the state buffer the recorded step reads (made with the recording).
+    state: Option<Tensor<1, Int>>,
     graph: Option<StepGraph<'a>>,
     /// The alias of the last in-place state write, kept until the replay that reads it has
     /// been submitted (fusion orders the write by it).
@@ -131,7 +133,8 @@ impl<'a> Stepper<'a> {
             graph_mode,
             chunk,
             capacity,
-            inputs: None,
+            positions: None,
+            state: None,
             graph: None,
             written: None,
             report: StepReport { graph: graph_mode, ..StepReport::default() },
@@ -150,22 +153,20 @@ impl<'a> Stepper<'a> {
         if position >= self.capacity {
             // New buffers: the recorded graph (which holds the old ones) is dropped first.
             self.graph = None;
-            self.inputs = None;
+            self.state = None;
+            self.positions = None;
             self.cache.borrow_mut().reserve(position + 1, self.chunk);
             self.capacity = self.cache.borrow().capacity();
         }
+        let positions = self.positions.get_or_insert_with(|| positions(self.capacity, &device)).clone();
+        let values = state_values(token, position, &device);
         let out = if self.graph_mode {
-            let values = state_values(token, position, &device);
-            match &self.inputs {
-                Some(inputs) => {
-                    self.written = Some(dsocr_nn::overwrite(&inputs.state, values));
-                }
-                None => {
-                    self.inputs = Some(StepInputs { state: values, positions: positions(self.capacity, &device) });
-                }
+            match &self.state {
+                Some(state) => self.written = Some(dsocr_nn::overwrite(state, values)),
+                None => self.state = Some(values),
             }
             if self.graph.is_none() {
-                self.record();
+                self.record(positions);
             }
             let Some(graph) = self.graph.as_mut() else { unreachable!("recorded above") };
             // Safety (`Graph::replay`'s contract): every tensor the recorded step touches is
@@ -176,33 +177,18 @@ impl<'a> Stepper<'a> {
             self.written = None;
             out
         } else {
-            let inputs = StepInputs { state: state_values(token, position, &device), positions: self.positions() };
-            self.decoder.forward_step(&inputs, &mut self.cache.borrow_mut())
+            self.decoder.forward_step(&StepInputs { state: values, positions }, &mut self.cache.borrow_mut())
         };
         self.cache.borrow_mut().set_len(position + 1);
         out
     }
 
-    /// `0..capacity` for the eager path (made once per capacity).
-    fn positions(&mut self) -> Tensor<1, Int> {
-        match &self.inputs {
-            Some(inputs) if inputs.positions.dims()[0] == self.capacity => inputs.positions.clone(),
-            _ => {
-                let device = self.decoder.device();
-                let inputs =
-                    StepInputs { state: state_values(0, 0, &device), positions: positions(self.capacity, &device) };
-                let p = inputs.positions.clone();
-                self.inputs = Some(inputs);
-                p
-            }
-        }
-    }
-
     /// Records the step over the current buffers. Every run of it writes the same K/V at the
     /// same position from the same state, so the extra runs of a recording change nothing.
-    fn record(&mut self) {
+    fn record(&mut self, positions: Tensor<1, Int>) {
         let started = Instant::now();
-        let Some(inputs) = self.inputs.clone() else { return };
+        let Some(state) = self.state.clone() else { return };
+        let inputs = StepInputs { state, positions };
         let (decoder, cache) = (self.decoder, self.cache.clone());
         let mut step: Box<dyn FnMut() -> StepOutput + 'a> =
             Box::new(move || decoder.forward_step(&inputs, &mut cache.borrow_mut()));
