@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use clap::Args;
 use dsocr::input::load_image;
-use dsocr::model::{Backend, DeepseekOcr, ExpertDispatch, GenerationConfig, LoadOptions, Precision, VisionOutput};
+use dsocr::model::{Backend, DeepseekOcr, ExpertDispatch, GenerationConfig, LoadOptions, Precision, Quant, VisionOutput};
 use dsocr::{Mode, Ocr, OcrOptions};
 use dsocr_decoder::greedy_token;
 use dsocr_testkit::random_checkpoint;
@@ -55,6 +55,12 @@ pub struct BenchArgs {
     /// f16 on wgpu, bf16 on cuda).
     #[arg(long)]
     precision: Option<String>,
+    /// Quantize the decoder's weights at load: q8 or q4 (CPU backends).
+    #[arg(long)]
+    quant: Option<String>,
+    /// With --quant: keep the lm_head in the model's precision.
+    #[arg(long)]
+    float_lm_head: bool,
     /// Page image [default: the fixture page of the workspace this binary was built in, 1280×800:
     /// Gundam 3×2 = 6 tiles; required when the binary runs outside it].
     #[arg(long)]
@@ -233,6 +239,8 @@ struct Machine {
 struct Report {
     backend: String,
     precision: String,
+    /// `q8`, `q4` (and `, float lm_head`), or `none`.
+    quant: String,
     expert_dispatch: String,
     machine: Machine,
     model: String,
@@ -286,6 +294,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Some(p) => p.parse().map_err(anyhow::Error::msg)?,
         None => backend.fast_precision(),
     };
+    let quant: Option<Quant> = match &args.quant {
+        Some(q) => Some(q.parse().map_err(|e: String| anyhow::anyhow!("--quant: {e}"))?),
+        None => None,
+    };
     let dispatch: ExpertDispatch = args.experts.parse().map_err(|e: String| anyhow::anyhow!("--experts: {e}"))?;
     let image = match (&args.image, args.load_only) {
         (Some(path), _) => path.clone(),
@@ -303,6 +315,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let start = Instant::now();
     let mut load = LoadOptions::new(backend, precision);
     load.expert_dispatch = dispatch;
+    load.quant = quant;
+    load.quantize_lm_head = !args.float_lm_head;
     let model = DeepseekOcr::load(&model_dir, &load)
         .with_context(|| format!("loading the model in {}", model_dir.display()))?;
     model.device.sync().map_err(|e| anyhow::anyhow!("device sync after load: {e:?}"))?;
@@ -321,6 +335,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut report = Report {
         backend: backend.to_string(),
         precision: precision.to_string(),
+        quant: match quant {
+            Some(q) if args.float_lm_head => format!("{q}, float lm_head"),
+            Some(q) => q.to_string(),
+            None => "none".into(),
+        },
         expert_dispatch: format!("{dispatch:?}"),
         machine,
         model: model_dir.display().to_string(),
@@ -799,9 +818,10 @@ fn markdown(r: &Report) -> String {
     let mut out = String::new();
     let m = &r.machine;
     out.push_str(&format!(
-        "dsocr bench: backend {}, precision {}, experts {}\nmachine: {}, {} cores, {} RAM{}; load average {} at start, {} at end\nmodel: {} ({} parameters{}), image {}, {} warm run(s) per stage\n\n",
+        "dsocr bench: backend {}, precision {}, quantization {}, experts {}\nmachine: {}, {} cores, {} RAM{}; load average {} at start, {} at end\nmodel: {} ({} parameters{}), image {}, {} warm run(s) per stage\n\n",
         r.backend,
         r.precision,
+        r.quant,
         r.expert_dispatch,
         m.cpu,
         m.cores,
@@ -993,6 +1013,7 @@ mod tests {
         let report = Report {
             backend: "cuda".into(),
             precision: "bf16".into(),
+            quant: "none".into(),
             expert_dispatch: "Auto".into(),
             machine: Machine {
                 cpu: "x".into(),

@@ -58,6 +58,9 @@ pub struct Target {
     /// Float precision: f32, f16 or bf16 (tolerances follow it, see docs/parity.md).
     #[arg(long, default_value = "f32")]
     precision: String,
+    /// Quantize the decoder's weights at load: q8 or q4 (decoder tolerances follow it).
+    #[arg(long)]
+    quant: Option<String>,
 }
 
 fn default_backend() -> String {
@@ -69,7 +72,11 @@ impl Target {
         let backend: Backend = self.device.parse()?;
         let precision: Precision = self.precision.parse().map_err(anyhow::Error::msg)?;
         let fixture = Fixture::open(&self.fixture)?;
-        let model = DeepseekOcr::load(&self.fixture, &LoadOptions::new(backend, precision))
+        let mut options = LoadOptions::new(backend, precision);
+        if let Some(quant) = &self.quant {
+            options.quant = Some(quant.parse().map_err(|e: String| anyhow::anyhow!("--quant: {e}"))?);
+        }
+        let model = DeepseekOcr::load(&self.fixture, &options)
             .with_context(|| format!("loading the model in {}", self.fixture.display()))?;
         Ok((fixture, model))
     }
@@ -100,12 +107,13 @@ pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
         DebugCommand::Parity { target, cases } => {
             let (fixture, model) = target.load()?;
             let golden = fixture.golden()?;
-            let tol = Tolerances::for_run(model.backend, model.precision);
+            let tol = Tolerances::for_run(model.backend, model.precision, model.quant);
             println!(
-                "parity: fixture {} on {} ({}), tolerances vision {:e} hidden {:e} logits {:e}",
+                "parity: fixture {} on {} ({}{}), tolerances vision {:e} hidden {:e} logits {:e}",
                 fixture.dir.display(),
                 model.backend,
                 model.precision,
+                model.quant.map(|q| format!(", {q} decoder")).unwrap_or_default(),
                 tol.vision,
                 tol.hidden,
                 tol.logits

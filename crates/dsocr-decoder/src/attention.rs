@@ -2,7 +2,7 @@
 //! q/k/v/o projections, rotate-half RoPE on q and k, causal softmax(q kᵀ / √d) v.
 
 use burn::prelude::*;
-use dsocr_nn::{attention, decode_attention, Linear};
+use dsocr_nn::{attention, decode_attention, Linear, WeightFormat};
 use dsocr_weights::VarBuilder;
 
 use crate::batch::SlotCache;
@@ -21,16 +21,17 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// Loads `<prefix>.{q,k,v,o}_proj.weight` (biases only if `attention_bias`).
-    pub fn load(vb: &VarBuilder, cfg: &DecoderConfig) -> Result<Self, DecoderError> {
+    /// Loads `<prefix>.{q,k,v,o}_proj.weight` (biases only if `attention_bias`), kept as
+    /// `format` says.
+    pub fn load(vb: &VarBuilder, cfg: &DecoderConfig, format: WeightFormat) -> Result<Self, DecoderError> {
         let (d, bias) = (cfg.hidden_size, cfg.attention_bias);
         let heads_dim = cfg.num_attention_heads * cfg.head_dim();
         let kv_dim = cfg.num_kv_heads() * cfg.head_dim();
         Ok(Self {
-            q_proj: Linear::load(&vb.pp("q_proj"), d, heads_dim, bias)?,
-            k_proj: Linear::load(&vb.pp("k_proj"), d, kv_dim, bias)?,
-            v_proj: Linear::load(&vb.pp("v_proj"), d, kv_dim, bias)?,
-            o_proj: Linear::load(&vb.pp("o_proj"), heads_dim, d, bias)?,
+            q_proj: Linear::load_as(&vb.pp("q_proj"), d, heads_dim, bias, format)?,
+            k_proj: Linear::load_as(&vb.pp("k_proj"), d, kv_dim, bias, format)?,
+            v_proj: Linear::load_as(&vb.pp("v_proj"), d, kv_dim, bias, format)?,
+            o_proj: Linear::load_as(&vb.pp("o_proj"), heads_dim, d, bias, format)?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
         })

@@ -8,6 +8,7 @@
 //! The add that makes `h` and the norm after it are one op (`RmsNorm::forward_residual`).
 
 use burn::prelude::*;
+use dsocr_nn::WeightFormat;
 use dsocr_weights::VarBuilder;
 
 use crate::attention::Attention;
@@ -47,17 +48,18 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    /// Loads `model.layers.{index}.*` from `vb` (already at that prefix).
-    pub fn load(vb: &VarBuilder, cfg: &DecoderConfig, index: usize) -> Result<Self, DecoderError> {
+    /// Loads `model.layers.{index}.*` from `vb` (already at that prefix); the projections and
+    /// experts are kept as `format` says (norms and the router stay in the model's dtype).
+    pub fn load(vb: &VarBuilder, cfg: &DecoderConfig, index: usize, format: WeightFormat) -> Result<Self, DecoderError> {
         let d = cfg.hidden_size;
         let mlp = if cfg.is_moe_layer(index) {
-            FeedForward::Moe(Moe::load(&vb.pp("mlp"), cfg)?)
+            FeedForward::Moe(Moe::load(&vb.pp("mlp"), cfg, format)?)
         } else {
-            FeedForward::Dense(Mlp::load(&vb.pp("mlp"), d, cfg.intermediate_size)?)
+            FeedForward::Dense(Mlp::load(&vb.pp("mlp"), d, cfg.intermediate_size, format)?)
         };
         Ok(Self {
             input_layernorm: RmsNorm::load(&vb.pp("input_layernorm"), d, cfg.rms_norm_eps)?,
-            self_attn: Attention::load(&vb.pp("self_attn"), cfg)?,
+            self_attn: Attention::load(&vb.pp("self_attn"), cfg, format)?,
             post_attention_layernorm: RmsNorm::load(&vb.pp("post_attention_layernorm"), d, cfg.rms_norm_eps)?,
             mlp,
             index,

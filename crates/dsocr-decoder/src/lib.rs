@@ -40,4 +40,7 @@ pub use model::Decoder;
 pub use moe::{ExpertDispatch, Moe};
 pub use rms_norm::RmsNorm;
 pub use rope::Rope;
+
+/// Weight formats and quantization of the decoder's matrices (`Decoder::load_as`).
+pub use dsocr_nn::{Quant, WeightFormat};
 pub use step::{StepInputs, StepMode, StepOutput, StepReport, GRAPH_CHUNK};

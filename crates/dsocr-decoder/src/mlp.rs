@@ -2,7 +2,7 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use dsocr_nn::Linear;
+use dsocr_nn::{Linear, WeightFormat};
 use dsocr_weights::VarBuilder;
 
 use crate::DecoderError;
@@ -16,18 +16,29 @@ pub struct Mlp {
 
 impl Mlp {
     /// Loads `<prefix>.{gate,up}_proj.weight` `[intermediate, hidden]` and
-    /// `<prefix>.down_proj.weight` `[hidden, intermediate]`.
-    pub fn load(vb: &VarBuilder, hidden: usize, intermediate: usize) -> Result<Self, DecoderError> {
+    /// `<prefix>.down_proj.weight` `[hidden, intermediate]`, kept as `format` says.
+    pub fn load(
+        vb: &VarBuilder,
+        hidden: usize,
+        intermediate: usize,
+        format: WeightFormat,
+    ) -> Result<Self, DecoderError> {
         Ok(Self {
-            gate_proj: Linear::load(&vb.pp("gate_proj"), hidden, intermediate, false)?,
-            up_proj: Linear::load(&vb.pp("up_proj"), hidden, intermediate, false)?,
-            down_proj: Linear::load(&vb.pp("down_proj"), intermediate, hidden, false)?,
+            gate_proj: Linear::load_as(&vb.pp("gate_proj"), hidden, intermediate, false, format)?,
+            up_proj: Linear::load_as(&vb.pp("up_proj"), hidden, intermediate, false, format)?,
+            down_proj: Linear::load_as(&vb.pp("down_proj"), intermediate, hidden, false, format)?,
         })
     }
 
-    /// `[gate_proj, up_proj, down_proj]` weights in PyTorch `[out, in]` layout (views).
+    /// `[gate_proj, up_proj, down_proj]` weights in PyTorch `[out, in]` layout (views of
+    /// tensor weights, dequantized copies of host weights: [`Linear::rows`]).
     pub fn weights(&self) -> [Tensor<2>; 3] {
-        [&self.gate_proj, &self.up_proj, &self.down_proj].map(|l| l.weight.clone().transpose())
+        [&self.gate_proj, &self.up_proj, &self.down_proj].map(Linear::rows)
+    }
+
+    /// The three projections.
+    pub fn projections(&self) -> [&Linear; 3] {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {

@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 use burn::tensor::{DType, IndexingUpdateOp};
-use dsocr_nn::Linear;
+use dsocr_nn::{Linear, WeightFormat};
 use dsocr_weights::VarBuilder;
 
 use crate::batch::SlotCache;
@@ -31,18 +31,30 @@ impl Decoder {
     /// Loads the language model from the checkpoint root (`model.embed_tokens.weight`,
     /// `model.layers.{i}.*`, `model.norm.weight`, `lm_head.weight`) in `vb`'s dtype and device.
     pub fn load(vb: &VarBuilder, cfg: &DecoderConfig) -> Result<Self, DecoderError> {
+        Self::load_as(vb, cfg, WeightFormat::Float, WeightFormat::Float)
+    }
+
+    /// [`load`](Self::load) with the layers' projections and experts kept as `layers` says and
+    /// the lm_head as `lm_head` says (a quantized decoder: the embedding, norms and router stay
+    /// in `vb`'s dtype).
+    pub fn load_as(
+        vb: &VarBuilder,
+        cfg: &DecoderConfig,
+        layers: WeightFormat,
+        lm_head: WeightFormat,
+    ) -> Result<Self, DecoderError> {
         cfg.validate()?;
         let (vocab, d) = (cfg.vocab_size, cfg.hidden_size);
         let model = vb.pp("model");
         let embed_tokens = model.pp("embed_tokens").get("weight", [vocab, d])?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(&model.pp("layers").pp(i), cfg, i))
+            .map(|i| DecoderLayer::load(&model.pp("layers").pp(i), cfg, i, layers))
             .collect::<Result<Vec<_>, _>>()?;
         let norm = RmsNorm::load(&model.pp("norm"), d, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear { weight: embed_tokens.clone().transpose(), bias: None }
+            Linear::from_rows(embed_tokens.clone(), None)
         } else {
-            Linear::load(&vb.pp("lm_head"), d, vocab, false)?
+            Linear::load_as(&vb.pp("lm_head"), d, vocab, false, lm_head)?
         };
         let rope = Rope::new(cfg.head_dim(), cfg.rope_theta, cfg.max_position_embeddings, vb.device(), vb.dtype());
         Ok(Self { embed_tokens, layers, norm, lm_head, rope, cfg: cfg.clone() })

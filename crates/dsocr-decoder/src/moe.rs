@@ -30,7 +30,7 @@
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{DType, IndexingUpdateOp};
-use dsocr_nn::{gathered_matvec, Linear};
+use dsocr_nn::{gathered_matvec, Linear, WeightFormat};
 use dsocr_weights::backend::is_host_device;
 use dsocr_weights::VarBuilder;
 
@@ -115,8 +115,9 @@ pub struct Moe {
 
 impl Moe {
     /// Loads `<prefix>.gate.weight`, `<prefix>.experts.{e}.{gate,up,down}_proj.weight` and
-    /// `<prefix>.shared_experts.*`.
-    pub fn load(vb: &VarBuilder, cfg: &DecoderConfig) -> Result<Self, DecoderError> {
+    /// `<prefix>.shared_experts.*`; the experts are kept as `format` says, the router in the
+    /// model's dtype (routing decisions are not quantized).
+    pub fn load(vb: &VarBuilder, cfg: &DecoderConfig, format: WeightFormat) -> Result<Self, DecoderError> {
         let (d, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
         let (num_experts, top_k) = match (cfg.n_routed_experts, cfg.num_experts_per_tok) {
             (Some(e), Some(k)) if k >= 1 && k <= e => (e, k),
@@ -129,12 +130,12 @@ impl Moe {
         let router = Linear::load(&vb.pp("gate"), d, num_experts, false)?;
 
         let experts = vb.pp("experts");
-        let experts = (0..num_experts).map(|e| Mlp::load(&experts.pp(e), d, i)).collect::<Result<Vec<_>, _>>()?;
+        let experts = (0..num_experts).map(|e| Mlp::load(&experts.pp(e), d, i, format)).collect::<Result<Vec<_>, _>>()?;
         let gather_on_device = ExpertDispatch::Auto.gathers_on(vb.device());
         let experts = if gather_on_device { pack(&experts) } else { Experts::Separate(experts) };
 
         let shared = match cfg.shared_intermediate_size() {
-            Some(width) => Some(Mlp::load(&vb.pp("shared_experts"), d, width)?),
+            Some(width) => Some(Mlp::load(&vb.pp("shared_experts"), d, width, format)?),
             None => None,
         };
         Ok(Self {
@@ -152,7 +153,7 @@ impl Moe {
 
     /// Chooses the expert path; packs the experts (one copy) if on-device gathering needs it.
     pub fn set_dispatch(&mut self, dispatch: ExpertDispatch) {
-        self.gather_on_device = dispatch.gathers_on(&self.router.weight.device());
+        self.gather_on_device = dispatch.gathers_on(&self.router.device());
         if let (true, Experts::Separate(experts)) = (self.gather_on_device, &self.experts) {
             self.experts = pack(experts);
         }
@@ -307,7 +308,7 @@ mod tests {
         let cfg = DecoderConfig::from_hf_config_file(format!("{dir}/config.json")).unwrap();
         let files = Arc::new(SafetensorsFiles::open(format!("{dir}/model.safetensors")).unwrap());
         let vb = VarBuilder::new(files, &device, DType::F32);
-        let separate = Moe::load(&vb.pp("model.layers.1.mlp"), &cfg).unwrap();
+        let separate = Moe::load(&vb.pp("model.layers.1.mlp"), &cfg, WeightFormat::Float).unwrap();
         assert!(matches!(separate.experts, Experts::Separate(_)), "CPU keeps the experts as loaded");
         let mut packed = separate.clone();
         packed.set_dispatch(ExpertDispatch::OnDevice);
@@ -347,10 +348,7 @@ mod bench {
         let (e, i, d, k) = (64, 896, 1280, 6);
         let rnd = |shape: [usize; 3]| Tensor::<3>::random(shape, Distribution::Normal(0.0, 0.02), &device);
         let moe = Moe {
-            router: Linear {
-                weight: Tensor::<2>::random([d, e], Distribution::Normal(0.0, 0.02), &device),
-                bias: None,
-            },
+            router: Linear::from_rows(Tensor::<2>::random([e, d], Distribution::Normal(0.0, 0.02), &device), None),
             experts: Experts::Packed { gate_up: rnd([e, 2 * i, d]), down: rnd([e, d, i]) },
             shared: None,
             num_experts: e,

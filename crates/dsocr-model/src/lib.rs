@@ -27,8 +27,8 @@ mod pipeline;
 pub use batch::{PageBatch, PageEvent};
 pub use config::ModelConfig;
 pub use error::ModelError;
-pub use model::{DeepseekOcr, LoadOptions, ModelFiles};
+pub use model::{DeepseekOcr, LoadOptions, ModelFiles, QUANTIZE_LM_HEAD};
 pub use pipeline::{OcrRequest, OcrResult, VisionOutput};
 
-pub use dsocr_decoder::{ExpertDispatch, FinishReason, GenerationConfig, RepeatGuard};
+pub use dsocr_decoder::{ExpertDispatch, FinishReason, GenerationConfig, Quant, RepeatGuard};
 pub use dsocr_weights::{Backend, Precision};

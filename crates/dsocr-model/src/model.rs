@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::prelude::Device;
-use dsocr_decoder::{Decoder, ExpertDispatch};
+use dsocr_decoder::{Decoder, ExpertDispatch, Quant, WeightFormat};
 use dsocr_encoder::DeepEncoder;
 use dsocr_input::PromptTokenizer;
 use dsocr_projector::Projector;
@@ -52,12 +52,21 @@ pub struct LoadOptions {
     pub precision: Precision,
     /// Expert path of the MoE layers ([`ExpertDispatch::Auto`]: by backend).
     pub expert_dispatch: ExpertDispatch,
+    /// Weight-only quantization of the decoder's projections and experts (`--quant`; CPU
+    /// backends only so far). The vision tower, embedding, norms and router keep `precision`.
+    pub quant: Option<Quant>,
+    /// Whether [`quant`](Self::quant) also applies to the lm_head ([`QUANTIZE_LM_HEAD`]).
+    pub quantize_lm_head: bool,
 }
+
+/// Whether a quantized decoder quantizes its lm_head too, by default (docs/parity.md,
+/// "Quantized weights": what it costs in greedy agreement and logits).
+pub const QUANTIZE_LM_HEAD: bool = true;
 
 impl LoadOptions {
     /// `backend` in `precision`, experts dispatched by backend.
     pub fn new(backend: Backend, precision: Precision) -> Self {
-        Self { backend, precision, expert_dispatch: ExpertDispatch::Auto }
+        Self { backend, precision, expert_dispatch: ExpertDispatch::Auto, quant: None, quantize_lm_head: QUANTIZE_LM_HEAD }
     }
 
     /// `backend` in its fast precision (bf16 on CUDA, f16 on WGPU, f32 on the CPU).
@@ -76,6 +85,8 @@ pub struct DeepseekOcr {
     pub device: Device,
     pub backend: Backend,
     pub precision: Precision,
+    /// The decoder's weight quantization, if any ([`LoadOptions::quant`]).
+    pub quant: Option<Quant>,
     /// Wall time of [`DeepseekOcr::load`].
     pub load_time: Duration,
 }
@@ -91,12 +102,21 @@ impl DeepseekOcr {
         let config = ModelConfig::from_file(&files.config)?;
         let tokenizer = PromptTokenizer::from_file(&files.tokenizer)?
             .with_fallback_ids(Some(config.decoder.bos_token_id), Some(config.decoder.eos_token_id));
+        if let (Some(quant), true) = (options.quant, backend.is_gpu()) {
+            return Err(dsocr_weights::WeightError::Unsupported {
+                name: "model.layers.*".into(),
+                reason: format!("{quant} weights run on the CPU backends (cpu, ndarray) only so far, not on {backend}"),
+            }
+            .into());
+        }
         let device = backend.device(precision)?;
         let weights = Arc::new(SafetensorsFiles::open(dir)?);
         let vb = VarBuilder::new(weights, &device, precision.dtype());
         let encoder = DeepEncoder::load(&vb, &config.encoder)?;
         let projector = Projector::load(&vb, &config.projector)?;
-        let mut decoder = Decoder::load(&vb, &config.decoder)?;
+        let layers = options.quant.map_or(WeightFormat::Float, WeightFormat::Quantized);
+        let lm_head = if options.quantize_lm_head { layers } else { WeightFormat::Float };
+        let mut decoder = Decoder::load_as(&vb, &config.decoder, layers, lm_head)?;
         decoder.set_expert_dispatch(options.expert_dispatch);
         Ok(Self {
             config,
@@ -107,6 +127,7 @@ impl DeepseekOcr {
             device,
             backend,
             precision,
+            quant: options.quant,
             load_time: start.elapsed(),
         })
     }

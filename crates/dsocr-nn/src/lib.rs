@@ -7,7 +7,9 @@
 //! tested against its reference.
 //!
 //! - [`Linear`]: `y = x Wᵀ + b`, `W` in PyTorch's `[out, in]` layout; a decode step's few rows
-//!   go through [`matvec`];
+//!   go through [`matvec`]; on the CPU backends a bf16 or quantized weight ([`WeightFormat`])
+//!   stays in host memory and multiplies with the kernels of [`host`];
+//! - [`quant`]: q8 / q4 weight-only quantization in blocks of 32 (scalar reference);
 //! - [`matvec`] / [`gathered_matvec`]: `x Wᵀ` for a few rows, and the same with one weight
 //!   matrix per row picked by id from a stack (the MoE experts of a decode step);
 //! - [`rms_norm`] / [`add_rms_norm`]: RMSNorm with f32 statistics, alone or after the
@@ -20,20 +22,23 @@
 //!   captured decode graph).
 
 mod attention;
+pub mod host;
 #[cfg(feature = "kernels")]
 pub mod kernels;
 mod layer_norm;
 mod linear;
 pub mod matvec;
 mod overwrite;
+pub mod quant;
 pub mod rms_norm;
 pub mod rope;
 
 pub use attention::{attention, decode_attention};
 pub use layer_norm::LayerNorm;
-pub use linear::Linear;
+pub use linear::{Linear, WeightFormat};
 pub use matvec::{gathered_matvec, matvec};
 pub use overwrite::{overwrite, overwrites_in_place};
+pub use quant::Quant;
 pub use rms_norm::{add_rms_norm, rms_norm};
 pub use rope::rope_rows;
 

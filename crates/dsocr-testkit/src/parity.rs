@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use dsocr_decoder::{generate, GenerationConfig, RepeatGuard};
+use dsocr_decoder::{generate, GenerationConfig, Quant, RepeatGuard};
 use dsocr_input::{load_image, Mode, PreparedImage};
 use dsocr_weights::{Precision, SafetensorsFiles};
 use serde::Deserialize;
@@ -23,6 +23,9 @@ pub enum NgramSpec {
     Whole { n: usize },
     Window { n: usize, window: usize, whitelist: Vec<String> },
 }
+
+/// `(hidden, logits)` bounds of a q8 and a q4 decoder ([`Tolerances::for_quant`]).
+const QUANT_BOUNDS: [(f64, f64); 2] = [(1.0, 1.0), (1.0, 1.0)];
 
 /// One entry of `cases.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -215,10 +218,29 @@ impl Tolerances {
     /// The bounds for a run on `backend` in `precision` (docs/parity.md). CubeCL computes f32
     /// matmuls on CUDA with TF32 tensor cores (10-bit mantissa; cubek-matmul `adjust_dtypes`,
     /// no switch), so f32 on CUDA is held to TF32 bounds; token ids stay exact everywhere.
-    pub fn for_run(backend: dsocr_weights::Backend, precision: Precision) -> Self {
-        match (backend, precision) {
+    ///
+    /// A quantized decoder (`quant`) keeps the vision bounds and gets the decoder bounds of
+    /// [`for_quant`](Self::for_quant) where those are looser.
+    pub fn for_run(backend: dsocr_weights::Backend, precision: Precision, quant: Option<Quant>) -> Self {
+        let base = match (backend, precision) {
             (dsocr_weights::Backend::Cuda, Precision::F32) => Self { vision: 1e-2, hidden: 1e-2, logits: 1e-2 },
             _ => Self::for_precision(precision),
+        };
+        match quant {
+            Some(quant) => {
+                let q = Self::for_quant(quant);
+                Self { vision: base.vision, hidden: base.hidden.max(q.hidden), logits: base.logits.max(q.logits) }
+            }
+            None => base,
+        }
+    }
+
+    /// Decoder bounds of a quantized decoder (the vision tower is never quantized), from the
+    /// errors measured on the tiny fixture (docs/parity.md, "Quantized weights").
+    pub fn for_quant(quant: Quant) -> Self {
+        match quant {
+            Quant::Q8 => Self { vision: 0.0, hidden: QUANT_BOUNDS[0].0, logits: QUANT_BOUNDS[0].1 },
+            Quant::Q4 => Self { vision: 0.0, hidden: QUANT_BOUNDS[1].0, logits: QUANT_BOUNDS[1].1 },
         }
     }
 

@@ -23,6 +23,8 @@ pub enum WeightError {
     Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("tensor `{name}` has dtype {dtype}, only F32, F16 and BF16 weights are supported")]
     Dtype { name: String, dtype: String },
+    #[error("tensor `{name}` cannot be loaded as asked: {reason}")]
+    Unsupported { name: String, reason: String },
     #[error("backend `{name}` is not available: {reason}")]
     Backend { name: String, reason: String },
 }

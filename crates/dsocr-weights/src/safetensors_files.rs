@@ -27,6 +27,8 @@ pub struct TensorInfo {
 /// matches, shared zero-copy with the page cache) only when a model asks for them.
 pub struct SafetensorsFiles {
     paths: Vec<PathBuf>,
+    /// The open files, for reads that must not map pages into the process ([`Self::read`]).
+    handles: Vec<File>,
     maps: Vec<bytes::Bytes>,
     index: HashMap<String, TensorInfo>,
 }
@@ -106,6 +108,7 @@ impl SafetensorsFiles {
 
     fn open_files(paths: &[PathBuf]) -> Result<Self, WeightError> {
         let mut maps = Vec::with_capacity(paths.len());
+        let mut handles = Vec::with_capacity(paths.len());
         let mut index = HashMap::new();
         for (file, path) in paths.iter().enumerate() {
             let io = |source| WeightError::Io { path: path.clone(), source };
@@ -140,8 +143,9 @@ impl SafetensorsFiles {
                 );
             }
             maps.push(bytes::Bytes::from_owner(mmap));
+            handles.push(handle);
         }
-        Ok(Self { paths: paths.to_vec(), maps, index })
+        Ok(Self { paths: paths.to_vec(), handles, maps, index })
     }
 
     /// The files that were mapped.
@@ -170,6 +174,27 @@ impl SafetensorsFiles {
         Ok((info, self.maps[info.file].slice(info.start..info.end)))
     }
 
+    /// A copy of a tensor's raw bytes, read from the file rather than through the mapping.
+    ///
+    /// For tensors that are converted once at load and never read again (quantized weights):
+    /// a read through the mapping would leave the checkpoint's pages in this process's resident
+    /// set (they are counted in RSS until the kernel reclaims them); a read from the file only
+    /// goes through the page cache.
+    pub fn read(&self, name: &str) -> Result<(&TensorInfo, Vec<u8>), WeightError> {
+        let info = self.index.get(name).ok_or_else(|| WeightError::Missing { name: name.to_string() })?;
+        let mut buffer = vec![0u8; info.end - info.start];
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            self.handles[info.file]
+                .read_exact_at(&mut buffer, info.start as u64)
+                .map_err(|source| WeightError::Io { path: self.paths[info.file].clone(), source })?;
+        }
+        #[cfg(not(unix))]
+        buffer.copy_from_slice(&self.maps[info.file][info.start..info.end]);
+        Ok((info, buffer))
+    }
+
     /// A tensor converted to f32 on the host (for host-side work such as position-table resizing).
     pub fn to_f32_vec(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), WeightError> {
         let (info, bytes) = self.raw(name)?;
@@ -178,7 +203,7 @@ impl SafetensorsFiles {
 }
 
 /// Decodes little-endian float bytes of the given dtype to f32.
-pub(crate) fn bytes_to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
+pub fn bytes_to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
     match dtype {
         DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         DType::BF16 => {

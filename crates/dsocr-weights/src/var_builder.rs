@@ -91,6 +91,35 @@ impl VarBuilder {
         Ok(Tensor::from_data(data, (&self.device, self.dtype)))
     }
 
+    /// The checkpoint bytes of float tensor `name` (shape checked) and their dtype, shared
+    /// zero-copy with the memory map: for host-side weight formats that read the mapped file
+    /// directly (dsocr-nn's CPU matrix-vector products).
+    pub fn get_raw(&self, name: &str, shape: &[usize]) -> Result<(DType, bytes::Bytes), WeightError> {
+        let full = self.path(name);
+        let (info, raw) = self.files.raw(&full)?;
+        Self::check_float(&full, info, shape)?;
+        Ok((info.dtype, raw))
+    }
+
+    /// Like [`get_raw`](Self::get_raw) but a copy read from the file, so the mapped pages do
+    /// not enter this process's resident set (weights converted once at load, e.g. quantized).
+    pub fn read_raw(&self, name: &str, shape: &[usize]) -> Result<(DType, Vec<u8>), WeightError> {
+        let full = self.path(name);
+        let (info, raw) = self.files.read(&full)?;
+        Self::check_float(&full, info, shape)?;
+        Ok((info.dtype, raw))
+    }
+
+    fn check_float(full: &str, info: &crate::TensorInfo, shape: &[usize]) -> Result<(), WeightError> {
+        if info.shape != shape {
+            return Err(WeightError::Shape { name: full.to_string(), expected: shape.to_vec(), found: info.shape.clone() });
+        }
+        if !matches!(info.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(WeightError::Dtype { name: full.to_string(), dtype: format!("{:?}", info.dtype) });
+        }
+        Ok(())
+    }
+
     /// A tensor read to the host as f32, with its shape checked (for load-time host work such as
     /// resizing position tables).
     pub fn get_host_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError> {

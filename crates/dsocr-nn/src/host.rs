@@ -1,0 +1,445 @@
+//! Weights kept in host memory for the CPU backends, and their matrix-vector products.
+//!
+//! flex multiplies bf16 matrices by converting both operands to f32 on every call (a full
+//! copy of the weight, docs/performance.md finding 2), and it has no quantized matmul. A
+//! [`HostMatrix`] keeps a `[out, in]` weight in one of two compact forms and multiplies a few
+//! rows by it reading each weight once, converting in registers:
+//!
+//! - **bf16**: the checkpoint's bytes, shared zero-copy with the memory map when the file is
+//!   bf16 (a copy converted once otherwise);
+//! - **q8 / q4**: the blocks of [`crate::quant`], quantized at load.
+//!
+//! ```text
+//! matvec(x, W)[r, o] = Σ_k x[r, k] · W[o, k]        x: [m, in] f32, f32 sums
+//! ```
+//!
+//! The reference is the same product in plain Burn over the dequantized matrix
+//! ([`HostMatrix::dequantize`], then `matmul`); the tests compare the two. The kernels run
+//! over output rows on rayon's pool (the one flex uses) and are compiled three times (AVX-512,
+//! AVX2+FMA and the baseline), picked at run time.
+
+use std::sync::OnceLock;
+
+use burn::tensor::DType;
+use rayon::prelude::*;
+
+use crate::quant::{blocks_per_row, dequantize_row, quantize_row, Quant, BLOCK};
+
+/// The most rows one [`HostMatrix::matvec`] call takes in [`crate::Linear`]; more rows (a
+/// prompt) are multiplied by dequantized slices of the weight with flex's matmul.
+pub const HOST_MATVEC_MAX_ROWS: usize = 8;
+
+/// Output rows dequantized at a time for a product of many rows (bounds the f32 copy: 4,096
+/// rows × 1,280 = 21 MB for the lm_head).
+pub const DEQUANTIZE_CHUNK_ROWS: usize = 4096;
+
+/// A `[rows, cols]` weight (PyTorch's `[out, in]`) in host memory (module docs).
+#[derive(Debug)]
+pub struct HostMatrix {
+    rows: usize,
+    cols: usize,
+    data: HostData,
+}
+
+#[derive(Debug)]
+enum HostData {
+    /// bf16 bit patterns, row-major.
+    Bf16(Bf16Bits),
+    /// [`blocks_per_row`] scales per row and `quant.block_bytes()` bytes per block.
+    Quantized { quant: Quant, scales: Vec<f32>, values: Vec<u8> },
+}
+
+/// bf16 values, either shared with the checkpoint's mapping or owned.
+#[derive(Debug)]
+enum Bf16Bits {
+    Mapped(bytes::Bytes),
+    Owned(Vec<u16>),
+}
+
+impl Bf16Bits {
+    fn as_slice(&self) -> &[u16] {
+        match self {
+            // Checked aligned and of even length when built (`HostMatrix::bf16`).
+            Bf16Bits::Mapped(bytes) => bytemuck::cast_slice(bytes),
+            Bf16Bits::Owned(bits) => bits,
+        }
+    }
+}
+
+impl HostMatrix {
+    /// A bf16 matrix from checkpoint bytes of `dtype` (F32, F16 or BF16): a bf16 file aligned
+    /// to 2 bytes is used in place (zero-copy); anything else is converted once.
+    pub fn bf16(dtype: DType, raw: bytes::Bytes, rows: usize, cols: usize) -> Self {
+        let aligned = bytemuck::try_cast_slice::<u8, u16>(&raw).is_ok();
+        let bits = if dtype == DType::BF16 && aligned && raw.len() == rows * cols * 2 {
+            Bf16Bits::Mapped(raw)
+        } else {
+            let values = dsocr_weights::bytes_to_f32(&raw, dtype);
+            Bf16Bits::Owned(values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect())
+        };
+        Self { rows, cols, data: HostData::Bf16(bits) }
+    }
+
+    /// Quantizes checkpoint bytes of `dtype` row by row (in parallel); only the quantized form
+    /// is kept.
+    pub fn quantize(quant: Quant, dtype: DType, raw: &[u8], rows: usize, cols: usize) -> Self {
+        let row_bytes = cols * dtype.size();
+        let per_task = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
+        let parts: Vec<(Vec<f32>, Vec<u8>)> = raw[..rows * row_bytes]
+            .par_chunks(per_task * row_bytes)
+            .map(|chunk| {
+                let (mut scales, mut values) = (Vec::new(), Vec::new());
+                for row in chunk.chunks(row_bytes) {
+                    quantize_row(quant, &dsocr_weights::bytes_to_f32(row, dtype), &mut scales, &mut values);
+                }
+                (scales, values)
+            })
+            .collect();
+        let mut scales = Vec::with_capacity(rows * blocks_per_row(cols));
+        let mut values = Vec::with_capacity(rows * blocks_per_row(cols) * quant.block_bytes());
+        for (s, v) in parts {
+            scales.extend_from_slice(&s);
+            values.extend_from_slice(&v);
+        }
+        Self { rows, cols, data: HostData::Quantized { quant, scales, values } }
+    }
+
+    /// Output rows (`out`).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input columns (`in`).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `None` for bf16, the format otherwise.
+    pub fn quant(&self) -> Option<Quant> {
+        match &self.data {
+            HostData::Bf16(_) => None,
+            HostData::Quantized { quant, .. } => Some(*quant),
+        }
+    }
+
+    /// Bytes the weight takes (mapped or owned).
+    pub fn size_bytes(&self) -> usize {
+        match &self.data {
+            HostData::Bf16(bits) => bits.as_slice().len() * 2,
+            HostData::Quantized { scales, values, .. } => scales.len() * 4 + values.len(),
+        }
+    }
+
+    /// Rows `start..start + count` as f32 `[count, cols]`, row-major.
+    pub fn dequantize_rows(&self, start: usize, count: usize) -> Vec<f32> {
+        let cols = self.cols;
+        let mut out = vec![0f32; count * cols];
+        out.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
+            let o = start + i;
+            match &self.data {
+                HostData::Bf16(bits) => {
+                    for (v, &b) in row.iter_mut().zip(&bits.as_slice()[o * cols..(o + 1) * cols]) {
+                        *v = bf16_to_f32(b);
+                    }
+                }
+                HostData::Quantized { quant, scales, values } => {
+                    let blocks = blocks_per_row(cols);
+                    let bytes = blocks * quant.block_bytes();
+                    let (s, v) = (&scales[o * blocks..(o + 1) * blocks], &values[o * bytes..(o + 1) * bytes]);
+                    dequantize_row(*quant, s, v, cols, row);
+                }
+            }
+        });
+        out
+    }
+
+    /// The whole matrix as f32 `[rows, cols]`: the reference form.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.dequantize_rows(0, self.rows)
+    }
+
+    /// `x: [m, cols]` row-major → `x Wᵀ`: `[m, rows]` row-major, f32 sums.
+    pub fn matvec(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.cols, "HostMatrix::matvec: x must be [m, cols]");
+        let cols = self.cols;
+        match &self.data {
+            HostData::Bf16(bits) => run(&Bf16Rows { bits: bits.as_slice(), cols }, self.rows, x, m),
+            HostData::Quantized { quant: Quant::Q8, scales, values } => {
+                run(&Q8Rows { scales, values, cols, blocks: blocks_per_row(cols) }, self.rows, x, m)
+            }
+            HostData::Quantized { quant: Quant::Q4, scales, values } => {
+                run(&Q4Rows { scales, values, cols, blocks: blocks_per_row(cols) }, self.rows, x, m)
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// One weight format's dot product of output row `o` with an f32 vector of `cols` values.
+trait RowDot: Sync {
+    fn cols(&self) -> usize;
+    fn dot(&self, o: usize, x: &[f32]) -> f32;
+}
+
+struct Bf16Rows<'a> {
+    bits: &'a [u16],
+    cols: usize,
+}
+
+impl RowDot for Bf16Rows<'_> {
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    #[inline(always)]
+    fn dot(&self, o: usize, x: &[f32]) -> f32 {
+        let w = &self.bits[o * self.cols..(o + 1) * self.cols];
+        let full = self.cols / 32 * 32;
+        // 32 independent lanes: the compiler keeps them in vector registers.
+        let mut acc = [0f32; 32];
+        for (w, x) in w[..full].chunks_exact(32).zip(x[..full].chunks_exact(32)) {
+            for l in 0..32 {
+                acc[l] += bf16_to_f32(w[l]) * x[l];
+            }
+        }
+        let tail: f32 = w[full..].iter().zip(&x[full..]).map(|(&w, &x)| bf16_to_f32(w) * x).sum();
+        lane_sum(&acc) + tail
+    }
+}
+
+struct Q8Rows<'a> {
+    scales: &'a [f32],
+    values: &'a [u8],
+    cols: usize,
+    blocks: usize,
+}
+
+impl RowDot for Q8Rows<'_> {
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    #[inline(always)]
+    fn dot(&self, o: usize, x: &[f32]) -> f32 {
+        let scales = &self.scales[o * self.blocks..(o + 1) * self.blocks];
+        let values = &self.values[o * self.blocks * BLOCK..(o + 1) * self.blocks * BLOCK];
+        let full = self.cols / BLOCK;
+        let mut acc = [0f32; 16];
+        for ((q, x), &d) in values.chunks_exact(BLOCK).zip(x.chunks_exact(BLOCK)).zip(scales).take(full) {
+            for l in 0..16 {
+                acc[l] += (q[l] as i8 as f32 * x[l] + q[l + 16] as i8 as f32 * x[l + 16]) * d;
+            }
+        }
+        let mut tail = 0f32;
+        if full < self.blocks {
+            let (q, x, d) = (&values[full * BLOCK..], &x[full * BLOCK..], scales[full]);
+            tail = x.iter().zip(q).map(|(&x, &q)| q as i8 as f32 * x).sum::<f32>() * d;
+        }
+        lane_sum(&acc) + tail
+    }
+}
+
+struct Q4Rows<'a> {
+    scales: &'a [f32],
+    values: &'a [u8],
+    cols: usize,
+    blocks: usize,
+}
+
+impl RowDot for Q4Rows<'_> {
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    #[inline(always)]
+    fn dot(&self, o: usize, x: &[f32]) -> f32 {
+        const HALF: usize = BLOCK / 2;
+        let scales = &self.scales[o * self.blocks..(o + 1) * self.blocks];
+        let values = &self.values[o * self.blocks * HALF..(o + 1) * self.blocks * HALF];
+        let full = self.cols / BLOCK;
+        let mut acc = [0f32; 16];
+        for ((q, x), &d) in values.chunks_exact(HALF).zip(x.chunks_exact(BLOCK)).zip(scales).take(full) {
+            for l in 0..16 {
+                let lo = (q[l] & 0x0F) as i32 - 8;
+                let hi = (q[l] >> 4) as i32 - 8;
+                acc[l] += (lo as f32 * x[l] + hi as f32 * x[l + HALF]) * d;
+            }
+        }
+        let mut tail = 0f32;
+        if full < self.blocks {
+            let (q, x, d) = (&values[full * HALF..], &x[full * BLOCK..], scales[full]);
+            for (j, &x) in x.iter().enumerate() {
+                let byte = q[j % HALF];
+                let nibble = if j < HALF { byte & 0x0F } else { byte >> 4 };
+                tail += (nibble as f32 - 8.0) * x;
+            }
+            tail *= d;
+        }
+        lane_sum(&acc) + tail
+    }
+}
+
+/// Pairwise sum of the lanes (fixed order: results do not depend on the thread count).
+#[inline(always)]
+fn lane_sum<const N: usize>(acc: &[f32; N]) -> f32 {
+    let mut v = *acc;
+    let mut n = N;
+    while n > 1 {
+        n /= 2;
+        for l in 0..n {
+            v[l] += v[l + n];
+        }
+    }
+    v[0]
+}
+
+/// The product over all output rows, split into tasks of contiguous rows.
+fn run<R: RowDot>(rows_of: &R, rows: usize, x: &[f32], m: usize) -> Vec<f32> {
+    let per_task = rows.div_ceil(rayon::current_num_threads() * 4).clamp(16, 4096);
+    // Computed as [rows, m] (each task writes its rows), transposed to [m, rows] if m > 1.
+    let mut out = vec![0f32; rows * m];
+    out.par_chunks_mut(per_task * m).enumerate().for_each(|(task, out)| fill(rows_of, task * per_task, x, m, out));
+    if m == 1 {
+        return out;
+    }
+    let mut y = vec![0f32; rows * m];
+    for o in 0..rows {
+        for r in 0..m {
+            y[r * rows + o] = out[o * m + r];
+        }
+    }
+    y
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+fn simd() -> Simd {
+    static LEVEL: OnceLock<Simd> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Simd::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Baseline
+    })
+}
+
+/// `out: [n, m]`: rows `first..first + n` against each of the `m` vectors of `x`.
+fn fill<R: RowDot>(rows_of: &R, first: usize, x: &[f32], m: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match simd() {
+        // SAFETY: the CPU has the features these copies were compiled for (checked by `simd`).
+        Simd::Avx512 => return unsafe { fill_avx512(rows_of, first, x, m, out) },
+        Simd::Avx2 => return unsafe { fill_avx2(rows_of, first, x, m, out) },
+        Simd::Baseline => {}
+    }
+    fill_plain(rows_of, first, x, m, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fill_avx512<R: RowDot>(rows_of: &R, first: usize, x: &[f32], m: usize, out: &mut [f32]) {
+    fill_plain(rows_of, first, x, m, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fill_avx2<R: RowDot>(rows_of: &R, first: usize, x: &[f32], m: usize, out: &mut [f32]) {
+    fill_plain(rows_of, first, x, m, out)
+}
+
+#[inline(always)]
+fn fill_plain<R: RowDot>(rows_of: &R, first: usize, x: &[f32], m: usize, out: &mut [f32]) {
+    let cols = rows_of.cols();
+    for (i, out) in out.chunks_exact_mut(m).enumerate() {
+        for (r, y) in out.iter_mut().enumerate() {
+            *y = rows_of.dot(first + i, &x[r * cols..(r + 1) * cols]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::prelude::*;
+    use burn::tensor::Distribution;
+    use dsocr_weights::{Backend, Precision};
+
+    use super::*;
+
+    fn random(shape: [usize; 2], device: &Device) -> Tensor<2> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+    }
+
+    fn bytes_of(t: &Tensor<2>, dtype: DType) -> Vec<u8> {
+        t.clone().cast(dtype).into_data().as_bytes().to_vec()
+    }
+
+    /// Each format's kernel equals the plain-Burn product over its own dequantized matrix, for
+    /// one and several rows, row lengths with and without a short last block, and more rows
+    /// than one task holds.
+    #[test]
+    fn matvec_equals_matmul_over_the_dequantized_weight() {
+        let device = Backend::Cpu.device(Precision::F32).unwrap();
+        for (rows, cols) in [(40, 64), (37, 70), (300, 1280), (5000, 24)] {
+            let w = random([rows, cols], &device);
+            let raw = bytes_of(&w, DType::F32);
+            let formats = [
+                HostMatrix::bf16(DType::BF16, bytes::Bytes::from(bytes_of(&w, DType::BF16)), rows, cols),
+                HostMatrix::bf16(DType::F32, bytes::Bytes::from(raw.clone()), rows, cols),
+                HostMatrix::quantize(Quant::Q8, DType::F32, &raw, rows, cols),
+                HostMatrix::quantize(Quant::Q4, DType::F32, &raw, rows, cols),
+            ];
+            for h in &formats {
+                let dense = Tensor::<2>::from_data(TensorData::new(h.dequantize(), [rows, cols]), &device);
+                for m in [1, 3] {
+                    let x = random([m, cols], &device);
+                    let xs: Vec<f32> = x.clone().into_data().iter::<f32>().collect();
+                    let got = Tensor::<2>::from_data(TensorData::new(h.matvec(&xs, m), [m, rows]), &device);
+                    let want = x.matmul(dense.clone().transpose());
+                    let err = crate::relative_error(got, want);
+                    assert!(err < 1e-5, "{:?} {rows}x{cols} m={m}: relative error {err}", h.quant());
+                }
+            }
+        }
+    }
+
+    /// The quantized matrices approximate the original within their formats' resolution, and
+    /// a bf16 file is used in place.
+    #[test]
+    fn formats_keep_what_they_promise() {
+        let device = Backend::Cpu.device(Precision::F32).unwrap();
+        let (rows, cols) = (64, 256);
+        let w = random([rows, cols], &device);
+        let raw = bytes_of(&w, DType::F32);
+        let want: Vec<f32> = w.into_data().iter::<f32>().collect();
+        let max_err = |h: &HostMatrix| h.dequantize().iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let bf16 = HostMatrix::bf16(DType::F32, bytes::Bytes::from(raw.clone()), rows, cols);
+        let q8 = HostMatrix::quantize(Quant::Q8, DType::F32, &raw, rows, cols);
+        let q4 = HostMatrix::quantize(Quant::Q4, DType::F32, &raw, rows, cols);
+        // N(0, 1) values stay under ~5 in magnitude: steps 5/127 and 5/8.
+        assert!(max_err(&bf16) < 5.0 / 256.0, "bf16 {}", max_err(&bf16));
+        assert!(max_err(&q8) < 5.0 / 127.0 / 2.0, "q8 {}", max_err(&q8));
+        assert!(max_err(&q4) < 5.0 / 8.0, "q4 {}", max_err(&q4));
+        assert!(max_err(&q8) > 0.0 && max_err(&q4) > max_err(&q8));
+        assert_eq!(q8.size_bytes(), rows * cols + rows * (cols / 32) * 4);
+        assert_eq!(q4.size_bytes(), rows * cols / 2 + rows * (cols / 32) * 4);
+
+        let mapped = bytes::Bytes::from(bytes_of(&Tensor::<2>::from_data(TensorData::new(want.clone(), [rows, cols]), &device), DType::BF16));
+        let h = HostMatrix::bf16(DType::BF16, mapped.clone(), rows, cols);
+        assert!(matches!(&h.data, HostData::Bf16(Bf16Bits::Mapped(b)) if b.as_ptr() == mapped.as_ptr()), "zero-copy");
+    }
+}
