@@ -18,7 +18,9 @@ use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use clap::Args;
 use dsocr::input::load_image;
-use dsocr::model::{Backend, DeepseekOcr, ExpertDispatch, GenerationConfig, LoadOptions, Precision, Quant, VisionOutput};
+use dsocr::model::{
+    Backend, DeepseekOcr, ExpertDispatch, GenerationConfig, LoadOptions, Precision, Quant, VisionOutput,
+};
 use dsocr::{Mode, Ocr, OcrOptions};
 use dsocr_decoder::greedy_token;
 use dsocr_testkit::random_checkpoint;
@@ -36,6 +38,9 @@ pub enum BenchCommand {
     Serve(crate::load::LoadArgs),
     /// Each CubeCL kernel against the op it replaces at the decoder's real shapes: time, GB/s, error.
     Kernels(crate::bench_kernels::KernelArgs),
+    /// Quantized decoders against the unquantized model: greedy top-1 agreement and logit error
+    /// over long teacher-forced runs.
+    Quant(crate::bench_quant::QuantArgs),
 }
 
 #[derive(Args)]
@@ -61,6 +66,10 @@ pub struct BenchArgs {
     /// With --quant: keep the lm_head in the model's precision.
     #[arg(long)]
     float_lm_head: bool,
+    /// bf16 on the CPU: copy the decoder's weights into huge-page memory (faster decode, more
+    /// resident memory) instead of multiplying the mapped checkpoint in place.
+    #[arg(long)]
+    copy_weights: bool,
     /// Page image [default: the fixture page of the workspace this binary was built in, 1280×800:
     /// Gundam 3×2 = 6 tiles; required when the binary runs outside it].
     #[arg(long)]
@@ -260,7 +269,7 @@ struct Report {
 
 /// The fixture page under the workspace this binary lives in (`target/<profile>/dsocr`) or was
 /// built from; `None` when neither has it (a binary carried to another machine).
-fn default_image() -> Option<PathBuf> {
+pub(crate) fn default_image() -> Option<PathBuf> {
     const PAGE: &str = "tests/fixtures/reference-tiny/images/page.png";
     let exe = std::env::current_exe().ok();
     let from_exe = exe.iter().flat_map(|e| e.ancestors().skip(1)).map(|dir| dir.join(PAGE));
@@ -284,6 +293,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.command {
         Some(BenchCommand::Serve(load)) => return crate::load::run(load),
         Some(BenchCommand::Kernels(kernels)) => return crate::bench_kernels::run(kernels),
+        Some(BenchCommand::Quant(quant)) => return crate::bench_quant::run(quant),
         None => {}
     }
     let Some(model_dir) = args.model.clone() else {
@@ -317,6 +327,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     load.expert_dispatch = dispatch;
     load.quant = quant;
     load.quantize_lm_head = !args.float_lm_head;
+    load.copy_weights = args.copy_weights;
     let model = DeepseekOcr::load(&model_dir, &load)
         .with_context(|| format!("loading the model in {}", model_dir.display()))?;
     model.device.sync().map_err(|e| anyhow::anyhow!("device sync after load: {e:?}"))?;
@@ -338,6 +349,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         quant: match quant {
             Some(q) if args.float_lm_head => format!("{q}, float lm_head"),
             Some(q) => q.to_string(),
+            None if args.copy_weights => "none, weights copied to huge pages".into(),
             None => "none".into(),
         },
         expert_dispatch: format!("{dispatch:?}"),

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_batch;
 mod bench_kernels;
+mod bench_quant;
 mod debug;
 mod load;
 mod models;

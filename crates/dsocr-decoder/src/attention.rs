@@ -37,6 +37,12 @@ impl Attention {
         })
     }
 
+    /// The q, k and v projections of `x` (one pass over the three weights on the CPU
+    /// backends' host path, [`Linear::forward_all`]).
+    fn qkv(&self, x: Tensor<3>) -> [Tensor<3>; 3] {
+        Linear::forward_all([&self.q_proj, &self.k_proj, &self.v_proj], x)
+    }
+
     /// `x: [batch, t, d]` at positions `cache.len()..cache.len() + t`; `cos`/`sin` are the
     /// RoPE tables of those positions. Appends this layer's K/V to `cache`.
     pub fn forward(
@@ -50,9 +56,7 @@ impl Attention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let split_heads = |y: Tensor<3>| y.reshape([b, t, self.num_heads, self.head_dim]).swap_dims(1, 2);
-        let q = split_heads(self.q_proj.forward(x.clone()));
-        let k = split_heads(self.k_proj.forward(x.clone()));
-        let v = split_heads(self.v_proj.forward(x));
+        let [q, k, v] = self.qkv(x).map(split_heads);
 
         let q = rope.apply(q, cos, sin);
         let k = rope.apply(k, cos, sin);
@@ -89,9 +93,9 @@ impl Attention {
         layer: usize,
     ) -> Tensor<3> {
         let split_heads = |y: Tensor<3>| y.reshape([1, 1, self.num_heads, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply_rows(split_heads(self.q_proj.forward(x.clone())), cos, sin);
-        let k = rope.apply_rows(split_heads(self.k_proj.forward(x.clone())), cos, sin);
-        let v = split_heads(self.v_proj.forward(x));
+        let [q, k, v] = self.qkv(x).map(split_heads);
+        let q = rope.apply_rows(q, cos, sin);
+        let k = rope.apply_rows(k, cos, sin);
         let (k, v) = cache.write_at(layer, k, v, position);
         let out = decode_attention(q, k, v, position, mask); // [1, heads, 1, head_dim]
         let out = out.swap_dims(1, 2).reshape([1, 1, self.num_heads * self.head_dim]);
@@ -113,9 +117,9 @@ impl Attention {
         let [s, t, _] = x.dims();
         debug_assert_eq!(t, 1);
         let split_heads = |y: Tensor<3>| y.reshape([s, 1, self.num_heads, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply_rows(split_heads(self.q_proj.forward(x.clone())), cos, sin);
-        let k = rope.apply_rows(split_heads(self.k_proj.forward(x.clone())), cos, sin);
-        let v = split_heads(self.v_proj.forward(x));
+        let [q, k, v] = self.qkv(x).map(split_heads);
+        let q = rope.apply_rows(q, cos, sin);
+        let k = rope.apply_rows(k, cos, sin);
         let (k, v, mask) = cache.write(layer, k, v);
         let out = attention(q, k, v, None, Some(mask), false); // [slots, heads, 1, head_dim]
         let out = out.swap_dims(1, 2).reshape([s, 1, self.num_heads * self.head_dim]);

@@ -50,7 +50,12 @@ pub struct DecoderLayer {
 impl DecoderLayer {
     /// Loads `model.layers.{index}.*` from `vb` (already at that prefix); the projections and
     /// experts are kept as `format` says (norms and the router stay in the model's dtype).
-    pub fn load(vb: &VarBuilder, cfg: &DecoderConfig, index: usize, format: WeightFormat) -> Result<Self, DecoderError> {
+    pub fn load(
+        vb: &VarBuilder,
+        cfg: &DecoderConfig,
+        index: usize,
+        format: WeightFormat,
+    ) -> Result<Self, DecoderError> {
         let d = cfg.hidden_size;
         let mlp = if cfg.is_moe_layer(index) {
             FeedForward::Moe(Moe::load(&vb.pp("mlp"), cfg, format)?)

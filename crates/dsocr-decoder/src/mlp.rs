@@ -42,7 +42,7 @@ impl Mlp {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let [gate, up] = Linear::forward_all([&self.gate_proj, &self.up_proj], x);
+        self.down_proj.forward(silu(gate) * up)
     }
 }

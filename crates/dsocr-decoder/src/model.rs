@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 use burn::tensor::{DType, IndexingUpdateOp};
-use dsocr_nn::{Linear, WeightFormat};
+use dsocr_nn::{Embedding, Linear, WeightFormat};
 use dsocr_weights::VarBuilder;
 
 use crate::batch::SlotCache;
@@ -19,7 +19,7 @@ use crate::{DecoderConfig, DecoderError};
 #[derive(Debug, Clone)]
 pub struct Decoder {
     /// `model.embed_tokens.weight` `[vocab, d]`.
-    embed_tokens: Tensor<2>,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -46,13 +46,13 @@ impl Decoder {
         cfg.validate()?;
         let (vocab, d) = (cfg.vocab_size, cfg.hidden_size);
         let model = vb.pp("model");
-        let embed_tokens = model.pp("embed_tokens").get("weight", [vocab, d])?;
+        let embed_tokens = Embedding::load(&model.pp("embed_tokens"), vocab, d)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(&model.pp("layers").pp(i), cfg, i, layers))
             .collect::<Result<Vec<_>, _>>()?;
         let norm = RmsNorm::load(&model.pp("norm"), d, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::from_rows(embed_tokens.clone(), None)
+            Linear::from_rows(embed_tokens.table(), None)
         } else {
             Linear::load_as(&vb.pp("lm_head"), d, vocab, false, lm_head)?
         };
@@ -85,11 +85,7 @@ impl Decoder {
     /// Every id must be `< vocab_size` (checked by [`embed_with_image`](Self::embed_with_image)
     /// and [`generate`](crate::generate); here an out-of-range id is a caller bug).
     pub fn embed(&self, ids: &[u32]) -> Tensor<3> {
-        let device = self.device();
-        let ids: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
-        let n = ids.len();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
-        self.embed_tokens.clone().select(0, ids).unsqueeze::<3>()
+        self.embed_tokens.forward(ids).unsqueeze::<3>()
     }
 
     /// Token embeddings `[1, L, d]` with the rows at the positions holding `image_token_id`
@@ -218,7 +214,7 @@ impl Decoder {
         // Key positions after this one are not attended (nor written yet).
         let mask = inputs.positions.clone().greater(position.clone().expand([capacity])).reshape([1, 1, 1, capacity]);
         let (cos, sin) = self.rope.row_at(position.clone());
-        let mut x = self.embed_tokens.clone().select(0, token).reshape([1, 1, d]);
+        let mut x = self.embed_tokens.forward_ids(token).reshape([1, 1, d]);
         for layer in &self.layers {
             x = layer.forward_step(x, &self.rope, &cos, &sin, &position, &mask, cache);
         }

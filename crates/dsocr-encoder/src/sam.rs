@@ -15,10 +15,15 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::DType;
 use dsocr_nn::{attention, LayerNorm, Linear};
+use dsocr_weights::backend::is_host_device;
 use dsocr_weights::VarBuilder;
 
 use crate::interpolate::{resize_bicubic_aa, resize_linear};
 use crate::{EncoderError, SamConfig};
+
+/// Most elements of one attention group's score matrix on the CPU backends
+/// (`SamAttention::forward`): 32 Mi f32 values, 128 MiB.
+pub const HOST_SCORE_ELEMENTS: usize = 32 << 20;
 
 /// LayerNorm eps of every SAM norm (blocks and neck).
 const LN_EPS: f64 = 1e-6;
@@ -167,9 +172,23 @@ impl SamAttention {
         let [q, k, v]: [Tensor<4>; 3] =
             std::array::from_fn(|i| qkv.clone().narrow(0, i, 1).reshape([b, self.heads, n, self.head_dim]));
 
-        let bias = self.rel_pos_bias(&q, h, w)?;
-        // softmax(q·kᵀ / sqrt(head_dim) + bias) · v; default scale = 1/sqrt(head_dim).
-        let y = attention(q, k, v, Some(bias), None, false);
+        // softmax(q·kᵀ / sqrt(head_dim) + bias) · v; default scale = 1/sqrt(head_dim). Heads
+        // are independent: on the CPU backends they run in groups whose bias and scores stay
+        // under HOST_SCORE_ELEMENTS (the global view's 4,096 tokens make [12, 4096, 4096] of
+        // each: 805 MB in f32, several copies of which were the peak of a page's memory).
+        let per_group = if is_host_device(&q.device()) {
+            (HOST_SCORE_ELEMENTS / (b * n * n).max(1)).clamp(1, self.heads)
+        } else {
+            self.heads
+        };
+        let mut groups = Vec::with_capacity(self.heads.div_ceil(per_group));
+        for first in (0..self.heads).step_by(per_group) {
+            let count = per_group.min(self.heads - first);
+            let [q, k, v] = [&q, &k, &v].map(|t| t.clone().narrow(1, first, count));
+            let bias = self.rel_pos_bias(&q, h, w)?;
+            groups.push(attention(q, k, v, Some(bias), None, false));
+        }
+        let y = if groups.len() == 1 { groups.remove(0) } else { Tensor::cat(groups, 1) };
         // Heads concatenated as head * head_dim + d.
         let y = y.swap_dims(1, 2).reshape([b, h, w, c]);
         Ok(self.proj.forward(y))

@@ -57,7 +57,19 @@ pub struct LoadOptions {
     pub quant: Option<Quant>,
     /// Whether [`quant`](Self::quant) also applies to the lm_head ([`QUANTIZE_LM_HEAD`]).
     pub quantize_lm_head: bool,
+    /// A bf16 decoder on the CPU backends copies its weights into huge-page memory
+    /// (`--copy-weights`: decode ~18 % faster at full size, ~5.5 GB more resident memory, ~15 s
+    /// of load) instead of multiplying the memory-mapped checkpoint in place
+    /// ([`WeightFormat::Bf16`]; docs/performance.md).
+    pub copy_weights: bool,
 }
+
+/// The activation dtype of the decoder when its weights are host bf16 or quantized (the CPU
+/// backends): the CPU kernels convert the weights in registers and sum in f32, and flex runs
+/// f32 attention, norms and the KV cache without the per-op conversions bf16 tensors cost it
+/// (docs/performance.md, "Quantized weights and bf16 on the CPU"). More accurate than bf16
+/// arithmetic, too.
+pub const CPU_BF16_DECODER_DTYPE: burn::tensor::DType = burn::tensor::DType::F32;
 
 /// Whether a quantized decoder quantizes its lm_head too, by default (docs/parity.md,
 /// "Quantized weights": what it costs in greedy agreement and logits).
@@ -66,7 +78,14 @@ pub const QUANTIZE_LM_HEAD: bool = true;
 impl LoadOptions {
     /// `backend` in `precision`, experts dispatched by backend.
     pub fn new(backend: Backend, precision: Precision) -> Self {
-        Self { backend, precision, expert_dispatch: ExpertDispatch::Auto, quant: None, quantize_lm_head: QUANTIZE_LM_HEAD }
+        Self {
+            backend,
+            precision,
+            expert_dispatch: ExpertDispatch::Auto,
+            quant: None,
+            quantize_lm_head: QUANTIZE_LM_HEAD,
+            copy_weights: false,
+        }
     }
 
     /// `backend` in its fast precision (bf16 on CUDA, f16 on WGPU, f32 on the CPU).
@@ -114,9 +133,15 @@ impl DeepseekOcr {
         let vb = VarBuilder::new(weights, &device, precision.dtype());
         let encoder = DeepEncoder::load(&vb, &config.encoder)?;
         let projector = Projector::load(&vb, &config.projector)?;
-        let layers = options.quant.map_or(WeightFormat::Float, WeightFormat::Quantized);
-        let lm_head = if options.quantize_lm_head { layers } else { WeightFormat::Float };
-        let mut decoder = Decoder::load_as(&vb, &config.decoder, layers, lm_head)?;
+        // On the CPU backends a bf16 decoder keeps its projections, experts and lm_head as bf16
+        // in host memory and computes in f32 (CPU_BF16_DECODER_DTYPE), like a quantized one.
+        let host_bf16 = !backend.is_gpu() && precision == Precision::Bf16;
+        let float = if host_bf16 { WeightFormat::Bf16 { mapped: !options.copy_weights } } else { WeightFormat::Float };
+        let layers = options.quant.map_or(float, WeightFormat::Quantized);
+        let lm_head = if options.quantize_lm_head { layers } else { float };
+        let decoder_vb =
+            if host_bf16 || options.quant.is_some() { vb.with_dtype(CPU_BF16_DECODER_DTYPE) } else { vb.clone() };
+        let mut decoder = Decoder::load_as(&decoder_vb, &config.decoder, layers, lm_head)?;
         decoder.set_expert_dispatch(options.expert_dispatch);
         Ok(Self {
             config,

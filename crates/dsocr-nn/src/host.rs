@@ -23,7 +23,8 @@ use std::sync::OnceLock;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use crate::quant::{blocks_per_row, dequantize_row, quantize_row, Quant, BLOCK};
+use crate::arena::HostBytes;
+use crate::quant::{blocks_per_row, dequantize_row, quantize_row_into, Quant, BLOCK};
 
 /// The most rows one [`HostMatrix::matvec`] call takes in [`crate::Linear`]; more rows (a
 /// prompt) are multiplied by dequantized slices of the weight with flex's matmul.
@@ -45,15 +46,15 @@ pub struct HostMatrix {
 enum HostData {
     /// bf16 bit patterns, row-major.
     Bf16(Bf16Bits),
-    /// [`blocks_per_row`] scales per row and `quant.block_bytes()` bytes per block.
-    Quantized { quant: Quant, scales: Vec<f32>, values: Vec<u8> },
+    /// [`blocks_per_row`] f32 scales per row and `quant.block_bytes()` bytes per block.
+    Quantized { quant: Quant, scales: HostBytes, values: HostBytes },
 }
 
-/// bf16 values, either shared with the checkpoint's mapping or owned.
+/// bf16 values, either shared with the checkpoint's mapping or copied into huge-page memory.
 #[derive(Debug)]
 enum Bf16Bits {
     Mapped(bytes::Bytes),
-    Owned(Vec<u16>),
+    Owned(HostBytes),
 }
 
 impl Bf16Bits {
@@ -61,46 +62,59 @@ impl Bf16Bits {
         match self {
             // Checked aligned and of even length when built (`HostMatrix::bf16`).
             Bf16Bits::Mapped(bytes) => bytemuck::cast_slice(bytes),
-            Bf16Bits::Owned(bits) => bits,
+            Bf16Bits::Owned(bits) => bits.as_u16(),
         }
     }
 }
 
 impl HostMatrix {
-    /// A bf16 matrix from checkpoint bytes of `dtype` (F32, F16 or BF16): a bf16 file aligned
-    /// to 2 bytes is used in place (zero-copy); anything else is converted once.
+    /// A bf16 matrix from checkpoint bytes of `dtype` (F32, F16 or BF16), used in place
+    /// (zero-copy) when the file is bf16 and aligned to 2 bytes; anything else is converted
+    /// once into huge-page memory ([`crate::arena`]).
     pub fn bf16(dtype: DType, raw: bytes::Bytes, rows: usize, cols: usize) -> Self {
         let aligned = bytemuck::try_cast_slice::<u8, u16>(&raw).is_ok();
-        let bits = if dtype == DType::BF16 && aligned && raw.len() == rows * cols * 2 {
-            Bf16Bits::Mapped(raw)
-        } else {
-            let values = dsocr_weights::bytes_to_f32(&raw, dtype);
-            Bf16Bits::Owned(values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect())
-        };
-        Self { rows, cols, data: HostData::Bf16(bits) }
+        if dtype == DType::BF16 && aligned && raw.len() == rows * cols * 2 {
+            return Self { rows, cols, data: HostData::Bf16(Bf16Bits::Mapped(raw)) };
+        }
+        Self::bf16_copied(dtype, &raw, rows, cols)
     }
 
-    /// Quantizes checkpoint bytes of `dtype` row by row (in parallel); only the quantized form
-    /// is kept.
+    /// A bf16 matrix copied (or converted) from checkpoint bytes of `dtype` into huge-page
+    /// memory: more resident memory than the mapping, but streamed at full speed
+    /// ([`crate::arena`]).
+    pub fn bf16_copied(dtype: DType, raw: &[u8], rows: usize, cols: usize) -> Self {
+        let mut bits = HostBytes::zeroed(rows * cols * 2);
+        let out = bits.as_mut_u16();
+        let row_bytes = cols * dtype.size();
+        out.par_chunks_mut(cols).zip(raw[..rows * row_bytes].par_chunks(row_bytes)).for_each(|(out, raw)| {
+            if dtype == DType::BF16 {
+                for (o, c) in out.iter_mut().zip(raw.as_chunks::<2>().0) {
+                    *o = u16::from_le_bytes(*c);
+                }
+            } else {
+                let mut row = vec![0f32; cols];
+                dsocr_weights::bytes_into_f32(raw, dtype, &mut row);
+                for (o, v) in out.iter_mut().zip(row) {
+                    *o = half::bf16::from_f32(v).to_bits();
+                }
+            }
+        });
+        Self { rows, cols, data: HostData::Bf16(Bf16Bits::Owned(bits)) }
+    }
+
+    /// Quantizes checkpoint bytes of `dtype` row by row (in parallel) into huge-page memory;
+    /// only the quantized form is kept.
     pub fn quantize(quant: Quant, dtype: DType, raw: &[u8], rows: usize, cols: usize) -> Self {
         let row_bytes = cols * dtype.size();
+        let blocks = blocks_per_row(cols);
+        let mut scales = HostBytes::zeroed_f32(rows * blocks);
+        let mut values = HostBytes::zeroed(rows * blocks * quant.block_bytes());
         let per_task = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
-        let parts: Vec<(Vec<f32>, Vec<u8>)> = raw[..rows * row_bytes]
+        raw[..rows * row_bytes]
             .par_chunks(per_task * row_bytes)
-            .map(|chunk| {
-                let (mut scales, mut values) = (Vec::new(), Vec::new());
-                for row in chunk.chunks(row_bytes) {
-                    quantize_row(quant, &dsocr_weights::bytes_to_f32(row, dtype), &mut scales, &mut values);
-                }
-                (scales, values)
-            })
-            .collect();
-        let mut scales = Vec::with_capacity(rows * blocks_per_row(cols));
-        let mut values = Vec::with_capacity(rows * blocks_per_row(cols) * quant.block_bytes());
-        for (s, v) in parts {
-            scales.extend_from_slice(&s);
-            values.extend_from_slice(&v);
-        }
+            .zip(scales.as_mut_f32().par_chunks_mut(per_task * blocks))
+            .zip(values.as_mut_slice().par_chunks_mut(per_task * blocks * quant.block_bytes()))
+            .for_each(|((raw, scales), values)| quantize_rows(quant, dtype, raw, row_bytes, scales, values));
         Self { rows, cols, data: HostData::Quantized { quant, scales, values } }
     }
 
@@ -126,7 +140,7 @@ impl HostMatrix {
     pub fn size_bytes(&self) -> usize {
         match &self.data {
             HostData::Bf16(bits) => bits.as_slice().len() * 2,
-            HostData::Quantized { scales, values, .. } => scales.len() * 4 + values.len(),
+            HostData::Quantized { scales, values, .. } => scales.len() + values.len(),
         }
     }
 
@@ -143,6 +157,7 @@ impl HostMatrix {
                     }
                 }
                 HostData::Quantized { quant, scales, values } => {
+                    let (scales, values) = (scales.as_f32(), values.as_slice());
                     let blocks = blocks_per_row(cols);
                     let bytes = blocks * quant.block_bytes();
                     let (s, v) = (&scales[o * blocks..(o + 1) * blocks], &values[o * bytes..(o + 1) * bytes]);
@@ -160,23 +175,103 @@ impl HostMatrix {
 
     /// `x: [m, cols]` row-major → `x Wᵀ`: `[m, rows]` row-major, f32 sums.
     pub fn matvec(&self, x: &[f32], m: usize) -> Vec<f32> {
-        assert_eq!(x.len(), m * self.cols, "HostMatrix::matvec: x must be [m, cols]");
+        matvec_many(&[(self, x)], m).pop().unwrap_or_default()
+    }
+
+    /// Rows `first..first + out.len() / m` of `x Wᵀ` as `[n, m]` (one task's share).
+    fn fill_rows(&self, first: usize, x: &[f32], m: usize, out: &mut [f32]) {
         let cols = self.cols;
         match &self.data {
-            HostData::Bf16(bits) => run(&Bf16Rows { bits: bits.as_slice(), cols }, self.rows, x, m),
+            HostData::Bf16(bits) => fill(&Bf16Rows { bits: bits.as_slice(), cols }, first, x, m, out),
             HostData::Quantized { quant: Quant::Q8, scales, values } => {
-                run(&Q8Rows { scales, values, cols, blocks: blocks_per_row(cols) }, self.rows, x, m)
+                let (scales, values) = (scales.as_f32(), values.as_slice());
+                fill(&Q8Rows { scales, values, cols, blocks: blocks_per_row(cols) }, first, x, m, out)
             }
             HostData::Quantized { quant: Quant::Q4, scales, values } => {
-                run(&Q4Rows { scales, values, cols, blocks: blocks_per_row(cols) }, self.rows, x, m)
+                let (scales, values) = (scales.as_f32(), values.as_slice());
+                fill(&Q4Rows { scales, values, cols, blocks: blocks_per_row(cols) }, first, x, m, out)
             }
         }
     }
 }
 
+/// Output rows per task of [`matvec_many`]: small enough to balance two to a few dozen
+/// threads over one expert's 896 rows, large enough that a task's overhead is noise.
+const ROWS_PER_TASK: usize = 64;
+
+/// Several products `x_j W_jᵀ` of `m` rows each (`x_j: [m, cols_j]`), computed in ONE
+/// parallel pass over all their output rows: a decode step's q/k/v, or the gate/up products of
+/// all chosen experts, cost one fork-join instead of one each. Results are `[m, rows_j]`
+/// row-major, in the order of `jobs`; each equals [`HostMatrix::matvec`] of its job exactly
+/// (the same kernel over the same rows).
+pub fn matvec_many(jobs: &[(&HostMatrix, &[f32])], m: usize) -> Vec<Vec<f32>> {
+    for (matrix, x) in jobs {
+        assert_eq!(x.len(), m * matrix.cols, "matvec_many: each x must be [m, cols] of its matrix");
+    }
+    // Computed as [rows, m] (each task writes its rows), transposed to [m, rows] if m > 1.
+    let mut outs: Vec<Vec<f32>> = jobs.iter().map(|(matrix, _)| vec![0f32; matrix.rows * m]).collect();
+    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
+    for (j, out) in outs.iter_mut().enumerate() {
+        for (t, chunk) in out.chunks_mut(ROWS_PER_TASK * m).enumerate() {
+            tasks.push((j, t * ROWS_PER_TASK, chunk));
+        }
+    }
+    tasks.into_par_iter().for_each(|(j, first, out)| jobs[j].0.fill_rows(first, jobs[j].1, m, out));
+    if m == 1 {
+        return outs;
+    }
+    outs.into_iter()
+        .map(|out| {
+            let rows = out.len() / m;
+            let mut y = vec![0f32; rows * m];
+            for o in 0..rows {
+                for r in 0..m {
+                    y[r * rows + o] = out[o * m + r];
+                }
+            }
+            y
+        })
+        .collect()
+}
+
 #[inline(always)]
 fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
+}
+
+/// Quantizes whole rows of checkpoint bytes into their [`quantize_row_into`] outputs,
+/// compiled for the CPU's vector units (rounding is one instruction with SSE4.1, a library call
+/// without), picked at run time like the products.
+fn quantize_rows(quant: Quant, dtype: DType, raw: &[u8], row_bytes: usize, scales: &mut [f32], values: &mut [u8]) {
+    #[inline(always)]
+    fn plain(quant: Quant, dtype: DType, raw: &[u8], row_bytes: usize, scales: &mut [f32], values: &mut [u8]) {
+        let cols = row_bytes / dtype.size();
+        let blocks = blocks_per_row(cols);
+        let mut row = vec![0f32; cols];
+        let outputs = scales.chunks_exact_mut(blocks).zip(values.chunks_exact_mut(blocks * quant.block_bytes()));
+        for (bytes, (scales, values)) in raw.chunks_exact(row_bytes).zip(outputs) {
+            dsocr_weights::bytes_into_f32(bytes, dtype, &mut row);
+            quantize_row_into(quant, &row, scales, values);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(q: Quant, d: DType, raw: &[u8], row_bytes: usize, s: &mut [f32], v: &mut [u8]) {
+            plain(q, d, raw, row_bytes, s, v)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(q: Quant, d: DType, raw: &[u8], row_bytes: usize, s: &mut [f32], v: &mut [u8]) {
+            plain(q, d, raw, row_bytes, s, v)
+        }
+        match simd() {
+            // SAFETY: the CPU has the features these copies were compiled for (checked by `simd`).
+            Simd::Avx512 => return unsafe { avx512(quant, dtype, raw, row_bytes, scales, values) },
+            Simd::Avx2 => return unsafe { avx2(quant, dtype, raw, row_bytes, scales, values) },
+            Simd::Baseline => {}
+        }
+    }
+    plain(quant, dtype, raw, row_bytes, scales, values)
 }
 
 /// One weight format's dot product of output row `o` with an f32 vector of `cols` values.
@@ -198,15 +293,17 @@ impl RowDot for Bf16Rows<'_> {
     #[inline(always)]
     fn dot(&self, o: usize, x: &[f32]) -> f32 {
         let w = &self.bits[o * self.cols..(o + 1) * self.cols];
-        let full = self.cols / 32 * 32;
-        // 32 independent lanes: the compiler keeps them in vector registers.
+        // Fixed-size chunks: no bounds checks, 32 independent lanes the compiler keeps in
+        // vector registers.
+        let ((wb, wt), (xb, xt)) = (w.as_chunks::<32>(), x.as_chunks::<32>());
         let mut acc = [0f32; 32];
-        for (w, x) in w[..full].chunks_exact(32).zip(x[..full].chunks_exact(32)) {
+        for (w, x) in wb.iter().zip(xb) {
+            prefetch_ahead(w);
             for l in 0..32 {
                 acc[l] += bf16_to_f32(w[l]) * x[l];
             }
         }
-        let tail: f32 = w[full..].iter().zip(&x[full..]).map(|(&w, &x)| bf16_to_f32(w) * x).sum();
+        let tail: f32 = wt.iter().zip(xt).map(|(&w, &x)| bf16_to_f32(w) * x).sum();
         lane_sum(&acc) + tail
     }
 }
@@ -226,19 +323,24 @@ impl RowDot for Q8Rows<'_> {
     #[inline(always)]
     fn dot(&self, o: usize, x: &[f32]) -> f32 {
         let scales = &self.scales[o * self.blocks..(o + 1) * self.blocks];
+        // Rows are padded to whole blocks: `qb` has `blocks` chunks, `xb` the full ones.
         let values = &self.values[o * self.blocks * BLOCK..(o + 1) * self.blocks * BLOCK];
-        let full = self.cols / BLOCK;
-        let mut acc = [0f32; 16];
-        for ((q, x), &d) in values.chunks_exact(BLOCK).zip(x.chunks_exact(BLOCK)).zip(scales).take(full) {
-            for l in 0..16 {
-                acc[l] += (q[l] as i8 as f32 * x[l] + q[l + 16] as i8 as f32 * x[l + 16]) * d;
+        let ((qb, _), (xb, xt)) = (values.as_chunks::<BLOCK>(), x.as_chunks::<BLOCK>());
+        let mut acc = [0f32; BLOCK];
+        for ((q, x), &d) in qb.iter().zip(xb).zip(scales) {
+            prefetch_ahead(q);
+            let mut block = [0f32; BLOCK];
+            for l in 0..BLOCK {
+                block[l] = q[l] as i8 as f32 * x[l];
+            }
+            for l in 0..BLOCK {
+                acc[l] += block[l] * d;
             }
         }
-        let mut tail = 0f32;
-        if full < self.blocks {
-            let (q, x, d) = (&values[full * BLOCK..], &x[full * BLOCK..], scales[full]);
-            tail = x.iter().zip(q).map(|(&x, &q)| q as i8 as f32 * x).sum::<f32>() * d;
-        }
+        let tail = match (qb.get(xb.len()), scales.get(xb.len())) {
+            (Some(q), Some(&d)) => q.iter().zip(xt).map(|(&q, &x)| q as i8 as f32 * x).sum::<f32>() * d,
+            _ => 0.0,
+        };
         lane_sum(&acc) + tail
     }
 }
@@ -260,19 +362,25 @@ impl RowDot for Q4Rows<'_> {
         const HALF: usize = BLOCK / 2;
         let scales = &self.scales[o * self.blocks..(o + 1) * self.blocks];
         let values = &self.values[o * self.blocks * HALF..(o + 1) * self.blocks * HALF];
-        let full = self.cols / BLOCK;
-        let mut acc = [0f32; 16];
-        for ((q, x), &d) in values.chunks_exact(HALF).zip(x.chunks_exact(BLOCK)).zip(scales).take(full) {
-            for l in 0..16 {
-                let lo = (q[l] & 0x0F) as i32 - 8;
-                let hi = (q[l] >> 4) as i32 - 8;
-                acc[l] += (lo as f32 * x[l] + hi as f32 * x[l + HALF]) * d;
+        let ((qb, _), (xb, xt)) = (values.as_chunks::<HALF>(), x.as_chunks::<BLOCK>());
+        let mut acc = [0f32; BLOCK];
+        for ((q, x), &d) in qb.iter().zip(xb).zip(scales) {
+            prefetch_ahead(q);
+            // Value j of the block is the low nibble of byte j, value j + 16 its high nibble.
+            let mut block = [0f32; BLOCK];
+            for l in 0..HALF {
+                block[l] = ((q[l] & 0x0F) as i8 - 8) as f32 * x[l];
+            }
+            for l in 0..HALF {
+                block[l + HALF] = ((q[l] >> 4) as i8 - 8) as f32 * x[l + HALF];
+            }
+            for l in 0..BLOCK {
+                acc[l] += block[l] * d;
             }
         }
         let mut tail = 0f32;
-        if full < self.blocks {
-            let (q, x, d) = (&values[full * HALF..], &x[full * BLOCK..], scales[full]);
-            for (j, &x) in x.iter().enumerate() {
+        if let (Some(q), Some(&d)) = (qb.get(xb.len()), scales.get(xb.len())) {
+            for (j, &x) in xt.iter().enumerate() {
                 let byte = q[j % HALF];
                 let nibble = if j < HALF { byte & 0x0F } else { byte >> 4 };
                 tail += (nibble as f32 - 8.0) * x;
@@ -281,6 +389,26 @@ impl RowDot for Q4Rows<'_> {
         }
         lane_sum(&acc) + tail
     }
+}
+
+/// How far ahead of the weights being read the kernels ask for cache lines. The hardware
+/// prefetchers stop at 4 KiB page boundaries, which left the streaming products of mapped
+/// weights at about half the memory bandwidth; an explicit hint a few KiB ahead keeps enough
+/// loads in flight (docs/performance.md, "Quantized weights and bf16 on the CPU").
+const PREFETCH_BYTES: usize = 2048;
+
+/// A prefetch hint for the cache line `PREFETCH_BYTES` past `at` (never faults, even past the
+/// end of the weights).
+#[inline(always)]
+fn prefetch_ahead<T>(at: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let ahead = (at as *const T).cast::<i8>().wrapping_add(PREFETCH_BYTES);
+        // SAFETY: a prefetch is only a hint; it does not dereference the address.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ahead) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
 
 /// Pairwise sum of the lanes (fixed order: results do not depend on the thread count).
@@ -295,24 +423,6 @@ fn lane_sum<const N: usize>(acc: &[f32; N]) -> f32 {
         }
     }
     v[0]
-}
-
-/// The product over all output rows, split into tasks of contiguous rows.
-fn run<R: RowDot>(rows_of: &R, rows: usize, x: &[f32], m: usize) -> Vec<f32> {
-    let per_task = rows.div_ceil(rayon::current_num_threads() * 4).clamp(16, 4096);
-    // Computed as [rows, m] (each task writes its rows), transposed to [m, rows] if m > 1.
-    let mut out = vec![0f32; rows * m];
-    out.par_chunks_mut(per_task * m).enumerate().for_each(|(task, out)| fill(rows_of, task * per_task, x, m, out));
-    if m == 1 {
-        return out;
-    }
-    let mut y = vec![0f32; rows * m];
-    for o in 0..rows {
-        for r in 0..m {
-            y[r * rows + o] = out[o * m + r];
-        }
-    }
-    y
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -438,8 +548,49 @@ mod tests {
         assert_eq!(q8.size_bytes(), rows * cols + rows * (cols / 32) * 4);
         assert_eq!(q4.size_bytes(), rows * cols / 2 + rows * (cols / 32) * 4);
 
-        let mapped = bytes::Bytes::from(bytes_of(&Tensor::<2>::from_data(TensorData::new(want.clone(), [rows, cols]), &device), DType::BF16));
+        let mapped = bytes::Bytes::from(bytes_of(
+            &Tensor::<2>::from_data(TensorData::new(want.clone(), [rows, cols]), &device),
+            DType::BF16,
+        ));
         let h = HostMatrix::bf16(DType::BF16, mapped.clone(), rows, cols);
         assert!(matches!(&h.data, HostData::Bf16(Bf16Bits::Mapped(b)) if b.as_ptr() == mapped.as_ptr()), "zero-copy");
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Achieved weight bandwidth of each format at DeepSeek-OCR's sizes (one expert
+    /// projection, the lm_head), one row: `cargo test --release -p dsocr-nn host::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn matvec_bandwidth_real_sizes() {
+        for (rows, cols, iters) in [(896, 1280, 2000), (1280, 896, 2000), (129280, 1280, 20)] {
+            let raw: Vec<u8> = (0..rows * cols)
+                .flat_map(|j| half::bf16::from_f32(((j * 7919 % 1013) as f32 - 506.0) / 5000.0).to_bits().to_le_bytes())
+                .collect();
+            let x: Vec<f32> = (0..cols).map(|j| (j % 17) as f32 / 17.0).collect();
+            for h in [
+                HostMatrix::bf16(DType::BF16, bytes::Bytes::from(raw.clone()), rows, cols),
+                HostMatrix::quantize(Quant::Q8, DType::BF16, &raw, rows, cols),
+                HostMatrix::quantize(Quant::Q4, DType::BF16, &raw, rows, cols),
+            ] {
+                let _ = h.matvec(&x, 1);
+                let t = Instant::now();
+                for _ in 0..iters {
+                    std::hint::black_box(h.matvec(&x, 1));
+                }
+                let per = t.elapsed().as_secs_f64() / iters as f64;
+                println!(
+                    "{rows}x{cols} {:?}: {:.1} us, {:.1} GB/s",
+                    h.quant(),
+                    per * 1e6,
+                    h.size_bytes() as f64 / per / 1e9
+                );
+            }
+        }
     }
 }

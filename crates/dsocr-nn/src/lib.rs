@@ -15,13 +15,17 @@
 //! - [`rms_norm`] / [`add_rms_norm`]: RMSNorm with f32 statistics, alone or after the
 //!   residual add;
 //! - [`rope_rows`]: rotate-half RoPE of one new position per sequence;
+//! - [`Embedding`]: token rows by id; on the CPU backends a table stored in another dtype stays
+//!   in the mapped checkpoint and only the rows looked up are converted;
 //! - [`LayerNorm`]: statistics in f32 whatever the activation dtype;
 //! - [`attention`]: scaled dot-product attention with an f32 softmax in half precision;
 //!   [`decode_attention`]: one query per sequence over its K/V cache, the length on the device;
 //! - [`overwrite`]: new values written into an existing device buffer (the inputs of a
 //!   captured decode graph).
 
+pub mod arena;
 mod attention;
+mod embedding;
 pub mod host;
 #[cfg(feature = "kernels")]
 pub mod kernels;
@@ -34,6 +38,7 @@ pub mod rms_norm;
 pub mod rope;
 
 pub use attention::{attention, decode_attention};
+pub use embedding::Embedding;
 pub use layer_norm::LayerNorm;
 pub use linear::{Linear, WeightFormat};
 pub use matvec::{gathered_matvec, matvec};

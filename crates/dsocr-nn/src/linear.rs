@@ -8,18 +8,22 @@ use burn::tensor::DType;
 use dsocr_weights::backend::is_host_device;
 use dsocr_weights::{VarBuilder, WeightError};
 
-use crate::host::{HostMatrix, DEQUANTIZE_CHUNK_ROWS, HOST_MATVEC_MAX_ROWS};
+use crate::host::{matvec_many, HostMatrix, DEQUANTIZE_CHUNK_ROWS, HOST_MATVEC_MAX_ROWS};
 use crate::matvec::{matvec, MATVEC_MAX_ROWS};
 use crate::quant::Quant;
 
 /// How [`Linear::load_as`] keeps a weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// The model's float precision. On the CPU backends a bf16 model keeps the checkpoint's
-    /// bf16 bytes in place and multiplies with the CPU kernels of [`crate::host`]; everything
-    /// else is a Burn tensor.
+    /// A Burn tensor in the model's dtype.
     #[default]
     Float,
+    /// bf16 in host memory, multiplied by the CPU kernels of [`crate::host`] whatever the
+    /// activations' dtype (CPU backends; a tensor in the model's dtype elsewhere): copied into
+    /// huge-page memory ([`crate::arena`]), or with `mapped` multiplied where the checkpoint is
+    /// mapped (no copy, the smallest resident set, at the cost of a TLB miss per 4 KiB page
+    /// streamed: docs/performance.md).
+    Bf16 { mapped: bool },
     /// Quantized at load ([`crate::quant`]); CPU backends only for now.
     Quantized(Quant),
 }
@@ -33,6 +37,9 @@ pub struct Linear {
 }
 
 #[derive(Debug, Clone)]
+// One value per projection, built once at load: boxing the tensor variant would add an
+// indirection to every GPU product.
+#[allow(clippy::large_enum_variant)]
 enum Weight {
     /// `[in, out]` view of the stored `[out, in]` weight.
     Tensor(Tensor<2>),
@@ -50,8 +57,8 @@ impl Linear {
     }
 
     /// [`load`](Self::load) with the weight kept as `format` says (the decoder's projections
-    /// and experts). A quantized weight is read from the file, not through the mapping, and
-    /// only its quantized form is kept.
+    /// and experts). A copied or quantized weight is read from the file, not through the
+    /// mapping, and only its converted form is kept.
     pub fn load_as(
         vb: &VarBuilder,
         in_dim: usize,
@@ -61,11 +68,15 @@ impl Linear {
     ) -> Result<Self, WeightError> {
         let host = is_host_device(vb.device());
         let matrix = match format {
-            WeightFormat::Float if host && vb.dtype() == DType::BF16 => {
+            WeightFormat::Bf16 { mapped: false } if host => {
+                let (dtype, raw) = vb.read_raw("weight", &[out_dim, in_dim])?;
+                HostMatrix::bf16_copied(dtype, &raw, out_dim, in_dim)
+            }
+            WeightFormat::Bf16 { mapped: true } if host => {
                 let (dtype, raw) = vb.get_raw("weight", &[out_dim, in_dim])?;
                 HostMatrix::bf16(dtype, raw, out_dim, in_dim)
             }
-            WeightFormat::Float => return Self::load(vb, in_dim, out_dim, bias),
+            WeightFormat::Float | WeightFormat::Bf16 { .. } => return Self::load(vb, in_dim, out_dim, bias),
             WeightFormat::Quantized(quant) if host => {
                 let (dtype, raw) = vb.read_raw("weight", &[out_dim, in_dim])?;
                 HostMatrix::quantize(quant, dtype, &raw, out_dim, in_dim)
@@ -138,13 +149,47 @@ impl Linear {
                 y.cast(dtype)
             }
         };
+        self.finish(y, dims)
+    }
+
+    /// `[l.forward(x) for l in linears]`: several projections of one input (q/k/v, gate/up).
+    /// When all are host weights and `x` has at most [`HOST_MATVEC_MAX_ROWS`] rows, `x` is read
+    /// once and all products run in one parallel pass ([`matvec_many`]), with the same results
+    /// as one forward each.
+    pub fn forward_all<const D: usize, const N: usize>(linears: [&Linear; N], x: Tensor<D>) -> [Tensor<D>; N] {
+        let dims = x.dims();
+        let rows = dims[..D.saturating_sub(1)].iter().product::<usize>();
+        let d_in = dims[D - 1];
+        let host: Option<Vec<(&HostMatrix, &Device)>> = linears
+            .iter()
+            .map(|l| match &l.weight {
+                Weight::Host { matrix, device, .. } if matrix.cols() == d_in => Some((&**matrix, device)),
+                _ => None,
+            })
+            .collect();
+        let Some(host) = host.filter(|_| rows <= HOST_MATVEC_MAX_ROWS) else {
+            return linears.map(|l| l.forward(x.clone()));
+        };
+        let dtype = x.dtype();
+        let xs: Vec<f32> = x.cast(DType::F32).into_data().iter::<f32>().collect();
+        let jobs: Vec<(&HostMatrix, &[f32])> = host.iter().map(|(m, _)| (*m, xs.as_slice())).collect();
+        let mut ys = matvec_many(&jobs, rows);
+        std::array::from_fn(|j| {
+            let (matrix, device) = host[j];
+            let y = std::mem::take(&mut ys[j]);
+            let y = Tensor::<2>::from_data(TensorData::new(y, [rows, matrix.rows()]), (device, DType::F32));
+            linears[j].finish(y.cast(dtype), dims)
+        })
+    }
+
+    /// Adds the bias to `y: [rows, out]` and restores the leading dims of the input.
+    fn finish<const D: usize>(&self, y: Tensor<2>, mut dims: [usize; D]) -> Tensor<D> {
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
             None => y,
         };
-        let mut out = dims;
-        out[D - 1] = d_out;
-        y.reshape(out)
+        dims[D - 1] = self.out_dim();
+        y.reshape(dims)
     }
 
     /// The stored `[out, in]` weight: a view of a tensor weight; a host weight dequantized to

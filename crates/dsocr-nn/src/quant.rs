@@ -70,28 +70,51 @@ pub fn blocks_per_row(cols: usize) -> usize {
 /// Quantizes one row: appends `blocks_per_row(row.len())` scales and the packed values
 /// (`quant.block_bytes()` per block, short blocks padded with zeros).
 pub fn quantize_row(quant: Quant, row: &[f32], scales: &mut Vec<f32>, values: &mut Vec<u8>) {
-    for block in row.chunks(BLOCK) {
-        match quant {
-            Quant::Q8 => {
-                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                scales.push(d);
-                for j in 0..BLOCK {
-                    let q = block.get(j).map_or(0.0, |v| (v * inv).round().clamp(-127.0, 127.0));
-                    values.push(q as i8 as u8);
-                }
+    let blocks = blocks_per_row(row.len());
+    let (s, v) = (scales.len(), values.len());
+    scales.resize(s + blocks, 0.0);
+    values.resize(v + blocks * quant.block_bytes(), 0);
+    quantize_row_into(quant, row, &mut scales[s..], &mut values[v..]);
+}
+
+/// [`quantize_row`] into existing buffers of exactly `blocks_per_row(row.len())` scales and
+/// that many blocks of values.
+pub fn quantize_row_into(quant: Quant, row: &[f32], scales: &mut [f32], values: &mut [u8]) {
+    let (blocks, tail) = row.as_chunks::<BLOCK>();
+    let mut outputs = scales.iter_mut().zip(values.chunks_exact_mut(quant.block_bytes()));
+    for (block, (d, q)) in blocks.iter().zip(&mut outputs) {
+        *d = quantize_block(quant, block, q);
+    }
+    if let (false, Some((d, q))) = (tail.is_empty(), outputs.next()) {
+        // Zeros change neither a block's largest magnitude nor the values around them.
+        let mut padded = [0f32; BLOCK];
+        padded[..tail.len()].copy_from_slice(tail);
+        *d = quantize_block(quant, &padded, q);
+    }
+}
+
+/// One block into `out` (`quant.block_bytes()` bytes); returns its scale.
+#[inline(always)]
+fn quantize_block(quant: Quant, block: &[f32; BLOCK], out: &mut [u8]) -> f32 {
+    match quant {
+        Quant::Q8 => {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (q, &v) in out.iter_mut().zip(block) {
+                *q = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
             }
-            Quant::Q4 => {
-                let extreme = block.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-                let d = extreme / -8.0;
-                let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
-                scales.push(d);
-                let nibble = |j: usize| block.get(j).map_or(8u8, |v| ((v * inv).round() + 8.0).clamp(0.0, 15.0) as u8);
-                for j in 0..BLOCK / 2 {
-                    values.push(nibble(j) | (nibble(j + BLOCK / 2) << 4));
-                }
+            d
+        }
+        Quant::Q4 => {
+            let extreme = block.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let d = extreme / -8.0;
+            let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let nibble = |v: f32| ((v * inv).round() + 8.0).clamp(0.0, 15.0) as u8;
+            for (j, q) in out.iter_mut().enumerate().take(BLOCK / 2) {
+                *q = nibble(block[j]) | (nibble(block[j + BLOCK / 2]) << 4);
             }
+            d
         }
     }
 }
@@ -162,7 +185,11 @@ mod tests {
                         let clamped = quant == Quant::Q4 && w / d > 7.5;
                         let bound = if clamped { step } else { step / 2.0 } * 1.0001;
                         let err = (back[b * BLOCK + j] - w).abs();
-                        assert!(err <= bound, "{quant} seed {seed} block {b}: |{} - {w}| = {err} > {bound}", back[b * BLOCK + j]);
+                        assert!(
+                            err <= bound,
+                            "{quant} seed {seed} block {b}: |{} - {w}| = {err} > {bound}",
+                            back[b * BLOCK + j]
+                        );
                     }
                 }
                 // The largest value of a block is exact in both formats (q = ±127, or −8).

@@ -24,8 +24,11 @@ pub enum NgramSpec {
     Window { n: usize, window: usize, whitelist: Vec<String> },
 }
 
-/// `(hidden, logits)` bounds of a q8 and a q4 decoder ([`Tolerances::for_quant`]).
-const QUANT_BOUNDS: [(f64, f64); 2] = [(1.0, 1.0), (1.0, 1.0)];
+/// `(hidden, logits)` bounds of a q8 and a q4 decoder ([`Tolerances::for_quant`]), about 1.3–1.5×
+/// the largest errors measured on the tiny fixture (CPU, f32 activations, docs/parity.md
+/// "Quantized weights"): q8 0.066 / 0.47, q4 1.33 / 0.995, where that fixture's hidden states
+/// and logits have a standard deviation of ~1.
+const QUANT_BOUNDS: [(f64, f64); 2] = [(0.1, 0.6), (2.0, 1.5)];
 
 /// One entry of `cases.json`.
 #[derive(Debug, Clone, Deserialize)]

@@ -22,5 +22,5 @@ mod var_builder;
 
 pub use backend::{Backend, Precision};
 pub use error::WeightError;
-pub use safetensors_files::{bytes_to_f32, SafetensorsFiles, TensorInfo};
+pub use safetensors_files::{bytes_into_f32, bytes_to_f32, SafetensorsFiles, TensorInfo};
 pub use var_builder::VarBuilder;

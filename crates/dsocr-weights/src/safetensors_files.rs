@@ -203,6 +203,30 @@ impl SafetensorsFiles {
 }
 
 /// Decodes little-endian float bytes of the given dtype to f32.
+/// [`bytes_to_f32`] of a float tensor (F32, BF16, F16) into an existing buffer of
+/// `bytes.len() / dtype.size()` values (no allocation: load-time conversions row by row).
+/// Other dtypes leave `out` as it is.
+pub fn bytes_into_f32(bytes: &[u8], dtype: DType, out: &mut [f32]) {
+    match dtype {
+        DType::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.as_chunks::<4>().0) {
+                *o = f32::from_le_bytes(*c);
+            }
+        }
+        DType::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
+                *o = f32::from_bits((u16::from_le_bytes(*c) as u32) << 16);
+            }
+        }
+        DType::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
+                *o = half::f16::from_bits(u16::from_le_bytes(*c)).to_f32();
+            }
+        }
+        _ => {}
+    }
+}
+
 pub fn bytes_to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
     match dtype {
         DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
