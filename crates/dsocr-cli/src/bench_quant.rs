@@ -85,6 +85,10 @@ struct Row {
     max_logit_error: f64,
     mean_logit_error: f64,
     reference_logit_std: f64,
+    /// Median of the reference's top-1 − top-2 logit margin over all steps, and over the steps
+    /// where the quantized model chose another token.
+    median_margin: f64,
+    median_margin_at_disagreements: Option<f64>,
 }
 
 pub fn run(args: QuantArgs) -> Result<ExitCode> {
@@ -145,11 +149,14 @@ pub fn run(args: QuantArgs) -> Result<ExitCode> {
         if args.float_lm_head { ", lm_head not quantized" } else { "" },
         args.steps
     );
-    println!("| decoder | prompt | top-1 agreement | first disagreement | max \\|Δlogit\\| | mean \\|Δlogit\\| | reference logit std |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| decoder | prompt | top-1 agreement | first disagreement | max \\|Δlogit\\| | mean \\|Δlogit\\| | reference \
+         logit std | median top-2 margin: all steps / where they disagree |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.2} % ({} steps) | {} | {:.4} | {:.4} | {:.3} |",
+            "| {} | {} | {:.2} % ({} steps) | {} | {:.4} | {:.4} | {:.3} | {:.4} / {} |",
             r.quant,
             r.prompt,
             r.agreement * 100.0,
@@ -157,7 +164,9 @@ pub fn run(args: QuantArgs) -> Result<ExitCode> {
             r.first_disagreement.map_or("none".to_string(), |s| format!("step {s}")),
             r.max_logit_error,
             r.mean_logit_error,
-            r.reference_logit_std
+            r.reference_logit_std,
+            r.median_margin,
+            r.median_margin_at_disagreements.map_or("–".to_string(), |m| format!("{m:.4}"))
         );
     }
     if let Some(path) = &args.json {
@@ -230,6 +239,9 @@ fn compare(quant: Quant, prompt: &str, reference: &Run, run: &Run) -> Row {
             n += 1;
         }
     }
+    let margins: Vec<f64> = reference.logits.iter().take(steps).map(|row| top2_margin(row)).collect();
+    let at_disagreements: Vec<f64> =
+        (0..steps).filter(|&s| reference.tokens[s] != run.tokens[s]).map(|s| margins[s]).collect();
     let n_f = n.max(1) as f64;
     let mean_ref = ref_sum / n_f;
     Row {
@@ -241,7 +253,34 @@ fn compare(quant: Quant, prompt: &str, reference: &Run, run: &Run) -> Row {
         max_logit_error: max,
         mean_logit_error: sum / n_f,
         reference_logit_std: (ref_sq / n_f - mean_ref * mean_ref).max(0.0).sqrt(),
+        median_margin: median(margins).unwrap_or(f64::NAN),
+        median_margin_at_disagreements: median(at_disagreements),
     }
+}
+
+/// Top-1 minus top-2 of a logits row (0 for fewer than two values).
+fn top2_margin(row: &[f32]) -> f64 {
+    let (mut top1, mut top2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in row {
+        if v > top1 {
+            (top1, top2) = (v, top1);
+        } else if v > top2 {
+            top2 = v;
+        }
+    }
+    if top2.is_finite() {
+        (top1 - top2) as f64
+    } else {
+        0.0
+    }
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some(values[values.len() / 2])
 }
 
 #[cfg(test)]
@@ -264,5 +303,8 @@ mod tests {
         assert!((row.max_logit_error - 0.5).abs() < 1e-12);
         assert!((row.mean_logit_error - 0.25).abs() < 1e-12);
         assert!((row.reference_logit_std - 0.5).abs() < 1e-12);
+        assert_eq!(row.median_margin, 1.0);
+        assert_eq!(row.median_margin_at_disagreements, Some(1.0));
+        assert_eq!(top2_margin(&[0.5, 2.0, 1.25]), 0.75);
     }
 }

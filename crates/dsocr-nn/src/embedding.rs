@@ -144,8 +144,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("e.safetensors");
         let bytes = bf16.clone().into_data().as_bytes().to_vec();
-        let header =
+        let mut header =
             format!(r#"{{"e.weight":{{"dtype":"BF16","shape":[{vocab},{dim}],"data_offsets":[0,{}]}}}}"#, bytes.len());
+        // Padded like real files, so the data is aligned for the zero-copy tensor.
+        while header.len() % 8 != 0 {
+            header.push(' ');
+        }
         let mut file = (header.len() as u64).to_le_bytes().to_vec();
         file.extend_from_slice(header.as_bytes());
         file.extend_from_slice(&bytes);
