@@ -143,6 +143,19 @@ fn stdout_formats_and_mode_flags() {
     );
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(r.stdout, format!("{}\n", golden_text("small_page")));
+
+    // A q8 decoder (its ids equal the reference's on every fixture case, tests/parity.rs), and
+    // bf16 weights on the CPU: the same page, said in the loading line.
+    for extra in [&["--quant", "q8"][..], &["--precision", "bf16", "--copy-weights"][..]] {
+        let r = dsocr_run(&dir, &[&base[..], extra].concat());
+        assert_eq!(r.code, 0, "{extra:?}: {r}");
+        if extra[0] == "--quant" {
+            assert_eq!(r.stdout, format!("{golden}\n"), "{extra:?}: {r}");
+            assert!(r.stderr.contains("(f32, q8 decoder)"), "{r}");
+        } else {
+            assert!(r.stderr.contains("(bf16)"), "{r}");
+        }
+    }
 }
 
 #[test]
@@ -457,13 +470,14 @@ fn usage_errors_are_explained() {
     let dir = temp_dir("ocr-usage");
     let small = image("small.png");
     let m = model();
-    let cases: [(&[&str], i32, &str); 6] = [
+    let cases: [(&[&str], i32, &str); 7] = [
         (&["ocr", s(&small), "--model", "/nonexistent/dsocr-model"], 1, "no such folder"),
         (&["ocr", s(&small), "--model", s(&small)], 1, "this is a file"),
         (&["ocr", s(&small), "--model", s(m), "--prompt", "Free OCR."], 1, "`<image>` exactly once"),
         (&["ocr", s(&small), "--model", s(m), "--device", "quantum"], 1, "unknown backend"),
         (&["ocr", s(&small), "--model", s(m), "--max-crops", "12"], 2, "12"),
         (&["ocr", s(&small), "--model", s(m), "--task", "summarize"], 2, "unknown task"),
+        (&["ocr", s(&small), "--model", s(m), "--quant", "q3"], 2, "use q8 or q4"),
     ];
     for (args, code, needle) in cases {
         let r = dsocr_run(&dir, args);
