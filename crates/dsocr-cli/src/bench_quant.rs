@@ -23,6 +23,7 @@ use clap::Args;
 use dsocr::input::load_image;
 use dsocr::model::{Backend, DeepseekOcr, LoadOptions, Precision, VisionOutput};
 use dsocr::{Mode, PromptChoice, Quant, Task};
+use dsocr_testkit::parity::top2_margin;
 use serde::Serialize;
 
 /// The text prompts used besides the page (`--text`).
@@ -255,23 +256,6 @@ fn compare(quant: Quant, prompt: &str, reference: &Run, run: &Run) -> Row {
         reference_logit_std: (ref_sq / n_f - mean_ref * mean_ref).max(0.0).sqrt(),
         median_margin: median(margins).unwrap_or(f64::NAN),
         median_margin_at_disagreements: median(at_disagreements),
-    }
-}
-
-/// Top-1 minus top-2 of a logits row (0 for fewer than two values).
-fn top2_margin(row: &[f32]) -> f64 {
-    let (mut top1, mut top2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-    for &v in row {
-        if v > top1 {
-            (top1, top2) = (v, top1);
-        } else if v > top2 {
-            top2 = v;
-        }
-    }
-    if top2.is_finite() {
-        (top1 - top2) as f64
-    } else {
-        0.0
     }
 }
 

@@ -363,26 +363,39 @@ mod tests {
 
     use super::*;
 
-    /// The on-device (decode) and host-grouped (prefill) paths agree on the fixture's layer 1,
-    /// with packed and with separate experts.
-    #[test]
-    fn gathered_and_grouped_paths_agree() {
+    /// The tiny fixture's decoder config and a builder over its weights (f32, CPU).
+    fn fixture() -> (Device, DecoderConfig, VarBuilder) {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/reference-tiny");
         let device = Backend::Cpu.device(Precision::F32).unwrap();
         let cfg = DecoderConfig::from_hf_config_file(format!("{dir}/config.json")).unwrap();
         let files = Arc::new(SafetensorsFiles::open(format!("{dir}/model.safetensors")).unwrap());
         let vb = VarBuilder::new(files, &device, DType::F32);
+        (device, cfg, vb)
+    }
+
+    /// `n` deterministic hidden states `[n, d]`.
+    fn input(n: usize, cfg: &DecoderConfig, device: &Device) -> Tensor<2> {
+        let values: Vec<f32> = (0..n * cfg.hidden_size).map(|j| ((j * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        Tensor::<2>::from_data(TensorData::new(values, [n, cfg.hidden_size]), device)
+    }
+
+    fn host(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().iter::<f32>().collect()
+    }
+
+    /// The on-device (decode) and host-grouped (prefill) paths agree on the fixture's layer 1,
+    /// with packed and with separate experts.
+    #[test]
+    fn gathered_and_grouped_paths_agree() {
+        let (device, cfg, vb) = fixture();
         let separate = Moe::load(&vb.pp("model.layers.1.mlp"), &cfg, WeightFormat::Float).unwrap();
         assert!(matches!(separate.experts, Experts::Separate(_)), "CPU keeps the experts as loaded");
         let mut packed = separate.clone();
         packed.set_dispatch(ExpertDispatch::OnDevice);
         assert!(matches!(packed.experts, Experts::Packed { .. }), "on-device gathering packs them");
 
-        let n = 7;
-        let values: Vec<f32> = (0..n * cfg.hidden_size).map(|j| ((j * 37 % 101) as f32 / 50.0) - 1.0).collect();
-        let x = Tensor::<2>::from_data(TensorData::new(values, [n, cfg.hidden_size]), &device);
+        let x = input(7, &cfg, &device);
         let (idx, w) = separate.route(x.clone());
-        let host = |t: Tensor<2>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
         let reference = host(separate.forward_grouped(x.clone(), idx.clone(), w.clone()));
         assert!(reference.iter().any(|v| v.abs() > 1e-3), "degenerate output");
         for (name, out) in [
@@ -398,18 +411,16 @@ mod tests {
     /// over the same host matrices, for one token and for several.
     #[test]
     fn host_pass_equals_grouped_path() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/reference-tiny");
-        let device = Backend::Cpu.device(Precision::F32).unwrap();
-        let cfg = DecoderConfig::from_hf_config_file(format!("{dir}/config.json")).unwrap();
-        let files = Arc::new(SafetensorsFiles::open(format!("{dir}/model.safetensors")).unwrap());
-        let vb = VarBuilder::new(files, &device, DType::F32);
+        let (device, cfg, vb) = fixture();
         let float = Moe::load(&vb.pp("model.layers.1.mlp"), &cfg, WeightFormat::Float).unwrap();
-        let values: Vec<f32> = (0..3 * cfg.hidden_size).map(|j| ((j * 37 % 101) as f32 / 50.0) - 1.0).collect();
-        let x3 = Tensor::<2>::from_data(TensorData::new(values, [3, cfg.hidden_size]), &device);
+        let x3 = input(3, &cfg, &device);
         assert!(float.forward_host(x3.clone()).is_none(), "tensor weights take the tensor paths");
-        let host = |t: Tensor<2>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
-        for quant in [dsocr_nn::Quant::Q8, dsocr_nn::Quant::Q4] {
-            let moe = Moe::load(&vb.pp("model.layers.1.mlp"), &cfg, WeightFormat::Quantized(quant)).unwrap();
+        for format in [
+            WeightFormat::Quantized(dsocr_nn::Quant::Q8),
+            WeightFormat::Quantized(dsocr_nn::Quant::Q4),
+            WeightFormat::Bf16 { mapped: false },
+        ] {
+            let moe = Moe::load(&vb.pp("model.layers.1.mlp"), &cfg, format).unwrap();
             for n in [1, 3] {
                 let x = x3.clone().narrow(0, 0, n);
                 let (idx, w) = moe.route(x.clone());
@@ -418,7 +429,7 @@ mod tests {
                 let got = host(moe.forward_host(x).unwrap());
                 assert!(want.iter().any(|v| v.abs() > 1e-3), "degenerate output");
                 let max = got.iter().zip(&want).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
-                assert!(max < 1e-5, "{quant} n={n}: max diff {max}");
+                assert!(max < 1e-5, "{format:?} n={n}: max diff {max}");
             }
         }
     }

@@ -395,7 +395,12 @@ fn margin_of(golden: &SafetensorsFiles, case: &str, step: usize) -> Option<f64> 
     if row >= rows {
         return None;
     }
-    let logits = &values[row * vocab..(row + 1) * vocab];
+    Some(top2_margin(&values[row * vocab..(row + 1) * vocab]))
+}
+
+/// Top-1 minus top-2 of a logits row: how far greedy decoding is from choosing another token
+/// (0 for fewer than two values).
+pub fn top2_margin(logits: &[f32]) -> f64 {
     let (mut top1, mut top2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
     for &v in logits {
         if v > top1 {
@@ -404,7 +409,11 @@ fn margin_of(golden: &SafetensorsFiles, case: &str, step: usize) -> Option<f64> 
             top2 = v;
         }
     }
-    Some((top1 - top2) as f64)
+    if top2.is_finite() {
+        (top1 - top2) as f64
+    } else {
+        0.0
+    }
 }
 
 /// One golden tensor against ours. `decode_rows`: compare only the first rows (decode steps

@@ -229,12 +229,10 @@ pub fn bytes_into_f32(bytes: &[u8], dtype: DType, out: &mut [f32]) {
 
 pub fn bytes_to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
     match dtype {
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::BF16 => {
-            bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
-        }
-        DType::F16 => {
-            bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+        DType::F32 | DType::BF16 | DType::F16 => {
+            let mut out = vec![0f32; bytes.len() / dtype.size()];
+            bytes_into_f32(bytes, dtype, &mut out);
+            out
         }
         DType::I64 => {
             bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()
