@@ -60,7 +60,7 @@ pub struct BenchArgs {
     /// f16 on wgpu, bf16 on cuda).
     #[arg(long)]
     precision: Option<String>,
-    /// Quantize the decoder's weights at load: q8 or q4 (CPU backends).
+    /// Quantize the decoder's weights at load: q8 or q4 (any backend).
     #[arg(long)]
     quant: Option<String>,
     /// With --quant: keep the lm_head in the model's precision.

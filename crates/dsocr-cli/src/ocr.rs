@@ -130,7 +130,7 @@ pub struct OcrArgs {
     #[arg(long)]
     precision: Option<String>,
 
-    /// Quantize the decoder's weights at load: q8 or q4 (CPU backends; docs/performance.md,
+    /// Quantize the decoder's weights at load: q8 or q4 (any backend; docs/performance.md,
     /// "Quantized weights"). The vision encoder, embedding and norms keep --precision.
     #[arg(long)]
     quant: Option<dsocr::Quant>,

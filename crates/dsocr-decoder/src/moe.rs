@@ -31,7 +31,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{DType, IndexingUpdateOp};
 use dsocr_nn::host::{matvec_many, HostMatrix, HOST_MATVEC_MAX_ROWS};
-use dsocr_nn::{gathered_matvec, Linear, WeightFormat};
+use dsocr_nn::{gathered_matvec, gathered_quant_matvec, quant_matvec, Linear, QuantMatrix, WeightFormat};
 use dsocr_weights::backend::is_host_device;
 use dsocr_weights::VarBuilder;
 
@@ -95,6 +95,12 @@ enum Experts {
         gate_up: Tensor<3>,
         /// `[E, d, I]`: `down_proj` of each expert.
         down: Tensor<3>,
+    },
+    /// Packed the same way, quantized on a GPU device (`--quant`): stacks of `E · 2I` and
+    /// `E · d` rows.
+    Quantized {
+        gate_up: QuantMatrix,
+        down: QuantMatrix,
     },
     Separate(Vec<Mlp>),
 }
@@ -163,7 +169,7 @@ impl Moe {
 
     /// Whether a decode step's experts are gathered on the device (no host read of the ids).
     pub fn gathers_on_device(&self) -> bool {
-        self.gather_on_device && matches!(self.experts, Experts::Packed { .. })
+        self.gather_on_device && !matches!(self.experts, Experts::Separate(_))
     }
 
     /// `x: [batch, t, d]` → `[batch, t, d]`.
@@ -216,17 +222,23 @@ impl Moe {
     /// The experts must be packed ([`ExpertDispatch::OnDevice`] or a GPU device); with separate
     /// experts this falls back to [`forward_grouped`](Self::forward_grouped).
     pub fn forward_gathered(&self, x: Tensor<2>, indices: Tensor<2, Int>, weights: Tensor<2>) -> Tensor<2> {
-        let Experts::Packed { gate_up, down } = &self.experts else {
-            return self.forward_grouped(x, indices, weights);
-        };
         let [n, d] = x.dims();
         let (k, i) = (self.top_k, self.intermediate);
         let dtype = x.dtype();
         // Slot j·k + s is token j's s-th expert; the kernel reads each chosen matrix in place.
-        let flat = indices.reshape([n * k]);
-        let h = gathered_matvec(x, gate_up.clone(), flat.clone()); // [n·k, 2I]
-        let act = silu(h.clone().narrow(1, 0, i)) * h.narrow(1, i, i); // [n·k, I]
-        let y = gathered_matvec(act, down.clone(), flat); // [n·k, d]
+        let flat = indices.clone().reshape([n * k]);
+        let act = |h: Tensor<2>| silu(h.clone().narrow(1, 0, i)) * h.narrow(1, i, i); // [n·k, I]
+        let y = match &self.experts {
+            Experts::Packed { gate_up, down } => {
+                let h = gathered_matvec(x, gate_up.clone(), flat.clone()); // [n·k, 2I]
+                gathered_matvec(act(h), down.clone(), flat) // [n·k, d]
+            }
+            Experts::Quantized { gate_up, down } => {
+                let h = gathered_quant_matvec(x, gate_up, 2 * i, flat.clone());
+                gathered_quant_matvec(act(h), down, d, flat)
+            }
+            Experts::Separate(_) => return self.forward_grouped(x, indices, weights),
+        };
 
         let y = y.reshape([n, k, d]).cast(DType::F32) * weights.unsqueeze_dim::<3>(2);
         y.sum_dim(1).reshape([n, d]).cast(dtype)
@@ -328,6 +340,11 @@ impl Moe {
                     let down = down.clone().narrow(0, expert, 1).reshape([d, i]);
                     act.matmul(down.transpose()) // [m, d]
                 }
+                Experts::Quantized { gate_up, down } => {
+                    let h = quant_matvec(xe, &gate_up.narrow(expert * 2 * i, 2 * i)); // [m, 2I]
+                    let act = silu(h.clone().narrow(1, 0, i)) * h.narrow(1, i, i);
+                    quant_matvec(act, &down.narrow(expert * d, d)) // [m, d]
+                }
             };
 
             let we = weights.clone().select(0, slots).unsqueeze_dim::<2>(1); // [m, 1]
@@ -340,7 +357,23 @@ impl Moe {
 /// Packs separate experts into `gate_up: [E, 2I, d]` and `down: [E, d, I]` (one copy):
 /// `[g0, u0, g1, u1, ...]` each `[1, I, d]`, concatenated to `[2E, I, d]`, which is
 /// `[E, 2I, d]` in the same memory.
+///
+/// Experts quantized on a GPU device are stacked in the same order without dequantizing.
 fn pack(experts: &[Mlp]) -> Experts {
+    let quantized: Option<Vec<[&QuantMatrix; 3]>> = experts
+        .iter()
+        .map(|e| {
+            let [g, u, d] = e.projections();
+            Some([g.quantized()?, u.quantized()?, d.quantized()?])
+        })
+        .collect();
+    if let Some(quantized) = quantized {
+        let gate_up: Vec<&QuantMatrix> = quantized.iter().flat_map(|[g, u, _]| [*g, *u]).collect();
+        let down: Vec<&QuantMatrix> = quantized.iter().map(|[_, _, d]| *d).collect();
+        if let (Some(gate_up), Some(down)) = (QuantMatrix::concat(&gate_up), QuantMatrix::concat(&down)) {
+            return Experts::Quantized { gate_up, down };
+        }
+    }
     let mut gate_up = Vec::with_capacity(2 * experts.len());
     let mut down = Vec::with_capacity(experts.len());
     for expert in experts {
@@ -430,6 +463,41 @@ mod tests {
                 assert!(want.iter().any(|v| v.abs() > 1e-3), "degenerate output");
                 let max = got.iter().zip(&want).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
                 assert!(max < 1e-5, "{format:?} n={n}: max diff {max}");
+            }
+        }
+    }
+
+    /// Experts quantized on a device (packed stacks of the GPU path, here with the plain-Burn
+    /// references on the CPU) give what the host pass gives over the same quantized values:
+    /// gathered (decode) and grouped (prefill).
+    #[test]
+    fn device_quantized_experts_equal_the_host_pass() {
+        let (device, cfg, vb) = fixture();
+        for quant in [dsocr_nn::Quant::Q8, dsocr_nn::Quant::Q4] {
+            let host_moe = Moe::load(&vb.pp("model.layers.1.mlp"), &cfg, WeightFormat::Quantized(quant)).unwrap();
+            let Experts::Separate(experts) = &host_moe.experts else { panic!("CPU keeps separate experts") };
+            let upload = |l: &Linear| QuantMatrix::from_host(l.host_matrix().unwrap(), &device).unwrap();
+            let parts: Vec<[QuantMatrix; 3]> = experts.iter().map(|e| e.projections().map(upload)).collect();
+            let gate_up: Vec<&QuantMatrix> = parts.iter().flat_map(|[g, u, _]| [g, u]).collect();
+            let down: Vec<&QuantMatrix> = parts.iter().map(|[_, _, d]| d).collect();
+            let mut on_device = host_moe.clone();
+            on_device.experts = Experts::Quantized {
+                gate_up: QuantMatrix::concat(&gate_up).unwrap(),
+                down: QuantMatrix::concat(&down).unwrap(),
+            };
+            for n in [1, 4] {
+                let x = input(n, &cfg, &device);
+                let want = host(host_moe.forward_host(x.clone()).unwrap());
+                let shared = host_moe.shared.as_ref().unwrap().forward(x.clone());
+                let (idx, w) = on_device.route(x.clone());
+                for (name, out) in [
+                    ("gathered", on_device.forward_gathered(x.clone(), idx.clone(), w.clone())),
+                    ("grouped", on_device.forward_grouped(x.clone(), idx.clone(), w.clone())),
+                ] {
+                    let got = host(out + shared.clone());
+                    let max = got.iter().zip(&want).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+                    assert!(max < 1e-5, "{quant} {name} n={n}: max diff {max}");
+                }
             }
         }
     }

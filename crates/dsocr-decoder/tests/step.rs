@@ -81,3 +81,34 @@ fn graph_replays_match_eager_steps_on_wgpu() {
     let diff = max_abs_diff(&graph_logits, &logits(cpu));
     assert!(diff < 1e-4, "WGPU graph vs CPU: {diff}");
 }
+
+/// A quantized decoder on WGPU (its weights as device matrices: the dequantizing kernels with
+/// `DSOCR_KERNELS=force`, the plain-Burn references without) gives the tokens of the same
+/// quantized decoder on the CPU (host matrices and the CPU kernels), and logits within f32
+/// summation-order noise; graph replays included.
+#[cfg(feature = "wgpu")]
+#[test]
+fn quantized_decoder_on_wgpu_matches_the_cpu() {
+    let Some(wgpu) = dsocr_weights::testing::wgpu_f32() else { return };
+    let golden = Golden::open();
+    let prompt = golden.ids("text_only.input_ids");
+    let steps = 12;
+    for quant in [dsocr_nn::Quant::Q8, dsocr_nn::Quant::Q4] {
+        let format = dsocr_nn::WeightFormat::Quantized(quant);
+        let gpu = traced(&load_decoder_as(&wgpu, format), &prompt, steps, StepMode::Auto, 8);
+        let cpu = traced(&load_decoder_as(&device(), format), &prompt, steps, StepMode::Eager, 8);
+        let float = traced(&load_decoder(), &prompt, steps, StepMode::Eager, 8);
+        assert!(gpu.steps.graph, "{quant}: the WGPU steps were not replayed as a graph");
+        assert_eq!(gpu.ids, cpu.ids, "{quant}");
+        let logits = |g: dsocr_decoder::Generation| host_f32(g.trace.expect("trace").decode_logits.expect("decode"));
+        let (gpu, cpu, float) = (logits(gpu), logits(cpu), logits(float));
+        let diff = max_abs_diff(&gpu, &cpu);
+        println!(
+            "{quant} decoder, WGPU vs CPU: max |Δlogit| = {diff:.3e}; vs the float decoder {:.3e}",
+            max_abs_diff(&cpu, &float)
+        );
+        assert!(diff < 1e-3, "{quant}: WGPU vs CPU {diff}");
+        // The quantization is really applied on both (not silently the float weights).
+        assert!(max_abs_diff(&cpu, &float) > 1e-3, "{quant}: the CPU decoder computes the float model's logits");
+    }
+}

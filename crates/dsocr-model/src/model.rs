@@ -52,8 +52,9 @@ pub struct LoadOptions {
     pub precision: Precision,
     /// Expert path of the MoE layers ([`ExpertDispatch::Auto`]: by backend).
     pub expert_dispatch: ExpertDispatch,
-    /// Weight-only quantization of the decoder's projections and experts (`--quant`; CPU
-    /// backends only so far). The vision tower, embedding, norms and router keep `precision`.
+    /// Weight-only quantization of the decoder's projections and experts (`--quant`): host
+    /// matrices on the CPU backends, device matrices dequantized in the matrix-vector kernels
+    /// on the GPU ones. The vision tower, embedding, norms and router keep `precision`.
     pub quant: Option<Quant>,
     /// Whether [`quant`](Self::quant) also applies to the lm_head ([`QUANTIZE_LM_HEAD`]).
     pub quantize_lm_head: bool,
@@ -121,13 +122,6 @@ impl DeepseekOcr {
         let config = ModelConfig::from_file(&files.config)?;
         let tokenizer = PromptTokenizer::from_file(&files.tokenizer)?
             .with_fallback_ids(Some(config.decoder.bos_token_id), Some(config.decoder.eos_token_id));
-        if let (Some(quant), true) = (options.quant, backend.is_gpu()) {
-            return Err(dsocr_weights::WeightError::Unsupported {
-                name: "model.layers.*".into(),
-                reason: format!("{quant} weights run on the CPU backends (cpu, ndarray) only so far, not on {backend}"),
-            }
-            .into());
-        }
         let device = backend.device(precision)?;
         let weights = Arc::new(SafetensorsFiles::open(dir)?);
         let vb = VarBuilder::new(weights, &device, precision.dtype());
@@ -139,8 +133,9 @@ impl DeepseekOcr {
         let float = if host_bf16 { WeightFormat::Bf16 { mapped: !options.copy_weights } } else { WeightFormat::Float };
         let layers = options.quant.map_or(float, WeightFormat::Quantized);
         let lm_head = if options.quantize_lm_head { layers } else { float };
-        let decoder_vb =
-            if host_bf16 || options.quant.is_some() { vb.with_dtype(CPU_BF16_DECODER_DTYPE) } else { vb.clone() };
+        // A GPU decoder with quantized weights keeps `precision` for its activations.
+        let host_weights = host_bf16 || (options.quant.is_some() && !backend.is_gpu());
+        let decoder_vb = if host_weights { vb.with_dtype(CPU_BF16_DECODER_DTYPE) } else { vb.clone() };
         let mut decoder = Decoder::load_as(&decoder_vb, &config.decoder, layers, lm_head)?;
         decoder.set_expert_dispatch(options.expert_dispatch);
         Ok(Self {

@@ -136,6 +136,15 @@ impl HostMatrix {
         }
     }
 
+    /// The format, the f32 scales and the block bytes of a quantized matrix (the layout of
+    /// [`crate::quant`], row after row); `None` for bf16.
+    pub fn quantized_parts(&self) -> Option<(Quant, &[f32], &[u8])> {
+        match &self.data {
+            HostData::Bf16(_) => None,
+            HostData::Quantized { quant, scales, values } => Some((*quant, scales.as_f32(), values.as_slice())),
+        }
+    }
+
     /// Bytes the weight takes (mapped or owned).
     pub fn size_bytes(&self) -> usize {
         match &self.data {

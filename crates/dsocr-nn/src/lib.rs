@@ -10,6 +10,8 @@
 //!   go through [`matvec`]; on the CPU backends a bf16 or quantized weight ([`WeightFormat`])
 //!   stays in host memory and multiplies with the kernels of [`host`];
 //! - [`quant`]: q8 / q4 weight-only quantization in blocks of 32 (scalar reference);
+//!   [`QuantMatrix`]: the same on a GPU device, multiplied by [`quant_matvec`] /
+//!   [`gathered_quant_matvec`] (dequantized in registers);
 //! - [`matvec`] / [`gathered_matvec`]: `x Wᵀ` for a few rows, and the same with one weight
 //!   matrix per row picked by id from a stack (the MoE experts of a decode step);
 //! - [`rms_norm`] / [`add_rms_norm`]: RMSNorm with f32 statistics, alone or after the
@@ -34,6 +36,7 @@ mod linear;
 pub mod matvec;
 mod overwrite;
 pub mod quant;
+pub mod quantized;
 pub mod rms_norm;
 pub mod rope;
 
@@ -44,6 +47,7 @@ pub use linear::{Linear, WeightFormat};
 pub use matvec::{gathered_matvec, matvec};
 pub use overwrite::{overwrite, overwrites_in_place};
 pub use quant::Quant;
+pub use quantized::{gathered_quant_matvec, quant_matvec, QuantMatrix};
 pub use rms_norm::{add_rms_norm, rms_norm};
 pub use rope::rope_rows;
 

@@ -11,6 +11,7 @@ use dsocr_weights::{VarBuilder, WeightError};
 use crate::host::{matvec_many, HostMatrix, DEQUANTIZE_CHUNK_ROWS, HOST_MATVEC_MAX_ROWS};
 use crate::matvec::{matvec, MATVEC_MAX_ROWS};
 use crate::quant::Quant;
+use crate::quantized::{quant_matvec, QuantMatrix};
 
 /// How [`Linear::load_as`] keeps a weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,7 +25,8 @@ pub enum WeightFormat {
     /// mapped (no copy, the smallest resident set, at the cost of a TLB miss per 4 KiB page
     /// streamed: docs/performance.md).
     Bf16 { mapped: bool },
-    /// Quantized at load ([`crate::quant`]); CPU backends only for now.
+    /// Quantized at load ([`crate::quant`]): in host memory on the CPU backends, multiplied by
+    /// [`crate::host`]; on a GPU device as a [`QuantMatrix`], multiplied by [`quant_matvec`].
     Quantized(Quant),
 }
 
@@ -46,6 +48,8 @@ enum Weight {
     /// bf16 or quantized in host memory (CPU backends), with the device and dtype that the
     /// activations live in.
     Host { matrix: Arc<HostMatrix>, device: Device, dtype: DType },
+    /// Quantized on a GPU device; `dtype`: the activations'.
+    Quantized { matrix: QuantMatrix, dtype: DType },
 }
 
 impl Linear {
@@ -82,10 +86,16 @@ impl Linear {
                 HostMatrix::quantize(quant, dtype, &raw, out_dim, in_dim)
             }
             WeightFormat::Quantized(quant) => {
-                return Err(WeightError::Unsupported {
+                // Quantized on the host (huge-page memory, freed once uploaded), then uploaded.
+                let (dtype, raw) = vb.read_raw("weight", &[out_dim, in_dim])?;
+                let host = HostMatrix::quantize(quant, dtype, &raw, out_dim, in_dim);
+                drop(raw);
+                let matrix = QuantMatrix::from_host(&host, vb.device()).ok_or_else(|| WeightError::Unsupported {
                     name: vb.path("weight"),
-                    reason: format!("{quant} weights run on the CPU backends (cpu, ndarray) only so far"),
-                })
+                    reason: format!("{quant} quantization gave no quantized matrix"),
+                })?;
+                let weight = Weight::Quantized { matrix, dtype: vb.dtype() };
+                return Ok(Self { weight, bias: Self::load_bias(vb, out_dim, bias)? });
             }
         };
         let weight = Weight::Host { matrix: Arc::new(matrix), device: vb.device().clone(), dtype: vb.dtype() };
@@ -119,6 +129,9 @@ impl Linear {
     /// [`HOST_MATVEC_MAX_ROWS`] rows with [`HostMatrix::matvec`]; more rows with flex's f32
     /// matmul over slices of [`DEQUANTIZE_CHUNK_ROWS`] dequantized rows, so no full float copy
     /// of the weight is ever made. Sums run in f32; the result is cast to `x`'s dtype.
+    ///
+    /// A weight quantized on a GPU device goes through [`quant_matvec`]: the dequantizing
+    /// kernel for a few rows, slices of dequantized rows and a matmul for more.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
         let (d_in, d_out) = (self.in_dim(), self.out_dim());
@@ -129,6 +142,7 @@ impl Linear {
                 matvec(x, weight.clone().transpose())
             }
             Weight::Tensor(weight) => x.matmul(weight.clone()),
+            Weight::Quantized { matrix, .. } => quant_matvec(x, matrix),
             Weight::Host { matrix, device, .. } => {
                 let dtype = x.dtype();
                 let x = x.cast(DType::F32);
@@ -201,14 +215,23 @@ impl Linear {
                 let data = TensorData::new(matrix.dequantize(), [matrix.rows(), matrix.cols()]);
                 Tensor::<2>::from_data(data, (device, DType::F32)).cast(*dtype)
             }
+            Weight::Quantized { matrix, dtype } => matrix.dequantize(*dtype),
+        }
+    }
+
+    /// The device-quantized form of the weight, if it has one.
+    pub fn quantized(&self) -> Option<&QuantMatrix> {
+        match &self.weight {
+            Weight::Quantized { matrix, .. } => Some(matrix),
+            _ => None,
         }
     }
 
     /// The host form of the weight, if it has one.
     pub fn host_matrix(&self) -> Option<&HostMatrix> {
         match &self.weight {
-            Weight::Tensor(_) => None,
             Weight::Host { matrix, .. } => Some(matrix),
+            _ => None,
         }
     }
 
@@ -216,6 +239,7 @@ impl Linear {
         match &self.weight {
             Weight::Tensor(weight) => weight.device(),
             Weight::Host { device, .. } => device.clone(),
+            Weight::Quantized { matrix, .. } => matrix.device(),
         }
     }
 
@@ -223,6 +247,7 @@ impl Linear {
         match &self.weight {
             Weight::Tensor(weight) => weight.dims()[0],
             Weight::Host { matrix, .. } => matrix.cols(),
+            Weight::Quantized { matrix, .. } => matrix.cols(),
         }
     }
 
@@ -230,6 +255,7 @@ impl Linear {
         match &self.weight {
             Weight::Tensor(weight) => weight.dims()[1],
             Weight::Host { matrix, .. } => matrix.rows(),
+            Weight::Quantized { matrix, .. } => matrix.rows(),
         }
     }
 }

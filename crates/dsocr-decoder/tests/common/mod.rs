@@ -33,6 +33,16 @@ pub fn load_decoder_on(device: &Device) -> Decoder {
     Decoder::load(&vb, &cfg).expect("decoder")
 }
 
+/// The fixture decoder on `device`, its projections, experts and lm_head kept as `format`
+/// says (activations f32).
+pub fn load_decoder_as(device: &Device, format: dsocr_nn::WeightFormat) -> Decoder {
+    let dir = fixture_dir();
+    let cfg = DecoderConfig::from_hf_config_file(dir.join("config.json")).expect("config");
+    let files = Arc::new(SafetensorsFiles::open(dir.join("model.safetensors")).expect("weights"));
+    let vb = VarBuilder::new(files, device, DType::F32);
+    Decoder::load_as(&vb, &cfg, format, format).expect("decoder")
+}
+
 /// The golden tensors, as f32 (float) or i64 (int) host vectors with their shapes.
 pub struct Golden {
     bytes: Vec<u8>,

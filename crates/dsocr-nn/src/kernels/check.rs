@@ -9,7 +9,10 @@
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 
+use crate::host::HostMatrix;
 use crate::matvec::{gathered_matvec_reference, matvec_reference};
+use crate::quant::Quant;
+use crate::quantized::{gathered_quant_matvec_reference, quant_matvec_reference, QuantMatrix};
 use crate::relative_error;
 use crate::rms_norm::{add_rms_norm_reference, rms_norm_reference};
 use crate::rope::rope_rows_reference;
@@ -58,6 +61,16 @@ const GATHERED_SMALL: [(usize, usize, usize, usize, usize); 5] =
     [(1, 6, 8, 20, 48), (3, 6, 8, 20, 48), (18, 1, 8, 33, 17), (5, 3, 8, 48, 64), (15, 1, 8, 64, 24)];
 const GATHERED_REAL: [(usize, usize, usize, usize, usize); 3] =
     [(1, 6, 64, 1792, 1280), (6, 1, 64, 1280, 896), (16, 6, 64, 1792, 1280)];
+/// `(rows, out, in)` of the quantized products (`in` whole blocks of 32).
+const QUANT_SMALL: [(usize, usize, usize); 6] =
+    [(1, 24, 32), (3, 40, 96), (1, 512, 64), (5, 64, 1280), (2, 1280, 896), (1, 70_000, 32)];
+const QUANT_REAL: [(usize, usize, usize); 5] =
+    [(1, 1280, 1280), (16, 1280, 1280), (1, 6848, 1280), (1, 1280, 6848), (1, 129_280, 1280)];
+/// `(tokens, slots per token, experts, out, in)` of the quantized gathered product.
+const QUANT_GATHERED_SMALL: [(usize, usize, usize, usize, usize); 3] =
+    [(1, 6, 8, 20, 64), (3, 6, 8, 48, 32), (15, 1, 8, 64, 96)];
+const QUANT_GATHERED_REAL: [(usize, usize, usize, usize, usize); 2] = [(1, 6, 64, 1792, 1280), (6, 1, 64, 1280, 896)];
+
 /// `(rows, d)`.
 const NORM_SMALL: [(usize, usize); 6] = [(1, 8), (5, 40), (3, 37), (5, 64), (2, 1280), (4, 3000)];
 const NORM_REAL: [(usize, usize); 3] = [(1, 1280), (16, 1280), (902, 1280)];
@@ -91,6 +104,19 @@ fn decode_attention_oracle(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Tenso
     let scores = (q * k).sum_dim(3).reshape([b, h, 1, capacity]) * (1.0 / (d as f64).sqrt());
     let p = burn::tensor::activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
     (p.reshape([b, h, capacity, 1]) * v).sum_dim(2)
+}
+
+/// A random `[rows, cols]` weight quantized on the host, on `device` in the device layout, and
+/// its dequantized values as an f32 tensor (the oracle's weight, through the host's scalar
+/// dequantization: independent of the device layout).
+fn quantized(quant: Quant, rows: usize, cols: usize, device: &Device) -> (QuantMatrix, Tensor<2>) {
+    let w = Tensor::<2>::random([rows, cols], Distribution::Normal(0.0, 1.0), device);
+    let raw: Vec<u8> = w.into_data().iter::<f32>().flat_map(f32::to_le_bytes).collect();
+    let host = HostMatrix::quantize(quant, DType::F32, &raw, rows, cols);
+    let dequantized = Tensor::<2>::from_data(TensorData::new(host.dequantize(), [rows, cols]), (device, DType::F32));
+    // A quantized host matrix always has its device form.
+    let on_device = QuantMatrix::from_host(&host, device).unwrap_or_else(|| unreachable!("quantized"));
+    (on_device, dequantized)
 }
 
 fn f32<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
@@ -143,6 +169,33 @@ pub fn run(device: &Device, dtype: DType, sizes: Sizes) -> Vec<Check> {
         let want = gathered_matvec_reference(f32(&x), w.clone().cast(DType::F32), ids.clone());
         let got = super::gathered_matvec(x, w, ids);
         push(format!("gathered {tokens} tokens × {per} of {experts} experts {out}×{k}"), relative_error(got, want));
+    }
+
+    for quant in [Quant::Q8, Quant::Q4] {
+        let shapes = QUANT_SMALL.iter().chain(QUANT_REAL.iter().filter(|_| real));
+        for &(rows, out, k) in shapes {
+            let x = random([rows, k], device, dtype);
+            let (w, dequantized) = quantized(quant, out, k, device);
+            let want = matvec_oracle(f32(&x), dequantized);
+            let name = format!("{quant} matvec {rows}×{k} · {out}×{k}");
+            push(name.clone(), relative_error(super::quant_matvec(x.clone(), &w), want.clone()));
+            // The plain-Burn reference (the path without kernels), in f32.
+            push(format!("{name} reference"), relative_error(quant_matvec_reference(f32(&x), &w), want));
+        }
+        let shapes = QUANT_GATHERED_SMALL.iter().chain(QUANT_GATHERED_REAL.iter().filter(|_| real));
+        for &(tokens, per, experts, out, k) in shapes {
+            let slots = tokens * per;
+            let ids: Vec<i64> = (0..slots).map(|s| ((s * 5 + s / per.max(1) * 3) % experts) as i64).collect();
+            let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [slots]), device);
+            let x = random([tokens, k], device, dtype);
+            let (w, dequantized) = quantized(quant, experts * out, k, device);
+            let want = gathered_matvec_reference(f32(&x), dequantized.reshape([experts, out, k]), ids.clone());
+            let name = format!("{quant} gathered {tokens} tokens × {per} of {experts} experts {out}×{k}");
+            let got = super::gathered_quant_matvec(x.clone(), &w, out, ids.clone());
+            push(name.clone(), relative_error(got, want.clone()));
+            let reference = gathered_quant_matvec_reference(f32(&x), &w, out, ids);
+            push(format!("{name} reference"), relative_error(reference, want));
+        }
     }
 
     let norm_shapes = NORM_SMALL.iter().chain(NORM_REAL.iter().filter(|_| real));

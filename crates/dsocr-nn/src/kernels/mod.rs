@@ -8,6 +8,8 @@
 //!
 //! - [`matvec`](mod@matvec): `x Wᵀ` for a few rows, one plane (warp) per output element;
 //!   [`gathered_matvec`]: the same with each row's matrix picked by id from a stack;
+//! - [`quant_matvec`](mod@quant_matvec) / [`gathered_quant_matvec`]: both over q8 / q4 weights
+//!   ([`crate::quantized`]), dequantized in registers (the `matvec` and `gathered` switches);
 //! - [`rms_norm`](mod@rms_norm) / [`add_rms_norm`]: RMSNorm, alone or after the residual add,
 //!   one cube per row;
 //! - [`decode_attention`](mod@decode_attention): one query per sequence over its K/V cache, split
@@ -20,6 +22,7 @@ pub mod check;
 mod decode_attention;
 mod matvec;
 mod overwrite;
+mod quant_matvec;
 mod rms_norm;
 mod rope;
 
@@ -35,6 +38,7 @@ use burn::backend::Dispatch;
 use self::decode_attention::DecodeAttentionOps;
 use self::matvec::MatvecOps;
 use self::overwrite::OverwriteOps;
+use self::quant_matvec::QuantMatvecOps;
 use self::rms_norm::RmsNormOps;
 use self::rope::RopeOps;
 
@@ -101,6 +105,16 @@ pub fn available<const D: usize, const E: usize>(kernel: Kernel, x: &Tensor<D>, 
         && plane_ops(&x.device())
 }
 
+/// Whether the quantized products can take `x` against `w`: the `matvec` switch on, a float
+/// dtype of the kernels, plane operations, and rows of whole blocks of 32.
+pub fn quant_available(x: &Tensor<2>, w: &crate::QuantMatrix) -> bool {
+    Kernel::Matvec.enabled()
+        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        && w.cols().is_multiple_of(crate::quant::BLOCK)
+        && x.dims()[1] == w.cols()
+        && plane_ops(&x.device())
+}
+
 /// `DSOCR_KERNELS` read once: the kernels it leaves on, and whether it forces them.
 fn env_switch() -> &'static (Vec<Kernel>, bool) {
     static SWITCH: OnceLock<(Vec<Kernel>, bool)> = OnceLock::new();
@@ -153,6 +167,33 @@ pub fn matvec(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 /// [`crate::matvec::gathered_matvec`]).
 pub fn gathered_matvec(x: Tensor<2>, w: Tensor<3>, ids: Tensor<1, Int>) -> Tensor<2> {
     Tensor::from_dispatch(Dispatch::gathered_matvec(x.into_dispatch(), w.into_dispatch(), ids.into_dispatch()))
+}
+
+/// `x: [m, in]`, `w`: `[out, in]` quantized → `[m, out]` (see [`crate::quantized::quant_matvec`]).
+pub fn quant_matvec(x: Tensor<2>, w: &crate::QuantMatrix) -> Tensor<2> {
+    let (words, scales) = w.parts();
+    let q4 = w.quant() == crate::Quant::Q4;
+    Tensor::from_dispatch(Dispatch::quant_matvec(
+        x.into_dispatch(),
+        words.clone().into_dispatch(),
+        scales.clone().into_dispatch(),
+        q4,
+    ))
+}
+
+/// `x: [n, in]`, `w`: a stack of `[out, in]` quantized matrices, `ids: [S]` → `[S, out]` (see
+/// [`crate::quantized::gathered_quant_matvec`]).
+pub fn gathered_quant_matvec(x: Tensor<2>, w: &crate::QuantMatrix, out: usize, ids: Tensor<1, Int>) -> Tensor<2> {
+    let (words, scales) = w.parts();
+    let q4 = w.quant() == crate::Quant::Q4;
+    Tensor::from_dispatch(Dispatch::gathered_quant_matvec(
+        x.into_dispatch(),
+        words.clone().into_dispatch(),
+        scales.clone().into_dispatch(),
+        ids.into_dispatch(),
+        out,
+        q4,
+    ))
 }
 
 /// `q: [b, h, 1, d]`, `k`, `v`: `[b, h, capacity, d]`, `position: [b]` → `[b, h, 1, d]` (see
