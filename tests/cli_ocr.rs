@@ -159,6 +159,33 @@ fn stdout_formats_and_mode_flags() {
 }
 
 #[test]
+fn a_quantized_folder_from_dsocr_quantize_runs_like_quant_at_load() {
+    // `dsocr quantize` writes a folder that `--model` loads as q8 without `--quant`: the page
+    // comes out as with `--quant q8` (the reference's text: tests/parity.rs), the loading line
+    // says so, and a folder already quantized or a conflicting `--quant` is refused clearly.
+    let dir = temp_dir("ocr-quantize");
+    let page = image("page.png");
+    let saved = dir.join("q8");
+    let r = dsocr_run(&dir, &["quantize", "--model", s(model()), "--quant", "q8", "--out", s(&saved), "--quiet"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stderr.contains("matrices in q8"), "{r}");
+    let base = ["ocr", s(&page), "--model", s(&saved), "--mode", "tiny", "--max-new-tokens", "8", "--no-repeat-guard"];
+    let r = dsocr_run(&dir, &base);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.stdout, format!("{}\n", golden_text("tiny_page")));
+    assert!(r.stderr.contains("q8 decoder"), "{r}");
+
+    let r = dsocr_run(&dir, &[&base[..], &["--quant", "q4"]].concat());
+    assert_ne!(r.code, 0, "{r}");
+    assert!(r.stderr.contains("holds q8 weights"), "{r}");
+    let q4 = dir.join("q4");
+    let again = ["quantize", "--model", s(&saved), "--quant", "q4", "--out", s(&q4), "--quiet"];
+    let r = dsocr_run(&dir, &again);
+    assert_ne!(r.code, 0, "{r}");
+    assert!(r.stderr.contains("already a q8 checkpoint"), "{r}");
+}
+
+#[test]
 fn repeat_guard_flags_and_gundam_tiles() {
     let dir = temp_dir("ocr-guard");
     let page = image("page.png");

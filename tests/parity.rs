@@ -136,3 +136,45 @@ fn a_quantized_decoder_stays_within_its_documented_bounds() {
         );
     }
 }
+
+#[test]
+fn a_saved_quantized_checkpoint_loads_to_the_same_model() {
+    // `dsocr quantize` stores what load-time quantization computes: loading the saved folder
+    // (without --quant: the header says q8) gives every case's tensors bit for bit equal to
+    // those of the float folder quantized at load. Asking for another format is refused, and a
+    // quantized folder is not quantized again.
+    let dir = fixture_dir();
+    let fixture = Fixture::open(&dir).unwrap();
+    let out = dsocr_tests::temp_dir("quantized-checkpoint");
+    for (quant, lm_head) in [(Quant::Q8, true), (Quant::Q4, false)] {
+        let saved = out.join(quant.name());
+        let mut events = 0;
+        let report = dsocr_model::save_quantized(&dir, quant, lm_head, &saved, |_| events += 1).unwrap();
+        assert_eq!(events, report.quantized + report.copied);
+        assert!(report.quantized > 10 && report.copied > 10, "{report:?}");
+        assert!(saved.join("config.json").is_file() && saved.join("tokenizer.json").is_file());
+        assert!(!saved.join("model.safetensors.part").exists());
+
+        let from_saved = DeepseekOcr::load(&saved, &LoadOptions::new(Backend::Cpu, Precision::F32)).unwrap();
+        assert_eq!(from_saved.quant, Some(quant));
+        let mut options = LoadOptions::new(Backend::Cpu, Precision::F32);
+        options.quant = Some(quant);
+        options.quantize_lm_head = lm_head;
+        let at_load = DeepseekOcr::load(&dir, &options).unwrap();
+        for case in &fixture.cases {
+            let (a, b) = (run_case(&from_saved, &fixture, case).unwrap(), run_case(&at_load, &fixture, case).unwrap());
+            assert_eq!(a.tensors.keys().collect::<Vec<_>>(), b.tensors.keys().collect::<Vec<_>>());
+            for (name, t) in &a.tensors {
+                assert!(t.as_f64() == b.tensors[name].as_f64(), "{quant} {}: {name} differs", case.name);
+            }
+        }
+
+        let mut other = LoadOptions::new(Backend::Cpu, Precision::F32);
+        other.quant = Some(if quant == Quant::Q8 { Quant::Q4 } else { Quant::Q8 });
+        let err = DeepseekOcr::load(&saved, &other).err().expect("another format is refused").to_string();
+        assert!(err.contains(&format!("holds {quant} weights")), "{err}");
+        let err = dsocr_model::save_quantized(&saved, quant, lm_head, &out.join("again"), |_| {}).unwrap_err();
+        assert!(err.to_string().contains("already a"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

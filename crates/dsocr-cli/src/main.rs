@@ -9,6 +9,7 @@ mod load;
 mod models;
 mod ocr;
 mod progress;
+mod quantize;
 mod render;
 mod serve;
 
@@ -38,6 +39,9 @@ enum Command {
     Models(models::ModelsArgs),
     /// Measure load, vision, prefill and decode speed and memory.
     Bench(Box<bench::BenchArgs>),
+    /// Write a model folder with the decoder's weights stored quantized (q8, q4): loads in
+    /// seconds where `--quant` quantizes at every load.
+    Quantize(quantize::QuantizeArgs),
     /// Serve the OpenAI-compatible API, the OCR endpoint and the web page over HTTP.
     Serve(serve::ServeArgs),
     /// Developer tools: run fixture cases, check numeric parity.
@@ -52,6 +56,7 @@ fn main() -> Result<ExitCode> {
         Command::Render(args) => render::run(args),
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(*args),
+        Command::Quantize(args) => quantize::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }

@@ -266,7 +266,11 @@ fn run_inner(args: OcrArgs) -> Result<ExitCode> {
     ));
     let start = Instant::now();
     let ocr = Ocr::load_dir(&model_dir, &load)?;
-    ui.info(format!("model loaded in {}", seconds(start.elapsed())));
+    let stored = match (load.quant, ocr.model().quant) {
+        (None, Some(q)) => format!(" ({q} decoder, as stored)"),
+        _ => String::new(),
+    };
+    ui.info(format!("model loaded in {}{stored}", seconds(start.elapsed())));
     let (_, missing) = ocr.token_ids(&options.repeat_guard.whitelist);
     for token in missing {
         ui.info(format!("note: the tokenizer has no `{token}` token; the repeat guard cannot exempt it"));

@@ -34,6 +34,15 @@ impl Decoder {
         Self::load_as(vb, cfg, WeightFormat::Float, WeightFormat::Float)
     }
 
+    /// Whether the checkpoint tensor `name` is one that [`load_as`](Self::load_as) keeps in
+    /// its `layers` format (every `*_proj.weight` under `model.layers.`: attention, dense MLP,
+    /// routed and shared experts), or, with `lm_head`, in its `lm_head` format
+    /// (`lm_head.weight`). The router, norms and embedding are never among them. What
+    /// `dsocr quantize` stores quantized.
+    pub fn keeps_in_layer_format(name: &str, lm_head: bool) -> bool {
+        (name.starts_with("model.layers.") && name.ends_with("_proj.weight")) || (lm_head && name == "lm_head.weight")
+    }
+
     /// [`load`](Self::load) with the layers' projections and experts kept as `layers` says and
     /// the lm_head as `lm_head` says (a quantized decoder: the embedding, norms and router stay
     /// in `vb`'s dtype).

@@ -9,6 +9,12 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error("model folder {dir} has no {file}")]

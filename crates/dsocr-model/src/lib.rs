@@ -23,12 +23,14 @@ mod config;
 mod error;
 mod model;
 mod pipeline;
+pub mod quantized_checkpoint;
 
 pub use batch::{PageBatch, PageEvent};
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use model::{DeepseekOcr, LoadOptions, ModelFiles, QUANTIZE_LM_HEAD};
 pub use pipeline::{OcrRequest, OcrResult, VisionOutput};
+pub use quantized_checkpoint::{save_quantized, QuantizeEvent, QuantizeReport};
 
 pub use dsocr_decoder::{ExpertDispatch, FinishReason, GenerationConfig, Quant, RepeatGuard};
 pub use dsocr_weights::{Backend, Precision};

@@ -11,6 +11,7 @@ use dsocr_input::PromptTokenizer;
 use dsocr_projector::Projector;
 use dsocr_weights::{Backend, Precision, SafetensorsFiles, VarBuilder};
 
+use crate::quantized_checkpoint::stored_quant;
 use crate::{ModelConfig, ModelError};
 
 /// The three files of a model folder (the layout of the `deepseek-ai/DeepSeek-OCR` repo).
@@ -122,8 +123,21 @@ impl DeepseekOcr {
         let config = ModelConfig::from_file(&files.config)?;
         let tokenizer = PromptTokenizer::from_file(&files.tokenizer)?
             .with_fallback_ids(Some(config.decoder.bos_token_id), Some(config.decoder.eos_token_id));
-        let device = backend.device(precision)?;
         let weights = Arc::new(SafetensorsFiles::open(dir)?);
+        // A quantized checkpoint (`dsocr quantize`) brings its own format.
+        let (quant, quantize_lm_head) = match (stored_quant(&weights)?, options.quant) {
+            (None, asked) => (asked, options.quantize_lm_head),
+            (Some((stored, lm_head)), None) => (Some(stored), lm_head),
+            (Some((stored, lm_head)), Some(asked)) if asked == stored => (Some(stored), lm_head),
+            (Some((stored, _)), Some(asked)) => {
+                return Err(ModelError::Input(format!(
+                    "{} holds {stored} weights (dsocr quantize); they cannot be loaded as {asked}: \
+                     leave --quant out, or quantize the float model",
+                    dir.display()
+                )))
+            }
+        };
+        let device = backend.device(precision)?;
         let vb = VarBuilder::new(weights, &device, precision.dtype());
         let encoder = DeepEncoder::load(&vb, &config.encoder)?;
         let projector = Projector::load(&vb, &config.projector)?;
@@ -131,10 +145,10 @@ impl DeepseekOcr {
         // in host memory and computes in f32 (CPU_BF16_DECODER_DTYPE), like a quantized one.
         let host_bf16 = !backend.is_gpu() && precision == Precision::Bf16;
         let float = if host_bf16 { WeightFormat::Bf16 { mapped: !options.copy_weights } } else { WeightFormat::Float };
-        let layers = options.quant.map_or(float, WeightFormat::Quantized);
-        let lm_head = if options.quantize_lm_head { layers } else { float };
+        let layers = quant.map_or(float, WeightFormat::Quantized);
+        let lm_head = if quantize_lm_head { layers } else { float };
         // A GPU decoder with quantized weights keeps `precision` for its activations.
-        let host_weights = host_bf16 || (options.quant.is_some() && !backend.is_gpu());
+        let host_weights = host_bf16 || (quant.is_some() && !backend.is_gpu());
         let decoder_vb = if host_weights { vb.with_dtype(CPU_BF16_DECODER_DTYPE) } else { vb.clone() };
         let mut decoder = Decoder::load_as(&decoder_vb, &config.decoder, layers, lm_head)?;
         decoder.set_expert_dispatch(options.expert_dispatch);
@@ -147,7 +161,7 @@ impl DeepseekOcr {
             device,
             backend,
             precision,
-            quant: options.quant,
+            quant,
             load_time: start.elapsed(),
         })
     }

@@ -118,6 +118,23 @@ impl HostMatrix {
         Self { rows, cols, data: HostData::Quantized { quant, scales, values } }
     }
 
+    /// A matrix quantized earlier (a quantized checkpoint): `scales` (f32, little-endian) and
+    /// `values` in the layout of [`crate::quant`], copied into huge-page memory. `None` if their
+    /// lengths do not fit `rows × cols` in `quant`.
+    pub fn from_quantized(quant: Quant, scales: &[u8], values: &[u8], rows: usize, cols: usize) -> Option<Self> {
+        let blocks = blocks_per_row(cols);
+        if scales.len() != rows * blocks * 4 || values.len() != rows * blocks * quant.block_bytes() {
+            return None;
+        }
+        let mut s = HostBytes::zeroed_f32(rows * blocks);
+        for (o, c) in s.as_mut_f32().iter_mut().zip(scales.as_chunks::<4>().0) {
+            *o = f32::from_le_bytes(*c);
+        }
+        let mut v = HostBytes::zeroed(values.len());
+        v.as_mut_slice().copy_from_slice(values);
+        Some(Self { rows, cols, data: HostData::Quantized { quant, scales: s, values: v } })
+    }
+
     /// Output rows (`out`).
     pub fn rows(&self) -> usize {
         self.rows

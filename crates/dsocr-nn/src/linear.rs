@@ -81,15 +81,10 @@ impl Linear {
                 HostMatrix::bf16(dtype, raw, out_dim, in_dim)
             }
             WeightFormat::Float | WeightFormat::Bf16 { .. } => return Self::load(vb, in_dim, out_dim, bias),
-            WeightFormat::Quantized(quant) if host => {
-                let (dtype, raw) = vb.read_raw("weight", &[out_dim, in_dim])?;
-                HostMatrix::quantize(quant, dtype, &raw, out_dim, in_dim)
-            }
+            WeightFormat::Quantized(quant) if host => Self::quantized_host(vb, quant, out_dim, in_dim)?,
             WeightFormat::Quantized(quant) => {
                 // Quantized on the host (huge-page memory, freed once uploaded), then uploaded.
-                let (dtype, raw) = vb.read_raw("weight", &[out_dim, in_dim])?;
-                let host = HostMatrix::quantize(quant, dtype, &raw, out_dim, in_dim);
-                drop(raw);
+                let host = Self::quantized_host(vb, quant, out_dim, in_dim)?;
                 let matrix = QuantMatrix::from_host(&host, vb.device()).ok_or_else(|| WeightError::Unsupported {
                     name: vb.path("weight"),
                     reason: format!("{quant} quantization gave no quantized matrix"),
@@ -100,6 +95,24 @@ impl Linear {
         };
         let weight = Weight::Host { matrix: Arc::new(matrix), device: vb.device().clone(), dtype: vb.dtype() };
         Ok(Self { weight, bias: Self::load_bias(vb, out_dim, bias)? })
+    }
+
+    /// `<prefix>.weight` quantized on the host: read as stored by a quantized checkpoint
+    /// ([`crate::quant::QVALUES`], [`crate::quant::QSCALES`]), or quantized from the float
+    /// weight.
+    fn quantized_host(vb: &VarBuilder, quant: Quant, rows: usize, cols: usize) -> Result<HostMatrix, WeightError> {
+        if !vb.contains(crate::quant::QVALUES) {
+            let (dtype, raw) = vb.read_raw("weight", &[rows, cols])?;
+            return Ok(HostMatrix::quantize(quant, dtype, &raw, rows, cols));
+        }
+        let blocks = crate::quant::blocks_per_row(cols);
+        let values = vb.read_bytes(crate::quant::QVALUES, DType::U8, &[rows, blocks * quant.block_bytes()])?;
+        let scales = vb.read_bytes(crate::quant::QSCALES, DType::F32, &[rows, blocks])?;
+        // The shapes were checked against `quant`'s layout just above.
+        HostMatrix::from_quantized(quant, &scales, &values, rows, cols).ok_or_else(|| WeightError::Unsupported {
+            name: vb.path(crate::quant::QVALUES),
+            reason: format!("not a {quant} matrix of {rows}×{cols}"),
+        })
     }
 
     /// A Linear over an existing `[out, in]` weight tensor (e.g. tied embeddings).

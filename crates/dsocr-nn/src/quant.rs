@@ -18,6 +18,13 @@ use std::str::FromStr;
 /// Values per quantization block (one scale each).
 pub const BLOCK: usize = 32;
 
+/// In a quantized checkpoint (`dsocr quantize`), the packed values of `<prefix>.weight`:
+/// `<prefix>.weight.qvalues`, U8 `[out, blocks · block_bytes]` (the layout above, row after
+/// row), and its scales `<prefix>.weight.qscales`, F32 `[out, blocks]`.
+pub const QVALUES: &str = "weight.qvalues";
+/// See [`QVALUES`].
+pub const QSCALES: &str = "weight.qscales";
+
 /// A weight-only quantization format for the decoder's matrices (`--quant`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Quant {

@@ -102,7 +102,7 @@ impl HostTensor {
         }
     }
 
-    fn as_f64(&self) -> Vec<f64> {
+    pub fn as_f64(&self) -> Vec<f64> {
         match self {
             HostTensor::F32 { data, .. } => data.iter().map(|&v| v as f64).collect(),
             HostTensor::I64 { data, .. } => data.iter().map(|&v| v as f64).collect(),

@@ -31,6 +31,8 @@ pub struct SafetensorsFiles {
     handles: Vec<File>,
     maps: Vec<bytes::Bytes>,
     index: HashMap<String, TensorInfo>,
+    /// The `__metadata__` entries of all files (a later file's value wins on a clash).
+    metadata: HashMap<String, String>,
 }
 
 impl SafetensorsFiles {
@@ -110,6 +112,7 @@ impl SafetensorsFiles {
         let mut maps = Vec::with_capacity(paths.len());
         let mut handles = Vec::with_capacity(paths.len());
         let mut index = HashMap::new();
+        let mut header_metadata = HashMap::new();
         for (file, path) in paths.iter().enumerate() {
             let io = |source| WeightError::Io { path: path.clone(), source };
             let handle = File::open(path).map_err(io)?;
@@ -119,6 +122,9 @@ impl SafetensorsFiles {
             let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
                 .map_err(|e| WeightError::Format { path: path.clone(), message: e.to_string() })?;
             let data_start = 8 + header_len;
+            if let Some(entries) = metadata.metadata() {
+                header_metadata.extend(entries.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
             for (name, info) in metadata.tensors() {
                 let dtype = match info.dtype {
                     Dtype::F32 => DType::F32,
@@ -126,6 +132,8 @@ impl SafetensorsFiles {
                     Dtype::BF16 => DType::BF16,
                     Dtype::I64 => DType::I64,
                     Dtype::I32 => DType::I32,
+                    // Packed quantized values (`dsocr quantize`).
+                    Dtype::U8 => DType::U8,
                     other => {
                         return Err(WeightError::Dtype { name, dtype: format!("{other:?}") });
                     }
@@ -145,7 +153,12 @@ impl SafetensorsFiles {
             maps.push(bytes::Bytes::from_owner(mmap));
             handles.push(handle);
         }
-        Ok(Self { paths: paths.to_vec(), handles, maps, index })
+        Ok(Self { paths: paths.to_vec(), handles, maps, index, metadata: header_metadata })
+    }
+
+    /// A `__metadata__` entry of the header (e.g. `dsocr.quant` of a quantized checkpoint).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 
     /// The files that were mapped.

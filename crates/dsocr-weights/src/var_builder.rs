@@ -109,6 +109,21 @@ impl VarBuilder {
         Ok((info.dtype, raw))
     }
 
+    /// A copy of `name`'s raw bytes (read from the file, like [`read_raw`](Self::read_raw)),
+    /// checked to have `dtype` and `shape`: tensors that are not floats, such as the packed
+    /// values of a quantized checkpoint.
+    pub fn read_bytes(&self, name: &str, dtype: DType, shape: &[usize]) -> Result<Vec<u8>, WeightError> {
+        let full = self.path(name);
+        let (info, raw) = self.files.read(&full)?;
+        if info.shape != shape {
+            return Err(WeightError::Shape { name: full, expected: shape.to_vec(), found: info.shape.clone() });
+        }
+        if info.dtype != dtype {
+            return Err(WeightError::Dtype { name: full, dtype: format!("{:?} (expected {dtype:?})", info.dtype) });
+        }
+        Ok(raw)
+    }
+
     fn check_float(full: &str, info: &crate::TensorInfo, shape: &[usize]) -> Result<(), WeightError> {
         if info.shape != shape {
             return Err(WeightError::Shape {
