@@ -153,9 +153,8 @@ pub fn save_quantized(
 
     let weights = out.join("model.safetensors");
     let part = out.join("model.safetensors.part");
-    let written = write_tensors(&files, &entries, quant, &header, &part, &mut on_event).map_err(|e| {
+    let written = write_tensors(&files, &entries, quant, &header, &part, &mut on_event).inspect_err(|_| {
         let _ = std::fs::remove_file(&part);
-        e
     })?;
     std::fs::rename(&part, &weights).map_err(write_err(&weights))?;
     copy_other_files(src, out)?;
