@@ -10,6 +10,9 @@
 # check: every dsocr-nn kernel against its reference at the real shapes, then parity on CUDA (f32, bf16) and WGPU f32.
 # graph: batch-1 decode with the step replayed as a CUDA graph and eager (DSOCR_GRAPH=0), PyTorch beside
 #        (TOKENS forced, 1000 by default as issue 11 asks).
+# quant: q8/q4 decoder weights on CUDA: the quantized kernels at the real shapes, parity of a q8/q4
+#        decoder (bf16 activations), decode tokens/s and peak device memory next to bf16 and PyTorch
+#        (TOKENS forced), and a saved q8 folder (dsocr quantize) loaded.
 # batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -86,6 +89,21 @@ profile)
     DSOCR_GRAPH=0 CUBECL_DEBUG_LOG=/tmp/profile-$T.log CUBECL_DEBUG_OPTION=profile step profile-$T $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --skip-vision --skip-base --skip-pages --skip-breakdown --decode-tokens "$T" --repeat 1
     xz -T4 -c /tmp/profile-$T.log > "$OUT/profile-$T.log.xz"
   done
+  ;;
+quant)
+  mkdir -p /tmp/full
+  [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
+  T=${TOKENS:-300}; R=${REPEAT:-1}
+  step kernels-check-bf16 $BIN debug kernels --device cuda --precision bf16 --real
+  step parity-q8       $BIN debug parity --fixture $FIX --device cuda --precision bf16 --quant q8
+  step parity-q4       $BIN debug parity --fixture $FIX --device cuda --precision bf16 --quant q4
+  step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --decode-tokens $T --skip-pages --json "$OUT/torch.json"
+  for Q in none q8 q4; do
+    QA=(); [ "$Q" = none ] || QA=(--quant "$Q")
+    step bench-$Q      $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 "${QA[@]}" --repeat $R --decode-tokens $T --skip-pages --json "$OUT/bench-$Q.json" --compare "$OUT/torch.json"
+  done
+  step quantize-q8     $BIN quantize --model /tmp/full --quant q8 --out /tmp/full-q8 --quiet
+  step bench-q8-saved  $BIN bench --model /tmp/full-q8 --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-vision --skip-base --json "$OUT/bench-q8-saved.json" --compare "$OUT/torch.json"
   ;;
 batch)
   mkdir -p /tmp/full

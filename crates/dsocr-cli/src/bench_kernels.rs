@@ -18,9 +18,13 @@ use anyhow::{Context, Result};
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 use clap::Args;
+use dsocr_nn::host::HostMatrix;
 use dsocr_nn::matvec::{gathered_matvec_reference, matvec_reference};
+use dsocr_nn::quantized::{gathered_quant_matvec_reference, quant_matvec_reference};
 use dsocr_nn::rms_norm::{add_rms_norm_reference, rms_norm_reference};
-use dsocr_nn::{add_rms_norm, gathered_matvec, matvec, relative_error, rms_norm};
+use dsocr_nn::{
+    add_rms_norm, gathered_matvec, gathered_quant_matvec, matvec, quant_matvec, relative_error, rms_norm, QuantMatrix,
+};
 use dsocr_weights::{Backend, Precision};
 use serde::Serialize;
 
@@ -32,6 +36,10 @@ pub struct KernelArgs {
     /// Float precision (default: the backend's fast precision).
     #[arg(long)]
     precision: Option<String>,
+    /// Time the quantized products (q8 or q4 weights, `dsocr_nn::quantized`) against their
+    /// plain-Burn references instead of the float ones.
+    #[arg(long)]
+    quant: Option<dsocr_nn::Quant>,
     /// Calls timed per case.
     #[arg(long, default_value_t = 200)]
     iters: usize,
@@ -107,8 +115,43 @@ pub fn run(args: KernelArgs) -> Result<ExitCode> {
     let mut results = Vec::new();
     for case in CASES {
         let x = Tensor::<2>::random([case.rows, case.k], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
-        let (kernel, reference, want, used, weight_bytes): (Op, Op, _, _, _) = match case.gathered {
-            None => {
+        let (kernel, reference, want, used, weight_bytes): (Op, Op, _, _, _) = match (case.gathered, args.quant) {
+            (gathered, Some(quant)) => {
+                let (experts, per_row) = gathered.unwrap_or((1, 1));
+                let (w, dequantized) = quantized(quant, experts * case.out, case.k, &device)?;
+                let slots = case.rows * per_row;
+                let ids: Vec<i64> = (0..slots).map(|s| ((s * 11 + s / per_row * 7) % experts) as i64).collect();
+                let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
+                let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [slots]), &device);
+                let used = dsocr_nn::kernels_used_for_quant(&x, &w);
+                let bytes = w.size_bytes() / experts * distinct;
+                let out = case.out;
+                let (xk, wk, ik, xr, wr, ir) = (x.clone(), w.clone(), ids.clone(), x.clone(), w, ids.clone());
+                if gathered.is_some() {
+                    let want = gathered_matvec_reference(
+                        x.clone().cast(DType::F32),
+                        dequantized.reshape([experts, out, case.k]),
+                        ids,
+                    );
+                    (
+                        Box::new(move || gathered_quant_matvec(xk.clone(), &wk, out, ik.clone())),
+                        Box::new(move || gathered_quant_matvec_reference(xr.clone(), &wr, out, ir.clone())),
+                        want,
+                        used,
+                        bytes,
+                    )
+                } else {
+                    let want = x.clone().cast(DType::F32).matmul(dequantized.transpose());
+                    (
+                        Box::new(move || quant_matvec(xk.clone(), &wk)),
+                        Box::new(move || quant_matvec_reference(xr.clone(), &wr)),
+                        want,
+                        used,
+                        bytes,
+                    )
+                }
+            }
+            (None, None) => {
                 let w = Tensor::<2>::random([case.out, case.k], Distribution::Normal(0.0, 0.05), &device).cast(dtype);
                 let want = x.clone().cast(DType::F32).matmul(w.clone().cast(DType::F32).transpose());
                 let used = kernel_used(&x, &w);
@@ -122,7 +165,7 @@ pub fn run(args: KernelArgs) -> Result<ExitCode> {
                     bytes,
                 )
             }
-            Some((experts, per_row)) => {
+            (Some((experts, per_row)), None) => {
                 let w = Tensor::<3>::random([experts, case.out, case.k], Distribution::Normal(0.0, 0.05), &device)
                     .cast(dtype);
                 let slots = case.rows * per_row;
@@ -220,12 +263,27 @@ pub fn run(args: KernelArgs) -> Result<ExitCode> {
             });
         }
     }
-    print!("{}", markdown(&results, &format!("{backend} {precision}"), iters));
+    let what = match args.quant {
+        Some(quant) => format!("{backend} {precision}, {quant} weights"),
+        None => format!("{backend} {precision}"),
+    };
+    print!("{}", markdown(&results, &what, iters));
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A random `[rows, cols]` weight quantized on the host and uploaded, and its dequantized
+/// values as an f32 tensor (the oracle's weight).
+fn quantized(quant: dsocr_nn::Quant, rows: usize, cols: usize, device: &Device) -> Result<(QuantMatrix, Tensor<2>)> {
+    let w = Tensor::<2>::random([rows, cols], Distribution::Normal(0.0, 0.05), device);
+    let raw: Vec<u8> = w.into_data().iter::<f32>().flat_map(f32::to_le_bytes).collect();
+    let host = HostMatrix::quantize(quant, DType::F32, &raw, rows, cols);
+    let dequantized = Tensor::<2>::from_data(TensorData::new(host.dequantize(), [rows, cols]), (device, DType::F32));
+    let on_device = QuantMatrix::from_host(&host, device).context("a quantized matrix has its device form")?;
+    Ok((on_device, dequantized))
 }
 
 fn kernel_used<const D: usize>(x: &Tensor<2>, w: &Tensor<D>) -> bool {

@@ -53,6 +53,18 @@ pub use rope::rope_rows;
 
 use burn::prelude::*;
 
+/// Whether [`quant_matvec`] runs its kernel for `x` against `w` on this build and device (for
+/// reports: `dsocr bench kernels --quant`).
+pub fn kernels_used_for_quant(x: &Tensor<2>, w: &QuantMatrix) -> bool {
+    #[cfg(feature = "kernels")]
+    return kernels::quant_available(x, w);
+    #[cfg(not(feature = "kernels"))]
+    {
+        let _ = (x, w);
+        false
+    }
+}
+
 /// `max |got − want| / max |want|` in f32: how the kernel checks (`kernels::check`) and
 /// `dsocr bench kernels` compare an op's output with its f32 oracle.
 pub fn relative_error(got: Tensor<2>, want: Tensor<2>) -> f32 {

@@ -4,20 +4,21 @@
 //! kernels, through the plain-Burn reference here.
 //!
 //! Device layout of one row of `cols` values (`blocks_per_row(cols)` blocks of 32; a short last
-//! block padded with zeros, as on the host):
+//! block padded with zeros, as on the host): the host's bytes ([`crate::quant`]) as they are,
+//! read as little-endian u32 words.
 //!
 //! ```text
 //! scales: [rows, blocks]            f32, the block's d (w ≈ q · d, or (q − 8) · d for q4)
 //! words:  [rows, blocks · 32 / v]    u32 bit patterns (held in an i32 tensor), v = 4 (q8) or 8 (q4)
 //!
-//! in groups of 16 bytes (4 words t = 0..3):
-//! q8: a group holds 16 values (half a block): byte j of word t  = value 4j + t  of the group
-//! q4: a group holds 32 values (one block):    nibble n of word t = value 4n + t of the block
+//! q8: word w holds values 4w .. 4w + 3 (byte j: value 4w + j, two's complement)
+//! q4: word t (0..3) of block b holds values 4t + j (low nibble of byte j) and 16 + 4t + j
+//!     (high nibble) of the block
 //! ```
 //!
-//! So a kernel that shifts a 4-word vector right by 8 (q8) or 4 (q4) bits at a time and masks
-//! gets the values of 4 consecutive inputs in each step, lined up with a 4-wide vector of `x`.
-//! A q8 byte is the integer's two's complement; `(b ^ 128) − 128` restores its sign.
+//! So the kernels give each lane one word at a time, and consecutive lanes read consecutive
+//! words and consecutive 4-wide vectors of `x` (coalesced). A q8 byte's sign is restored as
+//! `(b ^ 128) − 128`.
 //!
 //! The reference ([`dequantize`], [`quant_matvec_reference`]) unpacks with integer tensor ops,
 //! scales, and multiplies in the activation dtype; it is the path of devices without the
@@ -44,16 +45,13 @@ pub struct QuantMatrix {
     cols: usize,
 }
 
-/// Bytes in one group of 4 words.
-const GROUP_BYTES: usize = 16;
-
 impl QuantMatrix {
-    /// Uploads a host-quantized matrix (reordered into the device layout). `None` if `host` is
-    /// not quantized (bf16).
+    /// Uploads a host-quantized matrix (its bytes as they are). `None` if `host` is not
+    /// quantized (bf16).
     pub fn from_host(host: &HostMatrix, device: &Device) -> Option<Self> {
         let (quant, scales, values) = host.quantized_parts()?;
         let (rows, cols) = (host.rows(), host.cols());
-        let words = device_words(quant, values);
+        let words: Vec<i32> = values.as_chunks::<4>().0.iter().map(|b| i32::from_le_bytes(*b)).collect();
         let per_row = words.len() / rows.max(1);
         let words = Tensor::<2, Int>::from_data(TensorData::new(words, [rows, per_row]), (device, DType::I32));
         let blocks = blocks_per_row(cols);
@@ -121,54 +119,31 @@ impl QuantMatrix {
     }
 }
 
-/// The host's block bytes (`quant.block_bytes()` per block, row after row) reordered into the
-/// device's groups (module docs), as i32 bit patterns.
-fn device_words(quant: Quant, values: &[u8]) -> Vec<i32> {
-    let mut words = Vec::with_capacity(values.len() / 4);
-    for group in values.chunks_exact(GROUP_BYTES) {
-        // The value (index within the group) each of the 16 bytes' 2 nibbles or 1 byte holds.
-        let value = |v: usize| -> u32 {
-            match quant {
-                Quant::Q8 => group[v] as u32,
-                // Host q4: byte j holds value j (low nibble) and value j + 16 (high nibble).
-                Quant::Q4 => (if v < BLOCK / 2 { group[v] & 0x0F } else { group[v - BLOCK / 2] >> 4 }) as u32,
-            }
-        };
-        for t in 0..4 {
-            let word = match quant {
-                Quant::Q8 => (0..4).fold(0u32, |w, j| w | value(4 * j + t) << (8 * j)),
-                Quant::Q4 => (0..8).fold(0u32, |w, n| w | value(4 * n + t) << (4 * n)),
-            };
-            words.push(word as i32);
-        }
-    }
-    words
-}
-
 /// `m`'s values as a `[rows, cols]` tensor of `dtype`, in plain Burn: the words unpacked by
 /// shifts and masks, the integers scaled by their block's f32 scale.
 pub fn dequantize(m: &QuantMatrix, dtype: DType) -> Tensor<2> {
     let (words, scales) = m.parts();
     let [rows, per_row] = words.dims();
-    let groups = per_row / 4;
-    let words = words.clone().reshape([rows, groups, 4]);
-    let (steps, bits, mask) = match m.quant {
-        Quant::Q8 => (4, 8, 0xFF),
-        Quant::Q4 => (8, 4, 0x0F),
-    };
-    // Step s of every word holds values s·4 + t of its group (t: the word).
-    let parts = (0..steps)
-        .map(|s| {
-            let q = words.clone().bitwise_right_shift_scalar((s * bits) as i64).bitwise_and_scalar(mask);
-            match m.quant {
-                Quant::Q8 => q.bitwise_xor_scalar(0x80).sub_scalar(128),
-                Quant::Q4 => q.sub_scalar(8),
-            }
-        })
-        .collect::<Vec<_>>();
     let blocks = scales.dims()[1];
-    let q = Tensor::stack::<4>(parts, 2).reshape([rows, blocks, BLOCK]).float().cast(DType::F32);
-    let w = q * scales.clone().reshape([rows, blocks, 1]);
+    let byte =
+        |shift: usize, mask: i64| words.clone().bitwise_right_shift_scalar(shift as i64).bitwise_and_scalar(mask);
+    let q = match m.quant {
+        // Byte j of word w: value 4w + j.
+        Quant::Q8 => {
+            let bytes = (0..4).map(|j| byte(8 * j, 0xFF).bitwise_xor_scalar(0x80).sub_scalar(128)).collect();
+            Tensor::stack::<3>(bytes, 2).reshape([rows, blocks, BLOCK])
+        }
+        // Word t of a block: values 4t + j (low nibbles), then 16 + 4t + j (high nibbles).
+        Quant::Q4 => {
+            let half = |high: usize| {
+                let nibbles = (0..4).map(|j| byte(8 * j + 4 * high, 0x0F).sub_scalar(8)).collect();
+                Tensor::stack::<3>(nibbles, 2).reshape([rows, blocks, BLOCK / 2])
+            };
+            debug_assert_eq!(per_row, blocks * 4);
+            Tensor::cat(vec![half(0), half(1)], 2)
+        }
+    };
+    let w = q.float().cast(DType::F32) * scales.clone().reshape([rows, blocks, 1]);
     w.reshape([rows, blocks * BLOCK]).narrow(1, 0, m.cols).cast(dtype)
 }
 
@@ -252,7 +227,8 @@ mod tests {
     }
 
     /// The device layout unpacked by the plain-Burn reference gives back exactly the host's
-    /// dequantized values (the reordering and the sign of q8 bytes), short blocks included.
+    /// dequantized values (the words' byte order and the sign of q8 bytes), short blocks
+    /// included.
     #[test]
     fn device_layout_dequantizes_to_the_hosts_values() {
         let device = Backend::Cpu.device(Precision::F32).unwrap();

@@ -7,11 +7,14 @@
 //! ```
 //!
 //! As in [`super::matvec`], one plane (warp) per output element: a cube of 256 units owns
-//! `rows_per_cube` outputs of one row of `x`. Each lane takes every `PLANE_DIM`-th block of 32
-//! weights: one 16-byte load of words per block (q4) or two (q8), one scale, 8 vectors of 4
-//! inputs; shift, mask and convert give 4 weights at a time lined up with an input vector.
-//! Sums run in f32, per block then scaled, and `plane_sum` adds the lanes. Rows must be whole
-//! blocks (`in` a multiple of 32: [`super::quant_available`]).
+//! `rows_per_cube` outputs of one row of `x`. Each lane takes every `PLANE_DIM`-th u32 word of
+//! the weight row (4 weights in q8, 8 in q4), so consecutive lanes read consecutive words and
+//! consecutive 4-wide vectors of `x`: every load of the plane is coalesced (a first version gave
+//! each lane a whole block of 32, whose `x` reads strided 64 bytes apart across the lanes; it
+//! decoded 30 % slower than bf16, docs/performance.md). The word is broadcast to a 4-wide vector,
+//! shifted by 0, 8, 16, 24 bits (and 4 more for q4's high nibbles) and masked: 4 weights lined up
+//! with an `x` vector. Sums run in f32, scaled per word by its block's scale; `plane_sum` adds the
+//! lanes. Rows must be whole blocks (`in` a multiple of 32: [`super::quant_available`]).
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::{FloatTensor, IntTensor};
@@ -139,51 +142,25 @@ fn launch_shape(rows: usize, out_dim: usize) -> (usize, CubeCount) {
     (rows_per_cube, CubeCount::Static(rows as u32, cubes as u32, 1))
 }
 
-/// `Σ_k x[k] · q[k]` over one block of 32 (unscaled), `x_at`: the block's first input vector,
-/// `w_at`: its first 16-byte group of words.
+/// The bit offsets 0, 8, 16, 24 of a word's bytes, one per vector lane.
 #[cube]
-fn block_dot<F: Float, N: Size>(
-    x: &Tensor<Vector<F, N>>,
-    x_at: usize,
-    words: &Tensor<Vector<u32, N>>,
-    w_at: usize,
-    #[comptime] q4: bool,
-) -> f32 {
-    let mut acc = Vector::<f32, N>::zero();
-    if comptime!(q4) {
-        // One group: nibble n of each word holds inputs 4n .. 4n + 3 of the block.
-        let mut w = words[w_at];
-        #[unroll]
-        for n in 0..8 {
-            let q = Vector::<f32, N>::cast_from(w & Vector::new(15u32)) - Vector::new(8.0f32);
-            acc += q * Vector::cast_from(x[x_at + n]);
-            w >>= Vector::new(4u32);
-        }
-    } else {
-        // Two groups: byte j of each word of group g holds inputs 16g + 4j .. + 3.
-        #[unroll]
-        for g in 0..2 {
-            let mut w = words[w_at + g];
-            #[unroll]
-            for j in 0..4 {
-                let byte = (w & Vector::new(255u32)) ^ Vector::new(128u32);
-                let q = Vector::<f32, N>::cast_from(byte) - Vector::new(128.0f32);
-                acc += q * Vector::cast_from(x[x_at + g * 4 + j]);
-                w >>= Vector::new(8u32);
-            }
-        }
-    }
-    Vector::vector_sum(acc)
+fn byte_shifts<N: Size>() -> Vector<u32, N> {
+    let mut shifts = Vector::<u32, N>::new(0u32);
+    shifts.insert(1usize, 8u32);
+    shifts.insert(2usize, 16u32);
+    shifts.insert(3usize, 24u32);
+    shifts
 }
 
-/// The dot products of one `x` row (`x_base`, in vectors) with the weight rows
-/// `row_base + first .. row_base + last`, written to `out[out_base + o]`.
+/// The dot products of one `x` row (`x_base`, in vectors of 4) with the weight rows
+/// `row_base + first .. row_base + last` (`words_per_row` words, `blocks` scales each), written
+/// to `out[out_base + o]`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn quant_plane_dots<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
     x_base: usize,
-    words: &Tensor<Vector<u32, N>>,
+    words: &Tensor<u32>,
     scales: &Tensor<f32>,
     row_base: usize,
     blocks: usize,
@@ -196,16 +173,33 @@ fn quant_plane_dots<F: Float, N: Size>(
     let planes = (CUBE_DIM / PLANE_DIM) as usize;
     let plane = (UNIT_POS / PLANE_DIM) as usize;
     let lane = UNIT_POS_PLANE as usize;
-    // 16-byte groups per block.
-    let groups = if comptime!(q4) { 1usize } else { 2usize };
+    let shifts = byte_shifts::<N>();
+    // Words per block: 8 (q8) or 4 (q4).
+    let per_block = if comptime!(q4) { 4usize } else { 8usize };
+    let words_per_row = blocks * per_block;
     for o in range_stepped(first + plane, last, planes) {
         let row = row_base + o;
-        let mut acc = 0f32;
-        for b in range_stepped(lane, blocks, PLANE_DIM as usize) {
-            let block = row * blocks + b;
-            acc += scales[block] * block_dot(x, x_base + b * 8, words, block * groups, q4);
+        let mut acc = Vector::<f32, N>::zero();
+        for w in range_stepped(lane, words_per_row, PLANE_DIM as usize) {
+            let word = Vector::<u32, N>::new(words[row * words_per_row + w]) >> shifts;
+            let scale = Vector::<f32, N>::new(scales[row * blocks + w / per_block]);
+            if comptime!(q4) {
+                // Word t of block b: inputs 8b + t (low nibbles) and 8b + 4 + t (high), in vectors.
+                let (b, t) = (w / 4, w % 4);
+                let low = Vector::<f32, N>::cast_from(word & Vector::new(15u32)) - Vector::new(8.0f32);
+                let high =
+                    Vector::<f32, N>::cast_from((word >> Vector::new(4u32)) & Vector::new(15u32)) - Vector::new(8.0f32);
+                let dot = low * Vector::cast_from(x[x_base + b * 8 + t])
+                    + high * Vector::cast_from(x[x_base + b * 8 + 4 + t]);
+                acc += dot * scale;
+            } else {
+                // Word w: inputs 4w .. 4w + 3, vector w of the row.
+                let q = Vector::<f32, N>::cast_from((word & Vector::new(255u32)) ^ Vector::new(128u32))
+                    - Vector::new(128.0f32);
+                acc += q * Vector::cast_from(x[x_base + w]) * scale;
+            }
         }
-        let sum = plane_sum(acc);
+        let sum = plane_sum(Vector::vector_sum(acc));
         if lane == 0 {
             out[out_base + o] = F::cast_from(sum);
         }
@@ -227,7 +221,7 @@ fn output_block(rows_per_cube: usize, out_dim: usize) -> (usize, usize) {
 #[allow(clippy::too_many_arguments)]
 fn quant_matvec_kernel<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
-    words: &Tensor<Vector<u32, N>>,
+    words: &Tensor<u32>,
     scales: &Tensor<f32>,
     out: &mut Tensor<F>,
     out_dim: usize,
@@ -245,7 +239,7 @@ fn quant_matvec_kernel<F: Float, N: Size>(
 #[allow(clippy::too_many_arguments)]
 fn gathered_quant_matvec_kernel<F: Float, I: Int, N: Size>(
     x: &Tensor<Vector<F, N>>,
-    words: &Tensor<Vector<u32, N>>,
+    words: &Tensor<u32>,
     scales: &Tensor<f32>,
     ids: &Tensor<I>,
     out: &mut Tensor<F>,
