@@ -10,7 +10,8 @@
 # check: every dsocr-nn kernel against its reference at the real shapes, then parity on CUDA (f32, bf16) and WGPU f32.
 # graph: batch-1 decode with the step replayed as a CUDA graph and eager (DSOCR_GRAPH=0), PyTorch beside
 #        (TOKENS forced, 1000 by default as issue 11 asks).
-# quant: q8/q4 decoder weights on CUDA: the quantized kernels at the real shapes, parity of a q8/q4
+# quant: q8/q4 decoder weights on CUDA: the quantized kernels at the real shapes (checked, then timed
+#        against the float ones), parity of a q8/q4
 #        decoder (bf16 activations), decode tokens/s and peak device memory next to bf16 and PyTorch
 #        (TOKENS forced), and a saved q8 folder (dsocr quantize) loaded.
 # batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page.
@@ -95,6 +96,9 @@ quant)
   [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
   T=${TOKENS:-300}; R=${REPEAT:-1}
   step kernels-check-bf16 $BIN debug kernels --device cuda --precision bf16 --real
+  step kernels-bf16    $BIN bench kernels --device cuda --precision bf16 --json "$OUT/kernels-bf16.json"
+  step kernels-q8      $BIN bench kernels --device cuda --precision bf16 --quant q8 --json "$OUT/kernels-q8.json"
+  step kernels-q4      $BIN bench kernels --device cuda --precision bf16 --quant q4 --json "$OUT/kernels-q4.json"
   step parity-q8       $BIN debug parity --fixture $FIX --device cuda --precision bf16 --quant q8
   step parity-q4       $BIN debug parity --fixture $FIX --device cuda --precision bf16 --quant q4
   step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --decode-tokens $T --skip-pages --json "$OUT/torch.json"

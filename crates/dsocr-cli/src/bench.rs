@@ -346,11 +346,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut report = Report {
         backend: backend.to_string(),
         precision: precision.to_string(),
-        quant: match quant {
-            Some(q) if args.float_lm_head => format!("{q}, float lm_head"),
-            Some(q) => q.to_string(),
-            None if args.copy_weights => "none, weights copied to huge pages".into(),
-            None => "none".into(),
+        quant: match (quant, model.quant) {
+            (Some(q), _) if args.float_lm_head => format!("{q}, float lm_head"),
+            (Some(q), _) => q.to_string(),
+            (None, Some(q)) => format!("{q}, as stored (dsocr quantize)"),
+            (None, None) if args.copy_weights => "none, weights copied to huge pages".into(),
+            (None, None) => "none".into(),
         },
         expert_dispatch: format!("{dispatch:?}"),
         machine,

@@ -7,14 +7,13 @@
 //! ```
 //!
 //! As in [`super::matvec`], one plane (warp) per output element: a cube of 256 units owns
-//! `rows_per_cube` outputs of one row of `x`. Each lane takes every `PLANE_DIM`-th u32 word of
-//! the weight row (4 weights in q8, 8 in q4), so consecutive lanes read consecutive words and
-//! consecutive 4-wide vectors of `x`: every load of the plane is coalesced (a first version gave
-//! each lane a whole block of 32, whose `x` reads strided 64 bytes apart across the lanes; it
-//! decoded 30 % slower than bf16, docs/performance.md). The word is broadcast to a 4-wide vector,
-//! shifted by 0, 8, 16, 24 bits (and 4 more for q4's high nibbles) and masked: 4 weights lined up
-//! with an `x` vector. Sums run in f32, scaled per word by its block's scale; `plane_sum` adds the
-//! lanes. Rows must be whole blocks (`in` a multiple of 32: [`super::quant_available`]).
+//! `rows_per_cube` outputs of one row of `x`. Each lane takes every `PLANE_DIM`-th 16-byte group
+//! of the weight row (4 words: 16 weights in q8, 32 in q4), one vector load, as the float kernel
+//! loads 16 bytes at a time; the inputs it needs are 4 (q8) or 8 (q4) 4-wide vectors of `x`.
+//! Each word is broadcast to a 4-wide vector, shifted by 0, 8, 16, 24 bits (and 4 more for q4's
+//! high nibbles) and masked: 4 weights lined up with an `x` vector. Sums run in f32, scaled per
+//! group by its block's scale; `plane_sum` adds the lanes. (Measured on the H200 against one word
+//! per lane, 4 bytes a load: docs/performance.md.) Rows must be whole blocks (`in` a multiple of 32: [`super::quant_available`]).
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::{FloatTensor, IntTensor};
@@ -152,15 +151,37 @@ fn byte_shifts<N: Size>() -> Vector<u32, N> {
     shifts
 }
 
+/// Word `word` of a q8 row against the 4 inputs it holds: `Σ_j q_j · x_j` as a vector.
+#[cube]
+fn q8_word<F: Float, N: Size>(word: u32, x: Vector<F, N>, shifts: Vector<u32, N>) -> Vector<f32, N> {
+    let bytes = (Vector::<u32, N>::new(word) >> shifts) & Vector::new(255u32);
+    let q = Vector::<f32, N>::cast_from(bytes ^ Vector::new(128u32)) - Vector::new(128.0f32);
+    q * Vector::cast_from(x)
+}
+
+/// Word `word` of a q4 block against its 8 inputs: `low` (its low nibbles) and `high`.
+#[cube]
+fn q4_word<F: Float, N: Size>(
+    word: u32,
+    low: Vector<F, N>,
+    high: Vector<F, N>,
+    shifts: Vector<u32, N>,
+) -> Vector<f32, N> {
+    let bytes = Vector::<u32, N>::new(word) >> shifts;
+    let l = Vector::<f32, N>::cast_from(bytes & Vector::new(15u32)) - Vector::new(8.0f32);
+    let h = Vector::<f32, N>::cast_from((bytes >> Vector::new(4u32)) & Vector::new(15u32)) - Vector::new(8.0f32);
+    l * Vector::cast_from(low) + h * Vector::cast_from(high)
+}
+
 /// The dot products of one `x` row (`x_base`, in vectors of 4) with the weight rows
-/// `row_base + first .. row_base + last` (`words_per_row` words, `blocks` scales each), written
-/// to `out[out_base + o]`.
+/// `row_base + first .. row_base + last` (`groups` 16-byte groups of words and `blocks` scales
+/// each), written to `out[out_base + o]`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn quant_plane_dots<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
     x_base: usize,
-    words: &Tensor<u32>,
+    words: &Tensor<Vector<u32, N>>,
     scales: &Tensor<f32>,
     row_base: usize,
     blocks: usize,
@@ -174,30 +195,32 @@ fn quant_plane_dots<F: Float, N: Size>(
     let plane = (UNIT_POS / PLANE_DIM) as usize;
     let lane = UNIT_POS_PLANE as usize;
     let shifts = byte_shifts::<N>();
-    // Words per block: 8 (q8) or 4 (q4).
-    let per_block = if comptime!(q4) { 4usize } else { 8usize };
-    let words_per_row = blocks * per_block;
+    // 16-byte groups per block: 2 (q8: 16 weights each) or 1 (q4: 32).
+    let per_block = if comptime!(q4) { 1usize } else { 2usize };
+    let groups = blocks * per_block;
     for o in range_stepped(first + plane, last, planes) {
         let row = row_base + o;
         let mut acc = Vector::<f32, N>::zero();
-        for w in range_stepped(lane, words_per_row, PLANE_DIM as usize) {
-            let word = Vector::<u32, N>::new(words[row * words_per_row + w]) >> shifts;
-            let scale = Vector::<f32, N>::new(scales[row * blocks + w / per_block]);
+        for g in range_stepped(lane, groups, PLANE_DIM as usize) {
+            let w = words[row * groups + g];
+            let scale = Vector::<f32, N>::new(scales[row * blocks + g / per_block]);
+            let mut dot = Vector::<f32, N>::zero();
             if comptime!(q4) {
-                // Word t of block b: inputs 8b + t (low nibbles) and 8b + 4 + t (high), in vectors.
-                let (b, t) = (w / 4, w % 4);
-                let low = Vector::<f32, N>::cast_from(word & Vector::new(15u32)) - Vector::new(8.0f32);
-                let high =
-                    Vector::<f32, N>::cast_from((word >> Vector::new(4u32)) & Vector::new(15u32)) - Vector::new(8.0f32);
-                let dot = low * Vector::cast_from(x[x_base + b * 8 + t])
-                    + high * Vector::cast_from(x[x_base + b * 8 + 4 + t]);
-                acc += dot * scale;
+                // Word t of block g: inputs 32g + 4t + j (low nibbles), 32g + 16 + 4t + j (high).
+                let at = x_base + g * 8;
+                dot += q4_word(w.extract(0usize), x[at], x[at + 4], shifts);
+                dot += q4_word(w.extract(1usize), x[at + 1], x[at + 5], shifts);
+                dot += q4_word(w.extract(2usize), x[at + 2], x[at + 6], shifts);
+                dot += q4_word(w.extract(3usize), x[at + 3], x[at + 7], shifts);
             } else {
-                // Word w: inputs 4w .. 4w + 3, vector w of the row.
-                let q = Vector::<f32, N>::cast_from((word & Vector::new(255u32)) ^ Vector::new(128u32))
-                    - Vector::new(128.0f32);
-                acc += q * Vector::cast_from(x[x_base + w]) * scale;
+                // Word t of group g: inputs 16g + 4t .. + 3, vector 4g + t of the row.
+                let at = x_base + g * 4;
+                dot += q8_word(w.extract(0usize), x[at], shifts);
+                dot += q8_word(w.extract(1usize), x[at + 1], shifts);
+                dot += q8_word(w.extract(2usize), x[at + 2], shifts);
+                dot += q8_word(w.extract(3usize), x[at + 3], shifts);
             }
+            acc += dot * scale;
         }
         let sum = plane_sum(Vector::vector_sum(acc));
         if lane == 0 {
@@ -221,7 +244,7 @@ fn output_block(rows_per_cube: usize, out_dim: usize) -> (usize, usize) {
 #[allow(clippy::too_many_arguments)]
 fn quant_matvec_kernel<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
-    words: &Tensor<u32>,
+    words: &Tensor<Vector<u32, N>>,
     scales: &Tensor<f32>,
     out: &mut Tensor<F>,
     out_dim: usize,
@@ -239,7 +262,7 @@ fn quant_matvec_kernel<F: Float, N: Size>(
 #[allow(clippy::too_many_arguments)]
 fn gathered_quant_matvec_kernel<F: Float, I: Int, N: Size>(
     x: &Tensor<Vector<F, N>>,
-    words: &Tensor<u32>,
+    words: &Tensor<Vector<u32, N>>,
     scales: &Tensor<f32>,
     ids: &Tensor<I>,
     out: &mut Tensor<F>,
