@@ -28,9 +28,8 @@ if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" / 2>/dev/null; done; ldc
 [ "${FRESH:-0}" = 1 ] && rm -rf ~/.cache/dsocr/kernels
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 FIX=tests/fixtures/reference-tiny
-step() { # name, command... (each step at most $LIMIT seconds; SKIP="name ..." leaves steps out)
+step() { # name, command... (each step at most $LIMIT seconds)
   local name=$1; shift
-  case " ${SKIP:-} " in *" $name "*) echo "$name skipped" | tee -a "$OUT/summary.txt"; return;; esac
   local t0=$EPOCHREALTIME
   timeout "${LIMIT:-300}" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   local t1=$EPOCHREALTIME
@@ -103,13 +102,12 @@ quant)
   step parity-q8       $BIN debug parity --fixture $FIX --device cuda --precision bf16 --quant q8
   step parity-q4       $BIN debug parity --fixture $FIX --device cuda --precision bf16 --quant q4
   step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --decode-tokens $T --skip-pages --json "$OUT/torch.json"
-  CMP=(); [ -f "$OUT/torch.json" ] && CMP=(--compare "$OUT/torch.json")
   for Q in none q8 q4; do
     QA=(); [ "$Q" = none ] || QA=(--quant "$Q")
-    step bench-$Q      $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 "${QA[@]}" --repeat $R --decode-tokens $T --skip-pages --json "$OUT/bench-$Q.json" "${CMP[@]}"
+    step bench-$Q      $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 "${QA[@]}" --repeat $R --decode-tokens $T --skip-pages --json "$OUT/bench-$Q.json" --compare "$OUT/torch.json"
   done
   step quantize-q8     $BIN quantize --model /tmp/full --quant q8 --out /tmp/full-q8 --quiet
-  step bench-q8-saved  $BIN bench --model /tmp/full-q8 --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-vision --skip-base --json "$OUT/bench-q8-saved.json" "${CMP[@]}"
+  step bench-q8-saved  $BIN bench --model /tmp/full-q8 --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-vision --skip-base --json "$OUT/bench-q8-saved.json" --compare "$OUT/torch.json"
   ;;
 batch)
   mkdir -p /tmp/full

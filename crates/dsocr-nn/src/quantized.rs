@@ -8,10 +8,8 @@
 //! read as little-endian u32 words.
 //!
 //! ```text
-//! scales: rows × blocks              f32, the block's d (w ≈ q · d, or (q − 8) · d for q4)
-//! words:  rows × blocks · 32 / v      u32 bit patterns (held in an i32 tensor), v = 4 (q8) or 8 (q4)
-//!         (both flat 1-D tensors, row after row: CubeCL pitches the rows of a 2-D allocation
-//!         to 256 bytes, and a pitched tensor would be copied to a dense one on every call)
+//! scales: [rows, blocks]            f32, the block's d (w ≈ q · d, or (q − 8) · d for q4)
+//! words:  [rows, blocks · 32 / v]    u32 bit patterns (held in an i32 tensor), v = 4 (q8) or 8 (q4)
 //!
 //! q8: word w holds values 4w .. 4w + 3 (byte j: value 4w + j, two's complement)
 //! q4: word t (0..3) of block b holds values 4t + j (low nibble of byte j) and 16 + 4t + j
@@ -39,10 +37,10 @@ use crate::quant::{blocks_per_row, Quant, BLOCK};
 #[derive(Debug, Clone)]
 pub struct QuantMatrix {
     quant: Quant,
-    /// `rows · words_per_row`, row after row.
-    words: Tensor<1, Int>,
-    /// `rows · blocks` f32, row after row.
-    scales: Tensor<1>,
+    /// `[rows, words_per_row]`.
+    words: Tensor<2, Int>,
+    /// `[rows, blocks]` f32.
+    scales: Tensor<2>,
     rows: usize,
     cols: usize,
 }
@@ -54,9 +52,10 @@ impl QuantMatrix {
         let (quant, scales, values) = host.quantized_parts()?;
         let (rows, cols) = (host.rows(), host.cols());
         let words: Vec<i32> = values.as_chunks::<4>().0.iter().map(|b| i32::from_le_bytes(*b)).collect();
-        let n = words.len();
-        let words = Tensor::<1, Int>::from_data(TensorData::new(words, [n]), (device, DType::I32));
-        let scales = Tensor::<1>::from_data(TensorData::new(scales.to_vec(), [scales.len()]), (device, DType::F32));
+        let per_row = words.len() / rows.max(1);
+        let words = Tensor::<2, Int>::from_data(TensorData::new(words, [rows, per_row]), (device, DType::I32));
+        let blocks = blocks_per_row(cols);
+        let scales = Tensor::<2>::from_data(TensorData::new(scales.to_vec(), [rows, blocks]), (device, DType::F32));
         Some(Self { quant, words, scales, rows, cols })
     }
 
@@ -80,8 +79,8 @@ impl QuantMatrix {
     pub fn narrow(&self, start: usize, count: usize) -> Self {
         Self {
             quant: self.quant,
-            words: self.words.clone().narrow(0, start * self.words_per_row(), count * self.words_per_row()),
-            scales: self.scales.clone().narrow(0, start * self.blocks(), count * self.blocks()),
+            words: self.words.clone().narrow(0, start, count),
+            scales: self.scales.clone().narrow(0, start, count),
             rows: count,
             cols: self.cols,
         }
@@ -105,17 +104,9 @@ impl QuantMatrix {
 
     /// Device bytes of the values and scales.
     pub fn size_bytes(&self) -> usize {
-        4 * (self.words.dims()[0] + self.scales.dims()[0])
-    }
-
-    /// Blocks (scales) per row.
-    pub fn blocks(&self) -> usize {
-        blocks_per_row(self.cols)
-    }
-
-    /// u32 words per row.
-    pub fn words_per_row(&self) -> usize {
-        self.blocks() * self.quant.block_bytes() / 4
+        let [r, w] = self.words.dims();
+        let [_, b] = self.scales.dims();
+        4 * r * (w + b)
     }
 
     /// The whole matrix dequantized to a `[rows, cols]` tensor of `dtype` (see [`dequantize`]).
@@ -123,8 +114,7 @@ impl QuantMatrix {
         dequantize(self, dtype)
     }
 
-    /// The flat words and scales.
-    pub(crate) fn parts(&self) -> (&Tensor<1, Int>, &Tensor<1>) {
+    pub(crate) fn parts(&self) -> (&Tensor<2, Int>, &Tensor<2>) {
         (&self.words, &self.scales)
     }
 }
@@ -132,9 +122,9 @@ impl QuantMatrix {
 /// `m`'s values as a `[rows, cols]` tensor of `dtype`, in plain Burn: the words unpacked by
 /// shifts and masks, the integers scaled by their block's f32 scale.
 pub fn dequantize(m: &QuantMatrix, dtype: DType) -> Tensor<2> {
-    let (rows, per_row, blocks) = (m.rows, m.words_per_row(), m.blocks());
     let (words, scales) = m.parts();
-    let words = words.clone().reshape([rows, per_row]);
+    let [rows, per_row] = words.dims();
+    let blocks = scales.dims()[1];
     let byte =
         |shift: usize, mask: i64| words.clone().bitwise_right_shift_scalar(shift as i64).bitwise_and_scalar(mask);
     let q = match m.quant {
@@ -149,6 +139,7 @@ pub fn dequantize(m: &QuantMatrix, dtype: DType) -> Tensor<2> {
                 let nibbles = (0..4).map(|j| byte(8 * j + 4 * high, 0x0F).sub_scalar(8)).collect();
                 Tensor::stack::<3>(nibbles, 2).reshape([rows, blocks, BLOCK / 2])
             };
+            debug_assert_eq!(per_row, blocks * 4);
             Tensor::cat(vec![half(0), half(1)], 2)
         }
     };
@@ -204,13 +195,10 @@ pub fn gathered_quant_matvec_reference(x: Tensor<2>, w: &QuantMatrix, out: usize
         + Tensor::<1, Int>::arange(0..out as i64, &device).reshape([1, out]))
     .reshape([slots * out]);
     let (words, scales) = w.parts();
-    let (words_per_row, blocks) = (w.words_per_row(), w.blocks());
-    let words = words.clone().reshape([w.rows, words_per_row]).select(0, rows.clone());
-    let scales = scales.clone().reshape([w.rows, blocks]).select(0, rows);
     let chosen = QuantMatrix {
         quant: w.quant,
-        words: words.reshape([slots * out * words_per_row]),
-        scales: scales.reshape([slots * out * blocks]),
+        words: words.clone().select(0, rows.clone()),
+        scales: scales.clone().select(0, rows),
         rows: slots * out,
         cols: w.cols,
     };

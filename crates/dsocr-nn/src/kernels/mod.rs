@@ -177,8 +177,6 @@ pub fn quant_matvec(x: Tensor<2>, w: &crate::QuantMatrix) -> Tensor<2> {
         x.into_dispatch(),
         words.clone().into_dispatch(),
         scales.clone().into_dispatch(),
-        w.rows(),
-        w.blocks(),
         q4,
     ))
 }
@@ -194,7 +192,6 @@ pub fn gathered_quant_matvec(x: Tensor<2>, w: &crate::QuantMatrix, out: usize, i
         scales.clone().into_dispatch(),
         ids.into_dispatch(),
         out,
-        w.blocks(),
         q4,
     ))
 }

@@ -37,13 +37,11 @@ const VECTOR: usize = 4;
 
 #[backend_extension(Cube, Fusion)]
 pub trait QuantMatvecOps: Backend {
-    #[fusion(shape = quant_shape(x, out_dim), dtype = x)]
+    #[fusion(shape = quant_shape(x, scales), dtype = x)]
     fn quant_matvec(
         x: FloatTensor<Self>,
         words: IntTensor<Self>,
         scales: FloatTensor<Self>,
-        out_dim: usize,
-        blocks: usize,
         q4: bool,
     ) -> FloatTensor<Self>;
 
@@ -54,13 +52,12 @@ pub trait QuantMatvecOps: Backend {
         scales: FloatTensor<Self>,
         ids: IntTensor<Self>,
         out_dim: usize,
-        blocks: usize,
         q4: bool,
     ) -> FloatTensor<Self>;
 }
 
-fn quant_shape(x: &Shape, out_dim: &usize) -> Shape {
-    Shape::new([x[0], *out_dim])
+fn quant_shape(x: &Shape, scales: &Shape) -> Shape {
+    Shape::new([x[0], scales[0]])
 }
 
 fn gathered_shape(ids: &Shape, out_dim: &usize) -> Shape {
@@ -68,17 +65,10 @@ fn gathered_shape(ids: &Shape, out_dim: &usize) -> Shape {
 }
 
 impl QuantMatvecOps for CubeBackend {
-    fn quant_matvec(
-        x: CubeTensor,
-        words: CubeTensor,
-        scales: CubeTensor,
-        out_dim: usize,
-        blocks: usize,
-        q4: bool,
-    ) -> CubeTensor {
-        // `words` and `scales` are 1-D (never pitched): contiguous already.
+    fn quant_matvec(x: CubeTensor, words: CubeTensor, scales: CubeTensor, q4: bool) -> CubeTensor {
         let (x, words, scales) = (into_contiguous(x), into_contiguous(words), into_contiguous(scales));
         let (rows, k) = (x.shape()[0], x.shape()[1]);
+        let (out_dim, blocks) = (scales.shape()[0], scales.shape()[1]);
         let out =
             empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([rows, out_dim]), x.dtype);
         if rows == 0 || out_dim == 0 || k == 0 {
@@ -109,13 +99,12 @@ impl QuantMatvecOps for CubeBackend {
         scales: CubeTensor,
         ids: CubeTensor,
         out_dim: usize,
-        blocks: usize,
         q4: bool,
     ) -> CubeTensor {
         let (x, words, scales, ids) =
             (into_contiguous(x), into_contiguous(words), into_contiguous(scales), into_contiguous(ids));
         let (n, k) = (x.shape()[0], x.shape()[1]);
-        let slots = ids.shape()[0];
+        let (slots, blocks) = (ids.shape()[0], scales.shape()[1]);
         let out =
             empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([slots, out_dim]), x.dtype);
         if slots == 0 || out_dim == 0 || n == 0 || k == 0 {
