@@ -28,8 +28,8 @@ use burn_cubecl::CubeBackend;
 use cubecl::num_traits::Zero;
 use cubecl::prelude::*;
 
-/// Units per cube.
-const CUBE_UNITS: u32 = 256;
+/// Units per cube (also the quantized kernels', [`super::quant_matvec`]).
+pub(super) const CUBE_UNITS: u32 = 256;
 /// Output elements per cube: one per plane of 32 lanes.
 const ROWS_PER_CUBE: usize = 8;
 /// The largest cube count on one grid axis that every runtime accepts.
@@ -115,9 +115,16 @@ impl MatvecOps for CubeBackend {
 /// per cube and the grid: `rows` on x, output blocks on y (under the grid limit).
 fn launch_shape(x: &CubeTensor, k: usize, rows: usize, out_dim: usize) -> (usize, usize, CubeCount) {
     let vector = x.client.io_optimized_vector_sizes(x.dtype.size()).filter(|v| k.is_multiple_of(*v)).max().unwrap_or(1);
+    let (rows_per_cube, count) = grid(rows, out_dim);
+    (vector, rows_per_cube, count)
+}
+
+/// The output elements per cube and the grid: `rows` on x, output blocks on y (under the grid
+/// limit). Also the quantized kernels'.
+pub(super) fn grid(rows: usize, out_dim: usize) -> (usize, CubeCount) {
     let rows_per_cube = ROWS_PER_CUBE.max(out_dim.div_ceil(MAX_GRID));
     let blocks = out_dim.div_ceil(rows_per_cube);
-    (vector, rows_per_cube, CubeCount::Static(rows as u32, blocks as u32, 1))
+    (rows_per_cube, CubeCount::Static(rows as u32, blocks as u32, 1))
 }
 
 /// The dot products of one `x` row (`x_base`, in vectors) with the weight rows
@@ -153,7 +160,7 @@ fn plane_dots<F: Float, N: Size>(
 
 /// The cube's block of output elements, clipped to `out_dim`.
 #[cube]
-fn block(rows_per_cube: usize, out_dim: usize) -> (usize, usize) {
+pub(super) fn block(rows_per_cube: usize, out_dim: usize) -> (usize, usize) {
     let first = CUBE_POS_Y as usize * rows_per_cube;
     let mut last = first + rows_per_cube;
     if last > out_dim {

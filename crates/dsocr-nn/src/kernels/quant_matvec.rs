@@ -26,12 +26,8 @@ use burn_cubecl::CubeBackend;
 use cubecl::num_traits::Zero;
 use cubecl::prelude::*;
 
-/// Units per cube.
-const CUBE_UNITS: u32 = 256;
-/// Output elements per cube: one per plane of 32 lanes.
-const ROWS_PER_CUBE: usize = 8;
-/// The largest cube count on one grid axis that every runtime accepts.
-const MAX_GRID: usize = 65_535;
+use super::matvec::{block, grid, CUBE_UNITS};
+
 /// Inputs and words are read 4 at a time.
 const VECTOR: usize = 4;
 
@@ -74,7 +70,7 @@ impl QuantMatvecOps for CubeBackend {
         if rows == 0 || out_dim == 0 || k == 0 {
             return out;
         }
-        let (rows_per_cube, count) = launch_shape(rows, out_dim);
+        let (rows_per_cube, count) = grid(rows, out_dim);
         quant_matvec_kernel::launch(
             &out.client.clone(),
             count,
@@ -111,7 +107,7 @@ impl QuantMatvecOps for CubeBackend {
             return out;
         }
         let per_row = (slots / n).max(1);
-        let (rows_per_cube, count) = launch_shape(slots, out_dim);
+        let (rows_per_cube, count) = grid(slots, out_dim);
         let dtypes = [dtype_to_storage_type(x.dtype), dtype_to_storage_type(ids.dtype)];
         gathered_quant_matvec_kernel::launch(
             &out.client.clone(),
@@ -132,13 +128,6 @@ impl QuantMatvecOps for CubeBackend {
         );
         out
     }
-}
-
-/// Output elements per cube and the grid: `rows` on x, output blocks on y (under the limit).
-fn launch_shape(rows: usize, out_dim: usize) -> (usize, CubeCount) {
-    let rows_per_cube = ROWS_PER_CUBE.max(out_dim.div_ceil(MAX_GRID));
-    let cubes = out_dim.div_ceil(rows_per_cube);
-    (rows_per_cube, CubeCount::Static(rows as u32, cubes as u32, 1))
 }
 
 /// The bit offsets 0, 8, 16, 24 of a word's bytes, one per vector lane.
@@ -229,17 +218,6 @@ fn quant_plane_dots<F: Float, N: Size>(
     }
 }
 
-/// The cube's block of output elements, clipped to `out_dim`.
-#[cube]
-fn output_block(rows_per_cube: usize, out_dim: usize) -> (usize, usize) {
-    let first = CUBE_POS_Y as usize * rows_per_cube;
-    let mut last = first + rows_per_cube;
-    if last > out_dim {
-        last = out_dim;
-    }
-    (first, last)
-}
-
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn quant_matvec_kernel<F: Float, N: Size>(
@@ -254,7 +232,7 @@ fn quant_matvec_kernel<F: Float, N: Size>(
     #[define(F)] _dtype: ElemType,
 ) {
     let row = CUBE_POS_X as usize;
-    let (first, last) = output_block(rows_per_cube, out_dim);
+    let (first, last) = block(rows_per_cube, out_dim);
     quant_plane_dots(x, row * blocks * 8, words, scales, 0, blocks, out, row * out_dim, first, last, q4);
 }
 
@@ -275,7 +253,7 @@ fn gathered_quant_matvec_kernel<F: Float, I: Int, N: Size>(
 ) {
     let slot = CUBE_POS_X as usize;
     let matrix = usize::cast_from(ids[slot]);
-    let (first, last) = output_block(rows_per_cube, out_dim);
+    let (first, last) = block(rows_per_cube, out_dim);
     quant_plane_dots(
         x,
         (slot / per_row) * blocks * 8,
