@@ -118,11 +118,12 @@ proptest! {
 
     #[test]
     fn mutated_images_decode_or_fail_cleanly(
-        format in 0usize..6,
+        format in 0usize..9,
         edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
         cut in proptest::option::of(any::<prop::sample::Index>()),
     ) {
-        let mut bytes = encoded_images()[format].clone();
+        let (name, bytes) = &encoded_images()[format];
+        let mut bytes = bytes.clone();
         for (at, value) in edits {
             let i = at.index(bytes.len());
             bytes[i] = value;
@@ -130,7 +131,7 @@ proptest! {
         if let Some(cut) = cut {
             bytes.truncate(cut.index(bytes.len()));
         }
-        if let Ok(image) = load_image_from_memory(&bytes, "fuzz.img") {
+        if let Ok(image) = load_image_from_memory(&bytes, name) {
             prop_assert!(image.width() > 0 && image.height() > 0);
             for mode in Mode::ALL {
                 let prepared = preprocess(&image, mode);
@@ -196,24 +197,35 @@ proptest! {
 }
 
 /// A small picture in six formats (PNG, JPEG, GIF, BMP, TIFF, WebP), encoded once.
-fn encoded_images() -> &'static [Vec<u8>] {
-    static IMAGES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+/// The seed images, each with the name it is loaded under (TGA is recognised by its extension).
+fn encoded_images() -> &'static [(String, Vec<u8>)] {
+    static IMAGES: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
     IMAGES.get_or_init(|| {
         let image = RgbImage::from_fn(23, 17, |x, y| image::Rgb([(x * 11) as u8, (y * 15) as u8, ((x + y) * 7) as u8]));
         let dynamic = DynamicImage::ImageRgb8(image);
-        [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Gif, ImageFormat::Bmp, ImageFormat::Tiff, ImageFormat::WebP]
-            .into_iter()
-            .map(|format| {
-                let mut out = Cursor::new(Vec::new());
-                let encoded = match format {
-                    // The WebP encoder of `image` writes RGBA/RGB lossless; GIF needs RGBA.
-                    ImageFormat::Gif => DynamicImage::ImageRgba8(dynamic.to_rgba8()).write_to(&mut out, format),
-                    _ => dynamic.write_to(&mut out, format),
-                };
-                encoded.unwrap_or_else(|e| panic!("encoding {format:?}: {e}"));
-                out.into_inner()
-            })
-            .collect()
+        [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Gif,
+            ImageFormat::Bmp,
+            ImageFormat::Tiff,
+            ImageFormat::WebP,
+            ImageFormat::Pnm,
+            ImageFormat::Tga,
+            ImageFormat::Ico,
+        ]
+        .into_iter()
+        .map(|format| {
+            let mut out = Cursor::new(Vec::new());
+            let encoded = match format {
+                // The WebP encoder of `image` writes RGBA/RGB lossless; GIF needs RGBA.
+                ImageFormat::Gif => DynamicImage::ImageRgba8(dynamic.to_rgba8()).write_to(&mut out, format),
+                _ => dynamic.write_to(&mut out, format),
+            };
+            encoded.unwrap_or_else(|e| panic!("encoding {format:?}: {e}"));
+            (format!("fuzz.{}", format.extensions_str()[0]), out.into_inner())
+        })
+        .collect()
     })
 }
 

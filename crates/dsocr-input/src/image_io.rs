@@ -84,6 +84,11 @@ fn decode_unguarded(bytes: &[u8], path: PathBuf, options: &LoadOptions) -> Resul
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| PromptError::Corrupt { path: path.clone(), message: e.to_string() })?;
+    // TGA has no signature: a file the bytes do not identify is read as TGA by its extension,
+    // as Pillow does.
+    if reader.format().is_none() && ImageFormat::from_path(&path).ok() == Some(ImageFormat::Tga) {
+        reader.set_format(ImageFormat::Tga);
+    }
     let Some(format) = reader.format() else {
         return Err(PromptError::UnknownFormat { path });
     };

@@ -93,14 +93,17 @@ fn text_file_renamed_png() {
 
 #[test]
 fn unsupported_format() {
-    // A valid binary PPM: recognised, but this build decodes only PNG/JPEG/WebP/TIFF/BMP/GIF.
+    // A valid farbfeld image (2x2, 16-bit RGBA): recognised by its signature, but not a format
+    // this build decodes (docs/cli.md lists those).
     let dir = scratch("unsupported");
-    let mut ppm = b"P6\n2 2\n255\n".to_vec();
-    ppm.extend_from_slice(&[200; 12]);
-    let path = write(&dir, "scan.ppm", &ppm);
+    let mut ff = b"farbfeld".to_vec();
+    ff.extend_from_slice(&2u32.to_be_bytes());
+    ff.extend_from_slice(&2u32.to_be_bytes());
+    ff.extend_from_slice(&[200; 32]);
+    let path = write(&dir, "scan.ff", &ff);
     let err = load_image(&path).unwrap_err();
     assert!(matches!(err, PromptError::UnsupportedFormat { .. }), "{err:?}");
-    assert_names_file(&err, "scan.ppm");
+    assert_names_file(&err, "scan.ff");
 }
 
 #[test]
@@ -333,4 +336,32 @@ fn huge_declared_webp_is_refused_by_the_pixel_limit() {
     // Within the limit but undecodable: corrupt, not "zero size".
     let err = load_image_from_memory(&webp_declaring(100, 100), "small.webp").unwrap_err();
     assert!(matches!(err, PromptError::Corrupt { .. }), "{err:?}");
+}
+
+/// The everyday formats beyond the six main ones (PPM/PGM/PBM, TGA plain, RLE, with alpha and
+/// grey, ICO), each loaded exactly as Pillow's `Image.open(p).convert("RGB")` gives it: the
+/// expected bytes were written by Pillow (`tests/fixtures/formats/make.py`, its README).
+#[test]
+fn everyday_formats_load_as_pillow_reads_them() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/formats");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let expected = expected.as_object().unwrap();
+    assert_eq!(expected.len(), 8, "{expected:?}");
+    for (name, size) in expected {
+        let path = dir.join(name);
+        let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
+        let got = load_image(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let size = (size["width"].as_u64().unwrap() as u32, size["height"].as_u64().unwrap() as u32);
+        assert_eq!(got.dimensions(), size, "{name}");
+        assert_eq!(got.as_raw(), &want, "{name}: pixels differ from Pillow's");
+        // From memory, the name's extension stands in for the path's (TGA has no signature).
+        let bytes = std::fs::read(&path).unwrap();
+        let got = load_image_from_memory(&bytes, name).unwrap_or_else(|e| panic!("{name} from memory: {e}"));
+        assert_eq!(got.as_raw(), &want, "{name} from memory");
+    }
+    // Without a .tga name the bytes of a TGA file are not guessed.
+    let tga = std::fs::read(dir.join("rgb.tga")).unwrap();
+    let err = load_image_from_memory(&tga, "upload.bin").unwrap_err();
+    assert!(matches!(err, PromptError::UnknownFormat { .. }), "{err:?}");
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 /// Extensions picked up inside folders (ASCII case-insensitive). Files named on the command
 /// line are taken whatever their extension.
-pub const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp", "gif"];
+pub const IMAGE_EXTENSIONS: [&str; 14] =
+    ["png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp", "gif", "ppm", "pgm", "pbm", "pnm", "tga", "ico"];
 pub const PDF_EXTENSION: &str = "pdf";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
