@@ -16,9 +16,13 @@
 //!     (high nibble) of the block
 //! ```
 //!
-//! So the kernels give each lane one word at a time, and consecutive lanes read consecutive
-//! words and consecutive 4-wide vectors of `x` (coalesced). A q8 byte's sign is restored as
-//! `(b ^ 128) − 128`.
+//! So a kernel lane reads 4 consecutive words (16 bytes) at a time, and each word lines up with
+//! 4-wide vectors of `x`. A q8 byte's sign is restored as `(b ^ 128) − 128`.
+//!
+//! Known cost (docs/performance.md, "Quantized weights on the GPU"): on CUDA, CubeCL may pitch
+//! the rows of these 2-D tensors (pad them for alignment). Rows that are not a multiple of 256
+//! bytes, such as the 160-byte scale rows of a 1,280-wide matrix, are then not contiguous, and
+//! the kernels' launch copies them. Flat 1-D tensors avoid that, but this is not measured yet.
 //!
 //! The reference ([`dequantize`], [`quant_matvec_reference`]) unpacks with integer tensor ops,
 //! scales, and multiplies in the activation dtype; it is the path of devices without the

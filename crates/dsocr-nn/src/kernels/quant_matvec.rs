@@ -13,7 +13,8 @@
 //! Each word is broadcast to a 4-wide vector, shifted by 0, 8, 16, 24 bits (and 4 more for q4's
 //! high nibbles) and masked: 4 weights lined up with an `x` vector. Sums run in f32, scaled per
 //! group by its block's scale; `plane_sum` adds the lanes. (Measured on the H200 against one word
-//! per lane, 4 bytes a load: docs/performance.md.) Rows must be whole blocks (`in` a multiple of 32: [`super::quant_available`]).
+//! per lane, 4 bytes a load: docs/performance.md.) Rows must be whole blocks (`in` a multiple of
+//! 32: [`super::quant_available`]).
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::{FloatTensor, IntTensor};
