@@ -365,3 +365,32 @@ fn everyday_formats_load_as_pillow_reads_them() {
     let err = load_image_from_memory(&tga, "upload.bin").unwrap_err();
     assert!(matches!(err, PromptError::UnknownFormat { .. }), "{err:?}");
 }
+
+/// PNM, TGA and ICO headers declaring more pixels than the limit are refused from the header,
+/// before any pixel is read or allocated, like PNG's and WebP's.
+#[test]
+fn oversized_declared_dimensions_are_refused_in_the_new_formats() {
+    let mut tga = vec![0u8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]; // uncompressed true-colour, no colour map
+    tga.extend_from_slice(&60_000u16.to_le_bytes());
+    tga.extend_from_slice(&60_000u16.to_le_bytes());
+    tga.extend_from_slice(&[24, 0]);
+    // An ICO directory of one 256×256 (0 = 256) PNG entry whose PNG header says 20000×20000
+    // (with a stub IDAT: the ICO decoder reads the PNG's chunks before its size is known).
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&20_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&20_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png.extend(png_chunk(b"IHDR", &ihdr));
+    png.extend(png_chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    png.extend(png_chunk(b"IEND", &[]));
+    let mut ico = vec![0u8, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 32, 0];
+    ico.extend_from_slice(&(png.len() as u32).to_le_bytes());
+    ico.extend_from_slice(&22u32.to_le_bytes());
+    ico.extend(png);
+    for (name, bytes) in [("huge.ppm", b"P6\n30000 30000\n255\n".to_vec()), ("huge.tga", tga), ("huge.ico", ico)] {
+        let err = load_image_from_memory(&bytes, name).unwrap_err();
+        assert!(matches!(err, PromptError::TooManyPixels { width, .. } if width >= 20_000), "{name}: {err:?}");
+        assert!(err.to_string().contains(name), "{name}: {err}");
+    }
+}
