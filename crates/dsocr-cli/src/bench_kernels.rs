@@ -18,13 +18,10 @@ use anyhow::{Context, Result};
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 use clap::Args;
-use dsocr_nn::host::HostMatrix;
 use dsocr_nn::matvec::{gathered_matvec_reference, matvec_reference};
-use dsocr_nn::quantized::{gathered_quant_matvec_reference, quant_matvec_reference};
+use dsocr_nn::quantized::{gathered_quant_matvec_reference, quant_matvec_reference, quantize_tensor};
 use dsocr_nn::rms_norm::{add_rms_norm_reference, rms_norm_reference};
-use dsocr_nn::{
-    add_rms_norm, gathered_matvec, gathered_quant_matvec, matvec, quant_matvec, relative_error, rms_norm, QuantMatrix,
-};
+use dsocr_nn::{add_rms_norm, gathered_matvec, gathered_quant_matvec, matvec, quant_matvec, relative_error, rms_norm};
 use dsocr_weights::{Backend, Precision};
 use serde::Serialize;
 
@@ -118,7 +115,8 @@ pub fn run(args: KernelArgs) -> Result<ExitCode> {
         let (kernel, reference, want, used, weight_bytes): (Op, Op, _, _, _) = match (case.gathered, args.quant) {
             (gathered, Some(quant)) => {
                 let (experts, per_row) = gathered.unwrap_or((1, 1));
-                let (w, dequantized) = quantized(quant, experts * case.out, case.k, &device)?;
+                let w = Tensor::<2>::random([experts * case.out, case.k], Distribution::Normal(0.0, 0.05), &device);
+                let (w, dequantized) = quantize_tensor(quant, w);
                 let slots = case.rows * per_row;
                 let ids: Vec<i64> = (0..slots).map(|s| ((s * 11 + s / per_row * 7) % experts) as i64).collect();
                 let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
@@ -273,17 +271,6 @@ pub fn run(args: KernelArgs) -> Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A random `[rows, cols]` weight quantized on the host and uploaded, and its dequantized
-/// values as an f32 tensor (the oracle's weight).
-fn quantized(quant: dsocr_nn::Quant, rows: usize, cols: usize, device: &Device) -> Result<(QuantMatrix, Tensor<2>)> {
-    let w = Tensor::<2>::random([rows, cols], Distribution::Normal(0.0, 0.05), device);
-    let raw: Vec<u8> = w.into_data().iter::<f32>().flat_map(f32::to_le_bytes).collect();
-    let host = HostMatrix::quantize(quant, DType::F32, &raw, rows, cols);
-    let dequantized = Tensor::<2>::from_data(TensorData::new(host.dequantize(), [rows, cols]), (device, DType::F32));
-    let on_device = QuantMatrix::from_host(&host, device).context("a quantized matrix has its device form")?;
-    Ok((on_device, dequantized))
 }
 
 fn kernel_used<const D: usize>(x: &Tensor<2>, w: &Tensor<D>) -> bool {

@@ -57,7 +57,7 @@ use burn::prelude::*;
 /// reports: `dsocr bench kernels --quant`).
 pub fn kernels_used_for_quant(x: &Tensor<2>, w: &QuantMatrix) -> bool {
     #[cfg(feature = "kernels")]
-    return kernels::quant_available(x, w);
+    return kernels::quant_available(kernels::Kernel::Matvec, x, w);
     #[cfg(not(feature = "kernels"))]
     {
         let _ = (x, w);

@@ -123,6 +123,21 @@ impl QuantMatrix {
     }
 }
 
+/// `w` (`[rows, cols]`, any float dtype) quantized on the host as loading does, uploaded to its
+/// device, and its dequantized values as an f32 tensor there, computed by the host's scalar
+/// dequantization (so independent of the device layout): the oracle of the kernel checks and of
+/// `dsocr bench kernels --quant`.
+pub fn quantize_tensor(quant: Quant, w: Tensor<2>) -> (QuantMatrix, Tensor<2>) {
+    let [rows, cols] = w.dims();
+    let device = w.device();
+    let raw: Vec<u8> = w.cast(DType::F32).into_data().iter::<f32>().flat_map(f32::to_le_bytes).collect();
+    let host = HostMatrix::quantize(quant, DType::F32, &raw, rows, cols);
+    let dequantized = Tensor::<2>::from_data(TensorData::new(host.dequantize(), [rows, cols]), (&device, DType::F32));
+    // `HostMatrix::quantize` always gives a quantized matrix, which always has its device form.
+    let on_device = QuantMatrix::from_host(&host, &device).unwrap_or_else(|| unreachable!("quantized"));
+    (on_device, dequantized)
+}
+
 /// `m`'s values as a `[rows, cols]` tensor of `dtype`, in plain Burn: the words unpacked by
 /// shifts and masks, the integers scaled by their block's f32 scale.
 pub fn dequantize(m: &QuantMatrix, dtype: DType) -> Tensor<2> {
@@ -155,7 +170,9 @@ pub fn dequantize(m: &QuantMatrix, dtype: DType) -> Tensor<2> {
 /// have it (a few rows), the reference otherwise.
 pub fn quant_matvec(x: Tensor<2>, w: &QuantMatrix) -> Tensor<2> {
     #[cfg(feature = "kernels")]
-    if x.dims()[0] <= crate::matvec::MATVEC_MAX_ROWS && crate::kernels::quant_available(&x, w) {
+    if x.dims()[0] <= crate::matvec::MATVEC_MAX_ROWS
+        && crate::kernels::quant_available(crate::kernels::Kernel::Matvec, &x, w)
+    {
         return crate::kernels::quant_matvec(x, w);
     }
     quant_matvec_reference(x, w)
@@ -182,7 +199,7 @@ pub fn quant_matvec_reference(x: Tensor<2>, w: &QuantMatrix) -> Tensor<2> {
 /// `x[s / (S / n)] · W[ids[s]]ᵀ` (see [`crate::matvec::gathered_matvec`]).
 pub fn gathered_quant_matvec(x: Tensor<2>, w: &QuantMatrix, out: usize, ids: Tensor<1, Int>) -> Tensor<2> {
     #[cfg(feature = "kernels")]
-    if crate::kernels::quant_available(&x, w) && crate::kernels::Kernel::GatheredMatvec.enabled() {
+    if crate::kernels::quant_available(crate::kernels::Kernel::GatheredMatvec, &x, w) {
         return crate::kernels::gathered_quant_matvec(x, w, out, ids);
     }
     gathered_quant_matvec_reference(x, w, out, ids)

@@ -9,10 +9,9 @@
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 
-use crate::host::HostMatrix;
 use crate::matvec::{gathered_matvec_reference, matvec_reference};
 use crate::quant::Quant;
-use crate::quantized::{gathered_quant_matvec_reference, quant_matvec_reference, QuantMatrix};
+use crate::quantized::{gathered_quant_matvec_reference, quant_matvec_reference, quantize_tensor, QuantMatrix};
 use crate::relative_error;
 use crate::rms_norm::{add_rms_norm_reference, rms_norm_reference};
 use crate::rope::rope_rows_reference;
@@ -106,17 +105,9 @@ fn decode_attention_oracle(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Tenso
     (p.reshape([b, h, capacity, 1]) * v).sum_dim(2)
 }
 
-/// A random `[rows, cols]` weight quantized on the host, on `device` in the device layout, and
-/// its dequantized values as an f32 tensor (the oracle's weight, through the host's scalar
-/// dequantization: independent of the device layout).
+/// A random `[rows, cols]` weight, quantized ([`quantize_tensor`]), with its oracle.
 fn quantized(quant: Quant, rows: usize, cols: usize, device: &Device) -> (QuantMatrix, Tensor<2>) {
-    let w = Tensor::<2>::random([rows, cols], Distribution::Normal(0.0, 1.0), device);
-    let raw: Vec<u8> = w.into_data().iter::<f32>().flat_map(f32::to_le_bytes).collect();
-    let host = HostMatrix::quantize(quant, DType::F32, &raw, rows, cols);
-    let dequantized = Tensor::<2>::from_data(TensorData::new(host.dequantize(), [rows, cols]), (device, DType::F32));
-    // A quantized host matrix always has its device form.
-    let on_device = QuantMatrix::from_host(&host, device).unwrap_or_else(|| unreachable!("quantized"));
-    (on_device, dequantized)
+    quantize_tensor(quant, Tensor::<2>::random([rows, cols], Distribution::Normal(0.0, 1.0), device))
 }
 
 fn f32<const D: usize>(t: &Tensor<D>) -> Tensor<D> {

@@ -105,10 +105,11 @@ pub fn available<const D: usize, const E: usize>(kernel: Kernel, x: &Tensor<D>, 
         && plane_ops(&x.device())
 }
 
-/// Whether the quantized products can take `x` against `w`: the `matvec` switch on, a float
+/// Whether the quantized form of `kernel` ([`Kernel::Matvec`] or [`Kernel::GatheredMatvec`],
+/// the same switches as the float products) can take `x` against `w`: switched on, a float
 /// dtype of the kernels, plane operations, and rows of whole blocks of 32.
-pub fn quant_available(x: &Tensor<2>, w: &crate::QuantMatrix) -> bool {
-    Kernel::Matvec.enabled()
+pub fn quant_available(kernel: Kernel, x: &Tensor<2>, w: &crate::QuantMatrix) -> bool {
+    kernel.enabled()
         && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
         && w.cols().is_multiple_of(crate::quant::BLOCK)
         && x.dims()[1] == w.cols()
