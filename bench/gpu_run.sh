@@ -14,6 +14,9 @@
 #        against the float ones), parity of a q8/q4
 #        decoder (bf16 activations), decode tokens/s and peak device memory next to bf16 and PyTorch
 #        (TOKENS forced), and a saved q8 folder (dsocr quantize) loaded.
+# vision: the vision half (and prefill) of the new binary against the one in .carry/dsocr-base.xz (if
+#         present), flash attention on and off (DSOCR_KERNELS), PyTorch beside; the flash check at
+#         the real shapes; CUDA parity; a CubeCL kernel profile of the vision stages.
 # batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -108,6 +111,28 @@ quant)
   done
   step quantize-q8     $BIN quantize --model /tmp/full --quant q8 --out /tmp/full-q8 --quiet
   step bench-q8-saved  $BIN bench --model /tmp/full-q8 --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens $T --skip-pages --skip-vision --skip-base --json "$OUT/bench-q8-saved.json" --compare "$OUT/torch.json"
+  ;;
+vision)
+  mkdir -p /tmp/full
+  [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
+  R=${REPEAT:-5}
+  VA=(--image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --skip-decode --skip-pages --skip-breakdown)
+  step kernels-check-bf16 $BIN debug kernels --device cuda --precision bf16 --real
+  step torch-vision    env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --skip-decode --skip-pages --json "$OUT/torch.json"
+  if [ -f .carry/dsocr-base.xz ]; then
+    xz -dc .carry/dsocr-base.xz > /tmp/dsocr-base && chmod +x /tmp/dsocr-base
+    step vision-base   /tmp/dsocr-base bench --model /tmp/full "${VA[@]}" --json "$OUT/vision-base.json" --compare "$OUT/torch.json"
+  fi
+  step vision-new      $BIN bench --model /tmp/full "${VA[@]}" --json "$OUT/vision-new.json" --compare "$OUT/torch.json"
+  step prefill-grouped $BIN bench --model /tmp/full "${VA[@]}" --skip-vision --skip-base --experts gathered-grouped --json "$OUT/prefill-grouped.json" --compare "$OUT/torch.json"
+  step vision-noflash  env DSOCR_KERNELS=matvec,gathered,rms_norm_decode,attention,rope $BIN bench --model /tmp/full "${VA[@]}" --json "$OUT/vision-noflash.json" --compare "$OUT/torch.json"
+  step cuda-bf16       $BIN debug parity --fixture $FIX --device cuda --precision bf16
+  step cuda-f32        $BIN debug parity --fixture $FIX --device cuda --precision f32
+  for B in ${PROFILE_BINS:-$BIN}; do
+    n=$(basename $B)
+    CUBECL_DEBUG_LOG=/tmp/vprofile-$n.log CUBECL_DEBUG_OPTION=profile step vprofile-$n $B bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat 1 --skip-base --skip-prefill --skip-decode --skip-pages --skip-breakdown
+    xz -T4 -c /tmp/vprofile-$n.log > "$OUT/vprofile-$n.log.xz"
+  done
   ;;
 batch)
   mkdir -p /tmp/full

@@ -97,7 +97,7 @@ pub struct BenchArgs {
     /// adds a table of dsocr / PyTorch ratios.
     #[arg(long)]
     compare: Option<PathBuf>,
-    /// MoE expert path: auto, on-device or host-grouped.
+    /// MoE expert path: auto, on-device (gathered decode, dense prefill), gathered-grouped or host-grouped.
     #[arg(long, default_value = "auto")]
     experts: String,
     /// Seed of the random checkpoint, when one has to be written.

@@ -43,6 +43,10 @@ use crate::{DecoderConfig, DecoderError};
 /// experts, top 6.
 pub const GATHER_FACTOR: usize = 2;
 
+/// Tokens per call of [`Moe::forward_dense`]: bounds its `[tokens, E·2I]` intermediate (1 GiB
+/// in bf16 for DeepSeek-OCR's 64 experts of 2 × 896) when many prompts prefill together.
+pub const DENSE_CHUNK: usize = 4096;
+
 /// Which expert path a MoE layer takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExpertDispatch {
@@ -53,8 +57,12 @@ pub enum ExpertDispatch {
     #[default]
     Auto,
     /// [`Moe::forward_gathered`] whenever `tokens · top_k ≤ GATHER_FACTOR · n_routed_experts` (every decode
-    /// step), [`Moe::forward_grouped`] otherwise (prefill).
+    /// step), [`Moe::forward_dense`] otherwise (prefill; quantized experts take
+    /// [`Moe::forward_grouped`]): no host read at all.
     OnDevice,
+    /// Like [`OnDevice`](Self::OnDevice) for small batches, [`Moe::forward_grouped`] for
+    /// prompts (the GPU default until 2026-12-04, kept for measurements).
+    GatheredGrouped,
     /// Always [`Moe::forward_grouped`] (one host read of the top-k indices per layer and call).
     HostGrouped,
 }
@@ -62,13 +70,19 @@ pub enum ExpertDispatch {
 impl std::str::FromStr for ExpertDispatch {
     type Err = String;
 
-    /// `auto`, `on-device` or `host-grouped` (case-insensitive; `gathered` and `grouped` too).
+    /// `auto`, `on-device`, `gathered-grouped` or `host-grouped` (case-insensitive; `gathered`,
+    /// `dense` and `grouped` too).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.to_ascii_lowercase().as_str() {
             "auto" => ExpertDispatch::Auto,
-            "on-device" | "ondevice" | "gathered" => ExpertDispatch::OnDevice,
+            "on-device" | "ondevice" | "gathered" | "dense" => ExpertDispatch::OnDevice,
+            "gathered-grouped" => ExpertDispatch::GatheredGrouped,
             "host-grouped" | "hostgrouped" | "grouped" => ExpertDispatch::HostGrouped,
-            other => return Err(format!("unknown expert dispatch `{other}`: use auto, on-device or host-grouped")),
+            other => {
+                return Err(format!(
+                    "unknown expert dispatch `{other}`: use auto, on-device, gathered-grouped or host-grouped"
+                ))
+            }
         })
     }
 }
@@ -77,10 +91,15 @@ impl ExpertDispatch {
     /// Whether small batches gather weights on the device, for tensors living on `device`.
     fn gathers_on(self, device: &Device) -> bool {
         match self {
-            ExpertDispatch::OnDevice => true,
+            ExpertDispatch::OnDevice | ExpertDispatch::GatheredGrouped => true,
             ExpertDispatch::HostGrouped => false,
             ExpertDispatch::Auto => !is_host_device(device),
         }
+    }
+
+    /// Whether prompts take the dense product ([`Moe::forward_dense`]) where weights gather.
+    fn dense_prompts(self) -> bool {
+        !matches!(self, ExpertDispatch::GatheredGrouped)
     }
 }
 
@@ -118,6 +137,8 @@ pub struct Moe {
     routed_scaling_factor: f64,
     /// Resolved [`ExpertDispatch`]: gather weights on the device for small batches.
     gather_on_device: bool,
+    /// Resolved [`ExpertDispatch`]: with `gather_on_device`, prompts take the dense product.
+    dense_prompts: bool,
 }
 
 impl Moe {
@@ -156,12 +177,14 @@ impl Moe {
             norm_topk_prob: cfg.norm_topk_prob,
             routed_scaling_factor: cfg.routed_scaling_factor,
             gather_on_device,
+            dense_prompts: true,
         })
     }
 
     /// Chooses the expert path; packs the experts (one copy) if on-device gathering needs it.
     pub fn set_dispatch(&mut self, dispatch: ExpertDispatch) {
         self.gather_on_device = dispatch.gathers_on(&self.router.device());
+        self.dense_prompts = dispatch.dense_prompts();
         if let (true, Experts::Separate(experts)) = (self.gather_on_device, &self.experts) {
             self.experts = pack(experts);
         }
@@ -189,6 +212,8 @@ impl Moe {
         let routed = if self.gather_on_device && b * t * self.top_k <= GATHER_FACTOR * self.num_experts {
             // `gather_on_device` implies packed experts (load / set_dispatch).
             self.forward_gathered(x.clone(), indices, weights)
+        } else if self.gather_on_device && self.dense_prompts {
+            self.forward_dense(x.clone(), indices, weights)
         } else {
             self.forward_grouped(x.clone(), indices, weights)
         };
@@ -299,6 +324,50 @@ impl Moe {
             }
         }
         Some(Tensor::<2>::from_data(TensorData::new(out, [n, d]), (&device, DType::F32)).cast(dtype))
+    }
+
+    /// Every expert over every token, the routing weights as a mask: three large matrix
+    /// products (`x · gate_upᵀ` over all experts at once, then one batched `act · downᵀ`) and an
+    /// f32 sum weighted by a dense `[n, E]` routing matrix that is zero where a token did not
+    /// choose an expert, in place of a matmul pair per active expert after a host read of the
+    /// ids. `E / top_k` times the FLOPs of the sparse products (10.7× for 64 experts, top 6),
+    /// which tensor cores absorb for a prompt-sized batch (docs/performance.md, "Prefill").
+    /// The products round as the grouped path's do (activation dtype, f32 accumulation; the
+    /// weighted sum in f32), so both give the same values up to summation order. Needs packed
+    /// float experts (otherwise [`forward_grouped`](Self::forward_grouped)); runs in chunks of
+    /// [`DENSE_CHUNK`] tokens. Same inputs and output as [`forward_gathered`](Self::forward_gathered).
+    pub fn forward_dense(&self, x: Tensor<2>, indices: Tensor<2, Int>, weights: Tensor<2>) -> Tensor<2> {
+        let Experts::Packed { gate_up, down } = &self.experts else {
+            return self.forward_grouped(x, indices, weights);
+        };
+        let [n, d] = x.dims();
+        if n > DENSE_CHUNK {
+            let outs = (0..n)
+                .step_by(DENSE_CHUNK)
+                .map(|start| {
+                    let len = DENSE_CHUNK.min(n - start);
+                    self.forward_dense(
+                        x.clone().narrow(0, start, len),
+                        indices.clone().narrow(0, start, len),
+                        weights.clone().narrow(0, start, len),
+                    )
+                })
+                .collect();
+            return Tensor::cat(outs, 0);
+        }
+        let (e, i) = (self.num_experts, self.intermediate);
+        let dtype = x.dtype();
+        let h = x.matmul(gate_up.clone().reshape([e * 2 * i, d]).transpose()).reshape([n, e, 2 * i]);
+        let act = silu(h.clone().narrow(2, 0, i)) * h.narrow(2, i, i); // [n, E, I]
+        let y = act.swap_dims(0, 1).matmul(down.clone().swap_dims(1, 2)); // [E, n, d]
+        let routing = Tensor::<2>::zeros([n, e], (&weights.device(), DType::F32)).scatter(
+            1,
+            indices,
+            weights,
+            IndexingUpdateOp::Add,
+        );
+        let y = y.cast(DType::F32) * routing.transpose().unsqueeze_dim::<3>(2); // [E, n, d]
+        y.sum_dim(0).reshape([n, d]).cast(dtype)
     }
 
     /// One host read of the top-k indices, then one matmul pair per active expert on the rows
@@ -416,8 +485,8 @@ mod tests {
         t.into_data().iter::<f32>().collect()
     }
 
-    /// The on-device (decode) and host-grouped (prefill) paths agree on the fixture's layer 1,
-    /// with packed and with separate experts.
+    /// The on-device (decode), dense (prefill on GPUs) and host-grouped (prefill) paths agree
+    /// on the fixture's layer 1, with packed and with separate experts.
     #[test]
     fn gathered_and_grouped_paths_agree() {
         let (device, cfg, vb) = fixture();
@@ -434,6 +503,7 @@ mod tests {
         for (name, out) in [
             ("gathered", packed.forward_gathered(x.clone(), idx.clone(), w.clone())),
             ("grouped on packed", packed.forward_grouped(x.clone(), idx.clone(), w.clone())),
+            ("dense", packed.forward_dense(x.clone(), idx.clone(), w.clone())),
         ] {
             let max = host(out).iter().zip(&reference).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
             assert!(max < 1e-5, "{name}: max diff {max}");

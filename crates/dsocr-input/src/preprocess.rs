@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use image::{Rgb, RgbImage};
+use rayon::prelude::*;
 
 use crate::error::{PromptError, Result};
 use crate::resize::resize_bicubic;
@@ -154,22 +155,27 @@ pub fn preprocess_with_max_tiles(image: &RgbImage, mode: Mode, max_tiles: u32) -
         return Err(PromptError::EmptyImage { width, height });
     }
 
-    let global = if mode.crop() {
-        pad_to_square(image, mode.base_size())
-    } else if mode.image_size() <= 640 {
-        // Tiny / Small: stretch to the square (aspect not kept); the pad is then a copy.
-        pad_to_square(&resize_bicubic(image, mode.image_size(), mode.image_size()), mode.image_size())
-    } else {
-        pad_to_square(image, mode.image_size())
+    // The global view and the tiles are independent resizes of the same image: side by side.
+    let global = || {
+        if mode.crop() {
+            pad_to_square(image, mode.base_size())
+        } else if mode.image_size() <= 640 {
+            // Tiny / Small: stretch to the square (aspect not kept); the pad is then a copy.
+            pad_to_square(&resize_bicubic(image, mode.image_size(), mode.image_size()), mode.image_size())
+        } else {
+            pad_to_square(image, mode.image_size())
+        }
     };
-
-    let (grid, tiles) = if mode.crop() {
-        let grid = tile_grid(width, height, max_tiles);
-        let tiles = if grid == (1, 1) { Vec::new() } else { make_tiles(image, grid) };
-        (grid, tiles)
-    } else {
-        ((1, 1), Vec::new())
+    let tiles = || {
+        if mode.crop() {
+            let grid = tile_grid(width, height, max_tiles);
+            let tiles = if grid == (1, 1) { Vec::new() } else { make_tiles(image, grid) };
+            (grid, tiles)
+        } else {
+            ((1, 1), Vec::new())
+        }
     };
+    let (global, (grid, tiles)) = rayon::join(global, tiles);
 
     Ok(PreparedImage { global, tiles, grid, mode, original_size: (width, height) })
 }
@@ -354,7 +360,8 @@ pub fn normalize(image: &RgbImage) -> Vec<f32> {
 
 /// Several equally sized views stacked as `[P, 3, H, W]` (e.g. the tiles).
 pub fn normalize_batch(images: &[RgbImage]) -> Vec<f32> {
-    images.iter().flat_map(normalize).collect()
+    let views: Vec<Vec<f32>> = images.par_iter().map(normalize).collect();
+    views.concat()
 }
 
 #[cfg(test)]

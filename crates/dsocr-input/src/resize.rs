@@ -10,6 +10,10 @@
 //! bit-identical.
 
 use image::RgbImage;
+use rayon::prelude::*;
+
+/// Output rows per rayon task of a resampling pass (a 1280-pixel row is ~4 KB).
+const ROWS_PER_TASK: usize = 16;
 
 /// Fixed-point precision of the 8-bit coefficients: `32 - 8 - 2` bits.
 const PRECISION_BITS: u32 = 22;
@@ -87,21 +91,25 @@ fn resample_horizontal(src: &RgbImage, out_w: u32) -> RgbImage {
     let in_row = in_w as usize * 3;
     let out_row = out_w as usize * 3;
     let mut out = vec![0u8; out_row * h as usize];
-    for (src_row, dst_row) in src.as_raw().chunks_exact(in_row).zip(out.chunks_exact_mut(out_row)) {
-        for (o, dst) in dst_row.chunks_exact_mut(3).enumerate() {
-            let (lo, n) = axis.bounds[o];
-            let taps = &axis.coeffs[o * axis.ksize..o * axis.ksize + n];
-            let mut acc = [HALF; 3];
-            for (px, &k) in src_row[lo * 3..(lo + n) * 3].chunks_exact(3).zip(taps) {
+    // Rows are independent: one rayon task per band of rows.
+    let band = ROWS_PER_TASK;
+    src.as_raw().par_chunks(in_row * band).zip(out.par_chunks_mut(out_row * band)).for_each(|(src_rows, dst_rows)| {
+        for (src_row, dst_row) in src_rows.chunks_exact(in_row).zip(dst_rows.chunks_exact_mut(out_row)) {
+            for (o, dst) in dst_row.chunks_exact_mut(3).enumerate() {
+                let (lo, n) = axis.bounds[o];
+                let taps = &axis.coeffs[o * axis.ksize..o * axis.ksize + n];
+                let mut acc = [HALF; 3];
+                for (px, &k) in src_row[lo * 3..(lo + n) * 3].chunks_exact(3).zip(taps) {
+                    for c in 0..3 {
+                        acc[c] = acc[c].wrapping_add(i32::from(px[c]).wrapping_mul(k));
+                    }
+                }
                 for c in 0..3 {
-                    acc[c] = acc[c].wrapping_add(i32::from(px[c]).wrapping_mul(k));
+                    dst[c] = clip8(acc[c]);
                 }
             }
-            for c in 0..3 {
-                dst[c] = clip8(acc[c]);
-            }
         }
-    }
+    });
     RgbImage::from_raw(out_w, h, out).expect("buffer size matches dimensions")
 }
 
@@ -111,22 +119,26 @@ fn resample_vertical(src: &RgbImage, out_h: u32) -> RgbImage {
     let row = w as usize * 3;
     let raw = src.as_raw();
     let mut out = vec![0u8; row * out_h as usize];
-    let mut acc = vec![0i32; row];
-    for (o, dst_row) in out.chunks_exact_mut(row).enumerate() {
-        let (lo, n) = axis.bounds[o];
-        let taps = &axis.coeffs[o * axis.ksize..o * axis.ksize + n];
-        acc.fill(HALF);
-        // Same sums as Pillow's per-pixel loop, accumulated row by row (integer adds commute).
-        for (j, &k) in taps.iter().enumerate() {
-            let src_row = &raw[(lo + j) * row..(lo + j + 1) * row];
-            for (a, &v) in acc.iter_mut().zip(src_row) {
-                *a = a.wrapping_add(i32::from(v).wrapping_mul(k));
+    let band = ROWS_PER_TASK;
+    out.par_chunks_mut(row * band).enumerate().for_each(|(b, dst_rows)| {
+        let mut acc = vec![0i32; row];
+        for (i, dst_row) in dst_rows.chunks_exact_mut(row).enumerate() {
+            let o = b * band + i;
+            let (lo, n) = axis.bounds[o];
+            let taps = &axis.coeffs[o * axis.ksize..o * axis.ksize + n];
+            acc.fill(HALF);
+            // Same sums as Pillow's per-pixel loop, accumulated row by row (integer adds commute).
+            for (j, &k) in taps.iter().enumerate() {
+                let src_row = &raw[(lo + j) * row..(lo + j + 1) * row];
+                for (a, &v) in acc.iter_mut().zip(src_row) {
+                    *a = a.wrapping_add(i32::from(v).wrapping_mul(k));
+                }
+            }
+            for (d, &a) in dst_row.iter_mut().zip(&acc) {
+                *d = clip8(a);
             }
         }
-        for (d, &a) in dst_row.iter_mut().zip(&acc) {
-            *d = clip8(a);
-        }
-    }
+    });
     RgbImage::from_raw(w, out_h, out).expect("buffer size matches dimensions")
 }
 

@@ -51,6 +51,34 @@ pub fn attention(
     burn::tensor::activation::softmax(scores, 3).cast(dtype).matmul(v)
 }
 
+/// Long bidirectional attention without bias or mask, `softmax(q kᵀ / √d) v` over
+/// `q, k: [b, h, seq, d]`, `v: [b, h, seq, d_v]`. Where [`long_attention_available`] says so
+/// (CUDA in half precision) it runs as one flash-attention kernel that never materialises the
+/// scores ([`crate::kernels`], `flash`); otherwise it is [`attention`].
+pub fn long_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "kernels")]
+    {
+        if crate::kernels::flash_available(&q) && k.dtype() == q.dtype() && v.dtype() == q.dtype() {
+            return crate::kernels::flash_attention(q, k, v);
+        }
+    }
+    attention(q, k, v, None, None, false)
+}
+
+/// Whether [`long_attention`] takes its flash kernel for queries like `q` (the callers that
+/// must first reshape their problem for it ask this).
+pub fn long_attention_available(q: &Tensor<4>) -> bool {
+    #[cfg(feature = "kernels")]
+    {
+        crate::kernels::flash_available(q)
+    }
+    #[cfg(not(feature = "kernels"))]
+    {
+        let _ = q;
+        false
+    }
+}
+
 /// Attention of one new query per sequence over its whole K/V cache: `q: [b, h, 1, d]`, `k`,
 /// `v`: `[b, h, capacity, d]`; sequence `r` attends over positions `0..=position[r]`
 /// (`position: [b]` on the device; `mask` `[b, 1, 1, capacity]` is the same thing as a mask,

@@ -40,7 +40,7 @@ pub mod quantized;
 pub mod rms_norm;
 pub mod rope;
 
-pub use attention::{attention, decode_attention};
+pub use attention::{attention, decode_attention, long_attention, long_attention_available};
 pub use embedding::Embedding;
 pub use layer_norm::LayerNorm;
 pub use linear::{Linear, WeightFormat};

@@ -83,6 +83,13 @@ const ATTENTION_SMALL: [(usize, usize, usize, &[usize]); 6] = [
     (1, 9, 6, &[4]),
     (10, 300, 128, &[299]),
 ];
+/// `(batch, heads, seq, head_dim, value dim)` of the long bidirectional attention (half
+/// precision only): the real ones are SAM's global attention with its relative positions folded
+/// into the product (head dim 256, values 64) over the 1024² global view (4,096 tokens) and the
+/// six 640² tiles of a Gundam page (1,600 tokens each).
+const FLASH_SMALL: [(usize, usize, usize, usize, usize); 3] =
+    [(1, 2, 64, 64, 16), (2, 2, 160, 256, 24), (1, 3, 256, 32, 32)];
+const FLASH_REAL: [(usize, usize, usize, usize, usize); 2] = [(1, 12, 4096, 256, 64), (6, 12, 1600, 256, 64)];
 /// The decoder's: 10 heads of 128, a 902-token prompt in a 1,536-position cache, and later.
 const ATTENTION_REAL: [(usize, usize, usize, &[usize]); 2] = [(10, 1536, 128, &[902]), (10, 2048, 128, &[1900])];
 
@@ -224,6 +231,19 @@ pub fn run(device: &Device, dtype: DType, sizes: Sizes) -> Vec<Check> {
         let want = decode_attention_oracle(f32(&q), f32(&k), f32(&v), mask).reshape([b * heads, d]);
         let got = super::decode_attention(q, k, v, position).reshape([b * heads, d]);
         push(format!("decode_attention {heads}×{capacity}×{d} at {positions:?}"), relative_error(got, want));
+    }
+
+    // flash attention (half precision: its tiles are f16 whatever the input).
+    if dtype != DType::F32 {
+        let flash_shapes = FLASH_SMALL.iter().chain(FLASH_REAL.iter().filter(|_| real));
+        for &(b, heads, seq, d, dv) in flash_shapes {
+            let q = random([b, heads, seq, d], device, dtype);
+            let k = random([b, heads, seq, d], device, dtype);
+            let v = random([b, heads, seq, dv], device, dtype);
+            let want = crate::attention(f32(&q), f32(&k), f32(&v), None, None, false).reshape([b * heads * seq, dv]);
+            let got = super::flash_attention(q, k, v).reshape([b * heads * seq, dv]);
+            push(format!("flash_attention {b}×{heads}×{seq}×{d} → {dv}"), relative_error(got, want));
+        }
     }
 
     // rope: rows at different positions, head dims of the fixture (16) and the model (128).

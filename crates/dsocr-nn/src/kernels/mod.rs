@@ -15,11 +15,15 @@
 //! - [`decode_attention`](mod@decode_attention): one query per sequence over its K/V cache, split
 //!   over positions, f32 softmax, the length read from the device position;
 //! - [`rope`](mod@rope): rotate-half RoPE of one new position per sequence, one unit per element;
+//! - [`flash_attention`](mod@flash_attention): long bidirectional attention with tensor-core
+//!   tiles and an online f32 softmax (cubek-attention's routine), the scores never materialised
+//!   (the vision towers' global attention, through [`crate::long_attention`]);
 //! - [`overwrite`](mod@overwrite): integers written into an existing buffer (the inputs of a
 //!   captured decode graph; not switchable: it replaces no op).
 
 pub mod check;
 mod decode_attention;
+mod flash_attention;
 mod matvec;
 mod overwrite;
 mod quant_matvec;
@@ -36,6 +40,7 @@ use cubecl::features::Plane;
 use burn::backend::Dispatch;
 
 use self::decode_attention::DecodeAttentionOps;
+use self::flash_attention::FlashAttentionOps;
 use self::matvec::MatvecOps;
 use self::overwrite::OverwriteOps;
 use self::quant_matvec::QuantMatvecOps;
@@ -53,24 +58,33 @@ pub enum Kernel {
     RmsNormDecode,
     DecodeAttention,
     Rope,
+    /// Long bidirectional attention in half precision ([`crate::long_attention`]).
+    FlashAttention,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 6] = [
+    pub const ALL: [Kernel; 7] = [
         Kernel::Matvec,
         Kernel::GatheredMatvec,
         Kernel::RmsNorm,
         Kernel::RmsNormDecode,
         Kernel::DecodeAttention,
         Kernel::Rope,
+        Kernel::FlashAttention,
     ];
     /// The kernels on unless `DSOCR_KERNELS` says otherwise. `rms_norm` (every row count) is off
     /// by default: with it, CUDA bf16 parity on the tiny fixture measured
     /// `gundam_small.prefill_logits_tail` at 0.244 against the 0.2 bound (0.182 without it;
     /// docs/parity.md), so prompts keep the reference until that is understood;
     /// `rms_norm_decode` runs it for decode steps only. `DSOCR_KERNELS=all` turns both on.
-    pub const DEFAULT: [Kernel; 5] =
-        [Kernel::Matvec, Kernel::GatheredMatvec, Kernel::RmsNormDecode, Kernel::DecodeAttention, Kernel::Rope];
+    pub const DEFAULT: [Kernel; 6] = [
+        Kernel::Matvec,
+        Kernel::GatheredMatvec,
+        Kernel::RmsNormDecode,
+        Kernel::DecodeAttention,
+        Kernel::Rope,
+        Kernel::FlashAttention,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -80,6 +94,7 @@ impl Kernel {
             Kernel::RmsNormDecode => "rms_norm_decode",
             Kernel::DecodeAttention => "attention",
             Kernel::Rope => "rope",
+            Kernel::FlashAttention => "flash",
         }
     }
 
@@ -147,6 +162,44 @@ pub fn plane_ops(device: &Device) -> bool {
     };
     seen.push((device.clone(), ops));
     ops
+}
+
+/// Whether [`flash_attention`] can take `q: [b, h, seq, d]` (and keys, values of its dtype):
+/// switched on, half precision (f32 keeps the reference, which CUDA runs in TF32 already), a
+/// sequence the routine's stages divide, and tensor-core f16 tiles on the device (asked once
+/// per device). Lavapipe and most Vulkan drivers have none, so there the reference runs.
+pub fn flash_available(q: &Tensor<4>) -> bool {
+    static SEEN: Mutex<Vec<(Device, bool)>> = Mutex::new(Vec::new());
+    if !Kernel::FlashAttention.enabled()
+        || !matches!(q.dtype(), DType::F16 | DType::BF16)
+        || flash_attention::planes_for(q.dims()[2]).is_none()
+    {
+        return false;
+    }
+    let device = q.device();
+    let mut seen = match SEEN.lock() {
+        Ok(seen) => seen,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some((_, cmma)) = seen.iter().find(|(d, _)| *d == device) {
+        return *cmma;
+    }
+    #[allow(unreachable_patterns)]
+    let cmma = match device.as_dispatch() {
+        DispatchDevice::Cube(cube) => {
+            let f16 = burn::backend::cubecl::dtype_to_storage_type(DType::F16);
+            cube.client().properties().features.matmul.cmma.iter().any(|c| c.a_type == f16 && c.b_type == f16)
+        }
+        _ => false,
+    };
+    seen.push((device, cmma));
+    cmma
+}
+
+/// `softmax(q kᵀ / √d) v` for `q, k: [b, h, seq, d]`, `v: [b, h, seq, d_v]` (see
+/// [`crate::long_attention`]).
+pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::flash_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch()))
 }
 
 /// Whether `device` is a CubeCL device (every GPU backend), where [`overwrite`] runs.
