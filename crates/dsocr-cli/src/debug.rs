@@ -61,6 +61,9 @@ pub struct Target {
     /// Quantize the decoder's weights at load: q8 or q4 (decoder tolerances follow it).
     #[arg(long)]
     quant: Option<String>,
+    /// MoE expert path: auto, on-device (gathered decode, dense prefill), gathered-grouped or host-grouped.
+    #[arg(long, default_value = "auto")]
+    experts: String,
 }
 
 fn default_backend() -> String {
@@ -76,6 +79,7 @@ impl Target {
         if let Some(quant) = &self.quant {
             options.quant = Some(quant.parse().map_err(|e: String| anyhow::anyhow!("--quant: {e}"))?);
         }
+        options.expert_dispatch = self.experts.parse().map_err(|e: String| anyhow::anyhow!("--experts: {e}"))?;
         let model = DeepseekOcr::load(&self.fixture, &options)
             .with_context(|| format!("loading the model in {}", self.fixture.display()))?;
         Ok((fixture, model))

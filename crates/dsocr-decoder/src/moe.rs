@@ -357,7 +357,7 @@ impl Moe {
         }
         let (e, i) = (self.num_experts, self.intermediate);
         let dtype = x.dtype();
-        let h = x.matmul(gate_up.clone().reshape([e * 2 * i, d]).transpose()).reshape([n, e, 2 * i]);
+        let h = gemm(x, gate_up.clone().reshape([e * 2 * i, d]).transpose()).reshape([n, e, 2 * i]);
         let act = silu(h.clone().narrow(2, 0, i)) * h.narrow(2, i, i); // [n, E, I]
         let y = act.swap_dims(0, 1).matmul(down.clone().swap_dims(1, 2)); // [E, n, d]
         let routing = Tensor::<2>::zeros([n, e], (&weights.device(), DType::F32)).scatter(

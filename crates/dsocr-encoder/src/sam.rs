@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use burn::tensor::ops::PadMode;
 use burn::tensor::Slice;
-use dsocr_nn::{attention, long_attention, long_attention_available, LayerNorm, Linear};
+use dsocr_nn::{attention, gemm, long_attention, long_attention_available, LayerNorm, Linear};
 use dsocr_weights::backend::is_host_device;
 use dsocr_weights::VarBuilder;
 
@@ -73,7 +73,7 @@ impl Conv2d {
         let [b, h, w, _] = x.dims();
         let (ho, wo) = (self.output_side(h), self.output_side(w));
         let patches = self.unfold(x);
-        let y = patches.matmul(self.weight.clone());
+        let y = gemm(patches, self.weight.clone());
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
             None => y,
@@ -546,8 +546,10 @@ mod tests {
 
     /// The fold of the relative-position bias into one product (the flash kernel's input) is
     /// SAM's biased attention: checked with the fixture's global-attention tables (head dim 24,
-    /// a 32 × 32 grid, fold width 256) through the plain attention on the CPU, against the
-    /// materialised bias, in f32 and bf16.
+    /// a 32 × 32 grid, fold width 256) through the plain attention on the CPU. In f32 it equals
+    /// the materialised bias; in bf16 both round differently, so each is measured against the
+    /// f32 result of the same (rounded) inputs and the fold must not be the worse of the two by
+    /// more than a quarter.
     #[test]
     fn folded_bias_equals_the_materialised_bias() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference-tiny");
@@ -556,25 +558,38 @@ mod tests {
         let files = Arc::new(SafetensorsFiles::open(&dir).expect("checkpoint"));
         let block = cfg.sam.global_attn_indexes[0];
         let side = 32;
-        for dtype in [DType::F32, DType::BF16] {
+        let load = |dtype: DType| {
             let vb = VarBuilder::new(files.clone(), &device, dtype);
             let vb = vb.pp("model.sam_model.blocks").pp(block).pp("attn");
-            let attn = SamAttention::load(&vb, &cfg.sam, 2 * cfg.sam.pos_grid - 1, &[side]).expect("attention");
-            let (heads, d, n) = (attn.heads, attn.head_dim, side * side);
-            assert_eq!(fold_width(d, side), 256);
-            let rnd = || Tensor::<4>::random([2, heads, n, d], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
-            let (q, k, v) = (rnd(), rnd(), rnd());
-            let bias = attn.rel_pos_bias(&q, side, side).expect("bias");
-            let want = attention(q.clone(), k.clone(), v.clone(), Some(bias.clone()), None, false);
-            let (qf, kf) = attn.fold_rel_pos(q.clone(), k.clone(), side, side).expect("fold");
-            assert_eq!(qf.dims(), [2, heads, n, 256]);
-            let got = attention(qf, kf, v.clone(), None, None, false);
-            let diff = max_diff(got, want.clone());
-            let bound = if dtype == DType::F32 { 1e-4 } else { 3e-2 };
-            assert!(diff < bound, "{dtype:?}: folded attention differs by {diff}");
-            // The bias matters at this size: without it the result is far off.
-            let plain = attention(q, k, v, None, None, false);
-            assert!(max_diff(plain, want) > 10.0 * bound, "{dtype:?}: the bias changed nothing");
-        }
+            SamAttention::load(&vb, &cfg.sam, 2 * cfg.sam.pos_grid - 1, &[side]).expect("attention")
+        };
+        let (exact, half) = (load(DType::F32), load(DType::BF16));
+        let (heads, d, n) = (exact.heads, exact.head_dim, side * side);
+        assert_eq!(fold_width(d, side), 256);
+        // Inputs representable in bf16, so both runs see the same values.
+        let rnd = || {
+            Tensor::<4>::random([2, heads, n, d], Distribution::Normal(0.0, 1.0), &device)
+                .cast(DType::BF16)
+                .cast(DType::F32)
+        };
+        let (q, k, v) = (rnd(), rnd(), rnd());
+        let bias = exact.rel_pos_bias(&q, side, side).expect("bias");
+        let want = attention(q.clone(), k.clone(), v.clone(), Some(bias), None, false);
+        let (qf, kf) = exact.fold_rel_pos(q.clone(), k.clone(), side, side).expect("fold");
+        assert_eq!(qf.dims(), [2, heads, n, 256]);
+        let folded = attention(qf, kf, v.clone(), None, None, false);
+        let diff = max_diff(folded, want.clone());
+        assert!(diff < 1e-4, "f32: folded attention differs by {diff}");
+        // The bias matters at this size: without it the result is far off.
+        let plain = attention(q.clone(), k.clone(), v.clone(), None, None, false);
+        assert!(max_diff(plain, want.clone()) > 1e-1, "the bias changed nothing");
+
+        let [qh, kh, vh] = [&q, &k, &v].map(|t| t.clone().cast(DType::BF16));
+        let bias = half.rel_pos_bias(&qh, side, side).expect("bias");
+        let materialised =
+            max_diff(attention(qh.clone(), kh.clone(), vh.clone(), Some(bias), None, false), want.clone());
+        let (qf, kf) = half.fold_rel_pos(qh, kh, side, side).expect("fold");
+        let folded = max_diff(attention(qf, kf, vh, None, None, false), want);
+        assert!(folded <= 1.25 * materialised, "bf16: folded {folded} against materialised {materialised}");
     }
 }

@@ -28,6 +28,7 @@
 pub mod arena;
 mod attention;
 mod embedding;
+mod gemm;
 pub mod host;
 #[cfg(feature = "kernels")]
 pub mod kernels;
@@ -42,6 +43,7 @@ pub mod rope;
 
 pub use attention::{attention, decode_attention, long_attention, long_attention_available};
 pub use embedding::Embedding;
+pub use gemm::gemm;
 pub use layer_norm::LayerNorm;
 pub use linear::{Linear, WeightFormat};
 pub use matvec::{gathered_matvec, matvec};

@@ -8,6 +8,7 @@ use burn::tensor::DType;
 use dsocr_weights::backend::is_host_device;
 use dsocr_weights::{VarBuilder, WeightError};
 
+use crate::gemm;
 use crate::host::{matvec_many, HostMatrix, DEQUANTIZE_CHUNK_ROWS, HOST_MATVEC_MAX_ROWS};
 use crate::matvec::{matvec, MATVEC_MAX_ROWS};
 use crate::quant::Quant;
@@ -154,7 +155,7 @@ impl Linear {
             Weight::Tensor(weight) if rows <= MATVEC_MAX_ROWS && !is_host_device(&x.device()) => {
                 matvec(x, weight.clone().transpose())
             }
-            Weight::Tensor(weight) => x.matmul(weight.clone()),
+            Weight::Tensor(weight) => gemm(x, weight.clone()),
             Weight::Quantized { matrix, .. } => quant_matvec(x, matrix),
             Weight::Host { matrix, device, .. } => {
                 let dtype = x.dtype();

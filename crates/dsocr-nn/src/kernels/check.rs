@@ -233,6 +233,22 @@ pub fn run(device: &Device, dtype: DType, sizes: Sizes) -> Vec<Check> {
         push(format!("decode_attention {heads}×{capacity}×{d} at {positions:?}"), relative_error(got, want));
     }
 
+    // gemm (the chosen routine, or Burn's matmul where it is refused): a weight as `Linear`
+    // hands it over (the transposed view of `[n, k]`), odd sizes, and the vision towers' real
+    // shapes (SAM's MLP over a page's 4,096 global-view tokens, CLIP's over 257).
+    let gemm_shapes: &[(usize, usize, usize)] = if real {
+        &[(33, 40, 24), (130, 64, 96), (4096, 768, 3072), (9600, 3072, 768), (257, 1024, 4096)]
+    } else {
+        &[(33, 40, 24), (130, 64, 96), (200, 256, 128)]
+    };
+    // Half precision only: in f32 both the kernel and a matmul oracle run as TF32 on CUDA.
+    for &(m, k, n) in gemm_shapes.iter().filter(|_| dtype != DType::F32) {
+        let x = random([m, k], device, dtype);
+        let w = random([n, k], device, dtype);
+        let want = f32(&x).matmul(f32(&w).transpose());
+        push(format!("gemm {m}×{k} · {k}×{n}"), relative_error(super::gemm(x, w.transpose()), want));
+    }
+
     // flash attention (half precision: its tiles are f16 whatever the input).
     if dtype != DType::F32 {
         let flash_shapes = FLASH_SMALL.iter().chain(FLASH_REAL.iter().filter(|_| real));

@@ -18,12 +18,14 @@
 //! - [`flash_attention`](mod@flash_attention): long bidirectional attention with tensor-core
 //!   tiles and an online f32 softmax (cubek-attention's routine), the scores never materialised
 //!   (the vision towers' global attention, through [`crate::long_attention`]);
+//! - [`gemm`](mod@gemm): large matrix products with a chosen cubek-matmul routine;
 //! - [`overwrite`](mod@overwrite): integers written into an existing buffer (the inputs of a
 //!   captured decode graph; not switchable: it replaces no op).
 
 pub mod check;
 mod decode_attention;
 mod flash_attention;
+pub mod gemm;
 mod matvec;
 mod overwrite;
 mod quant_matvec;
@@ -41,6 +43,7 @@ use burn::backend::Dispatch;
 
 use self::decode_attention::DecodeAttentionOps;
 use self::flash_attention::FlashAttentionOps;
+use self::gemm::GemmOps;
 use self::matvec::MatvecOps;
 use self::overwrite::OverwriteOps;
 use self::quant_matvec::QuantMatvecOps;
@@ -60,10 +63,12 @@ pub enum Kernel {
     Rope,
     /// Long bidirectional attention in half precision ([`crate::long_attention`]).
     FlashAttention,
+    /// Large matrix products with a chosen cubek routine ([`crate::gemm`], `DSOCR_GEMM`).
+    Gemm,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 7] = [
+    pub const ALL: [Kernel; 8] = [
         Kernel::Matvec,
         Kernel::GatheredMatvec,
         Kernel::RmsNorm,
@@ -71,6 +76,7 @@ impl Kernel {
         Kernel::DecodeAttention,
         Kernel::Rope,
         Kernel::FlashAttention,
+        Kernel::Gemm,
     ];
     /// The kernels on unless `DSOCR_KERNELS` says otherwise. `rms_norm` (every row count) is off
     /// by default: with it, CUDA bf16 parity on the tiny fixture measured
@@ -83,7 +89,7 @@ impl Kernel {
         Kernel::RmsNormDecode,
         Kernel::DecodeAttention,
         Kernel::Rope,
-        Kernel::FlashAttention,
+        Kernel::Gemm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +101,7 @@ impl Kernel {
             Kernel::DecodeAttention => "attention",
             Kernel::Rope => "rope",
             Kernel::FlashAttention => "flash",
+            Kernel::Gemm => "gemm",
         }
     }
 
@@ -200,6 +207,11 @@ pub fn flash_available(q: &Tensor<4>) -> bool {
 /// [`crate::long_attention`]).
 pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(Dispatch::flash_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch()))
+}
+
+/// `x: [m, k]`, `w: [k, n]` → `[m, n]` (see [`crate::gemm`]).
+pub fn gemm(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(Dispatch::gemm(x.into_dispatch(), w.into_dispatch()))
 }
 
 /// Whether `device` is a CubeCL device (every GPU backend), where [`overwrite`] runs.
