@@ -48,23 +48,22 @@ pub const ROUTINES: [&str; 16] = [
 
 /// The cubek strategy of a routine name (`None`: Burn's matmul).
 pub fn routine(name: &str) -> Option<Strategy> {
-    let d = Default::default;
     Some(Strategy::MultiLevel(match name {
-        "simple_cyclic_cmma" => Multi::SimpleCyclicCmma(d()),
-        "simple_cyclic_mma" => Multi::SimpleCyclicMma(d()),
-        "double_cyclic_cmma" => Multi::DoubleCyclicCmma(d()),
-        "double_cyclic_mma" => Multi::DoubleCyclicMma(d()),
-        "double_tilewise_cmma" => Multi::DoubleTilewiseCmma(d()),
-        "double_hybrid_cmma" => Multi::DoubleHybridCmma(d()),
-        "simple_tma_cmma" => Multi::SimpleTmaCmma(d()),
-        "simple_tma_mma" => Multi::SimpleTmaMma(d()),
-        "double_tma_cmma" => Multi::DoubleTmaCmma(d()),
-        "double_tma_mma" => Multi::DoubleTmaMma(d()),
-        "specialized_cyclic_cmma" => Multi::SpecializedCyclicCmma(d()),
-        "specialized_tma_cmma" => Multi::SpecializedTmaCmma(d()),
-        "specialized_tma_mma" => Multi::SpecializedTmaMma(d()),
-        "ordered_double_cmma" => Multi::OrderedDoubleCmma(d()),
-        "ordered_double_mma" => Multi::OrderedDoubleMma(d()),
+        "simple_cyclic_cmma" => Multi::SimpleCyclicCmma(Default::default()),
+        "simple_cyclic_mma" => Multi::SimpleCyclicMma(Default::default()),
+        "double_cyclic_cmma" => Multi::DoubleCyclicCmma(Default::default()),
+        "double_cyclic_mma" => Multi::DoubleCyclicMma(Default::default()),
+        "double_tilewise_cmma" => Multi::DoubleTilewiseCmma(Default::default()),
+        "double_hybrid_cmma" => Multi::DoubleHybridCmma(Default::default()),
+        "simple_tma_cmma" => Multi::SimpleTmaCmma(Default::default()),
+        "simple_tma_mma" => Multi::SimpleTmaMma(Default::default()),
+        "double_tma_cmma" => Multi::DoubleTmaCmma(Default::default()),
+        "double_tma_mma" => Multi::DoubleTmaMma(Default::default()),
+        "specialized_cyclic_cmma" => Multi::SpecializedCyclicCmma(Default::default()),
+        "specialized_tma_cmma" => Multi::SpecializedTmaCmma(Default::default()),
+        "specialized_tma_mma" => Multi::SpecializedTmaMma(Default::default()),
+        "ordered_double_cmma" => Multi::OrderedDoubleCmma(Default::default()),
+        "ordered_double_mma" => Multi::OrderedDoubleMma(Default::default()),
         _ => return None,
     }))
 }
