@@ -31,7 +31,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{DType, IndexingUpdateOp};
 use dsocr_nn::host::{matvec_many, HostMatrix, HOST_MATVEC_MAX_ROWS};
-use dsocr_nn::{gathered_matvec, gathered_quant_matvec, quant_matvec, Linear, QuantMatrix, WeightFormat};
+use dsocr_nn::{gathered_matvec, gathered_quant_matvec, gemm, quant_matvec, Linear, QuantMatrix, WeightFormat};
 use dsocr_weights::backend::is_host_device;
 use dsocr_weights::VarBuilder;
 
