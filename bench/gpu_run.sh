@@ -17,6 +17,8 @@
 # vision: the vision half (and prefill) of the new binary against the one in .carry/dsocr-base.xz (if
 #         present), flash attention on and off (DSOCR_KERNELS), PyTorch beside; the flash check at
 #         the real shapes; CUDA parity; a CubeCL kernel profile of the vision stages.
+# gemm: vision and prefill with each cubek matmul routine of dsocr-nn's gemm (DSOCR_GEMM=ROUTINES), then the
+#       kernel checks and CUDA bf16 parity with the dense and the grouped prefill MoE.
 # batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -133,6 +135,18 @@ vision)
     CUBECL_DEBUG_LOG=/tmp/vprofile-$n.log CUBECL_DEBUG_OPTION=profile step vprofile-$n $B bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat 1 --skip-base --skip-prefill --skip-decode --skip-pages --skip-breakdown
     xz -T4 -c /tmp/vprofile-$n.log > "$OUT/vprofile-$n.log.xz"
   done
+  ;;
+gemm)
+  mkdir -p /tmp/full
+  [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
+  R=${REPEAT:-3}
+  for G in ${ROUTINES:-burn simple_cyclic_cmma double_cyclic_cmma double_tilewise_cmma double_hybrid_cmma simple_tma_cmma double_tma_cmma specialized_cyclic_cmma specialized_tma_cmma ordered_double_cmma simple_cyclic_mma double_cyclic_mma double_tma_mma specialized_tma_mma ordered_double_mma}; do
+    step gemm-$G env DSOCR_GEMM=$G $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --skip-decode --skip-pages --skip-breakdown --json "$OUT/gemm-$G.json"
+    grep -E "^\| (vision|prefill)" "$OUT/gemm-$G.log" | sed "s/^/    $G /" | tee -a "$OUT/summary.txt"
+  done
+  step kernels-check-bf16 $BIN debug kernels --device cuda --precision bf16 --real
+  step cuda-bf16       $BIN debug parity --fixture $FIX --device cuda --precision bf16
+  step cuda-bf16-grouped $BIN debug parity --fixture $FIX --device cuda --precision bf16 --experts gathered-grouped
   ;;
 batch)
   mkdir -p /tmp/full
