@@ -19,6 +19,8 @@
 #         the real shapes; CUDA parity; a CubeCL kernel profile of the vision stages.
 # gemm: vision and prefill with each cubek matmul routine of dsocr-nn's gemm (DSOCR_GEMM=ROUTINES), then the
 #       kernel checks and CUDA bf16 parity with the dense and the grouped prefill MoE.
+# final: those checks and parity runs, CUDA f32 parity, and the bench (vision, prefill, 200 decode tokens)
+#        beside PyTorch.
 # batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -140,13 +142,23 @@ gemm)
   mkdir -p /tmp/full
   [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
   R=${REPEAT:-3}
-  for G in ${ROUTINES:-burn simple_cyclic_cmma double_cyclic_cmma double_tilewise_cmma double_hybrid_cmma simple_tma_cmma double_tma_cmma specialized_cyclic_cmma specialized_tma_cmma ordered_double_cmma simple_cyclic_mma double_cyclic_mma double_tma_mma specialized_tma_mma ordered_double_mma}; do
+  for G in ${ROUTINES:-burn simple_cyclic_cmma double_cyclic_cmma double_tilewise_cmma double_hybrid_cmma specialized_cyclic_cmma ordered_double_cmma simple_cyclic_mma double_cyclic_mma double_tma_mma specialized_tma_mma ordered_double_mma}; do
     step gemm-$G env DSOCR_GEMM=$G $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --skip-decode --skip-pages --skip-breakdown --json "$OUT/gemm-$G.json"
     grep -E "^\| (vision|prefill)" "$OUT/gemm-$G.log" | sed "s/^/    $G /" | tee -a "$OUT/summary.txt"
   done
+  ;;&
+gemm|final)
   step kernels-check-bf16 $BIN debug kernels --device cuda --precision bf16 --real
   step cuda-bf16       $BIN debug parity --fixture $FIX --device cuda --precision bf16
   step cuda-bf16-grouped $BIN debug parity --fixture $FIX --device cuda --precision bf16 --experts gathered-grouped
+  ;;&
+final)
+  step cuda-f32        $BIN debug parity --fixture $FIX --device cuda --precision f32
+  mkdir -p /tmp/full
+  [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
+  R=${REPEAT:-5}
+  step torch-bf16      env PYTHONUNBUFFERED=1 python3 bench/torch_reference.py --bench /tmp/full --repeat $R --decode-tokens 200 --skip-pages --json "$OUT/torch.json"
+  step bench-cuda-bf16 $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --repeat $R --decode-tokens 200 --skip-pages --skip-breakdown --json "$OUT/bench-cuda.json" --compare "$OUT/torch.json"
   ;;
 batch)
   mkdir -p /tmp/full

@@ -24,10 +24,10 @@ use cubek::matmul::strategy::Strategy;
 use cubek::std::InputBinding;
 
 /// The routine used when `DSOCR_GEMM` is unset.
-pub const DEFAULT_ROUTINE: &str = "double_cyclic_cmma";
+pub const DEFAULT_ROUTINE: &str = "double_cyclic_mma";
 
 /// The routines `DSOCR_GEMM` can name (`burn` = Burn's own matmul, the reference's kernel).
-pub const ROUTINES: [&str; 16] = [
+pub const ROUTINES: [&str; 13] = [
     "burn",
     "simple_cyclic_cmma",
     "simple_cyclic_mma",
@@ -35,12 +35,9 @@ pub const ROUTINES: [&str; 16] = [
     "double_cyclic_mma",
     "double_tilewise_cmma",
     "double_hybrid_cmma",
-    "simple_tma_cmma",
     "simple_tma_mma",
-    "double_tma_cmma",
     "double_tma_mma",
     "specialized_cyclic_cmma",
-    "specialized_tma_cmma",
     "specialized_tma_mma",
     "ordered_double_cmma",
     "ordered_double_mma",
@@ -55,12 +52,9 @@ pub fn routine(name: &str) -> Option<Strategy> {
         "double_cyclic_mma" => Multi::DoubleCyclicMma(Default::default()),
         "double_tilewise_cmma" => Multi::DoubleTilewiseCmma(Default::default()),
         "double_hybrid_cmma" => Multi::DoubleHybridCmma(Default::default()),
-        "simple_tma_cmma" => Multi::SimpleTmaCmma(Default::default()),
         "simple_tma_mma" => Multi::SimpleTmaMma(Default::default()),
-        "double_tma_cmma" => Multi::DoubleTmaCmma(Default::default()),
         "double_tma_mma" => Multi::DoubleTmaMma(Default::default()),
         "specialized_cyclic_cmma" => Multi::SpecializedCyclicCmma(Default::default()),
-        "specialized_tma_cmma" => Multi::SpecializedTmaCmma(Default::default()),
         "specialized_tma_mma" => Multi::SpecializedTmaMma(Default::default()),
         "ordered_double_cmma" => Multi::OrderedDoubleCmma(Default::default()),
         "ordered_double_mma" => Multi::OrderedDoubleMma(Default::default()),
