@@ -1,9 +1,7 @@
 //! CLIP-L/14 body fed with SAM features (spec §5.2).
 //!
 //! `SAM [B, C, q, q] → row-major tokens [B, q², C] → prepend class embedding → + position table
-//! (16×16 grid resized to q×q) → pre_layrnorm → pre-norm layers → [B, 1+q², W]`, the residual
-//! stream in f32 (HF's autocast keeps it there; in half precision the layers' attention and MLP
-//! run in the model dtype).
+//! (16×16 grid resized to q×q) → pre_layrnorm → pre-norm layers → [B, 1+q², W]`.
 //! The stored `embeddings.patch_embedding` conv is never used (not even loaded), and there is
 //! no post-layernorm.
 
@@ -11,7 +9,6 @@ use std::collections::BTreeMap;
 
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
-use burn::tensor::DType;
 use dsocr_nn::{attention, LayerNorm, Linear};
 use dsocr_weights::VarBuilder;
 
@@ -20,15 +17,6 @@ use crate::{ClipConfig, EncoderError};
 
 /// LayerNorm eps of every CLIP norm.
 const LN_EPS: f64 = 1e-5;
-
-/// `x` in `dtype` (no op when it already is).
-fn cast<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
-    if x.dtype() == dtype {
-        x
-    } else {
-        x.cast(dtype)
-    }
-}
 
 /// `x · sigmoid(1.702 x)`.
 fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
@@ -107,14 +95,9 @@ impl ClipLayer {
         })
     }
 
-    /// `x`: the residual stream, f32 whatever the model dtype (as under HF's autocast, where
-    /// `pre_layrnorm` and every LayerNorm return f32 and each residual add promotes to f32);
-    /// the attention and the MLP run in `dtype`, the model's.
-    pub fn forward(&self, x: Tensor<3>, dtype: DType) -> Tensor<3> {
-        let y = self.self_attn.forward(cast(self.layer_norm1.forward_f32(x.clone()), dtype));
-        let x = x + cast(y, DType::F32);
-        let y = self.mlp.forward(cast(self.layer_norm2.forward_f32(x.clone()), dtype));
-        x + cast(y, DType::F32)
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
+        x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
     }
 }
 
@@ -169,10 +152,7 @@ impl Clip {
         &self.cfg
     }
 
-    /// `[B, W, q, q]` SAM features → `[B, 1+q², W]`, in **f32** whatever the features' dtype:
-    /// the residual stream is kept in f32 as HF's autocast keeps it (the class embedding, the
-    /// patches and the position table are summed in f32, `torch.cat` promoting the bf16
-    /// patches), while every layer's attention and MLP run in the features' dtype.
+    /// `[B, W, q, q]` SAM features → `[B, 1+q², W]`.
     pub fn forward(&self, sam: Tensor<4>) -> Result<Tensor<3>, EncoderError> {
         let [b, c, h, w] = sam.dims();
         let pos = match self.position_embedding.get(&h) {
@@ -186,13 +166,12 @@ impl Clip {
             }
         };
 
-        let dtype = sam.dtype();
-        let patches = cast(sam.flatten::<3>(2, 3).swap_dims(1, 2), DType::F32); // [B, q², W], row-major
-        let cls = cast(self.class_embedding.clone(), DType::F32).reshape([1, 1, c]).expand([b, 1, c]);
-        let x = Tensor::cat(vec![cls, patches], 1) + cast(pos, DType::F32).unsqueeze::<3>();
-        let mut x = self.pre_layrnorm.forward_f32(x);
+        let patches = sam.flatten::<3>(2, 3).swap_dims(1, 2); // [B, q², W], row-major
+        let cls = self.class_embedding.clone().reshape([1, 1, c]).expand([b, 1, c]);
+        let x = Tensor::cat(vec![cls, patches], 1) + pos.unsqueeze::<3>();
+        let mut x = self.pre_layrnorm.forward(x);
         for layer in &self.layers {
-            x = layer.forward(x, dtype);
+            x = layer.forward(x);
         }
         Ok(x)
     }

@@ -44,8 +44,8 @@
 //! about 1e-5. In f16/bf16 the matmuls, convolutions and residual streams run in that dtype
 //! (like the vLLM path, spec §6.8), while LayerNorm and the attention softmax compute in f32
 //! and cast back ([`dsocr_nn::LayerNorm`], [`dsocr_nn::attention`]), as HF's
-//! autocast does. As in HF's autocast run, the CLIP residual stream is kept in f32 (and so is
-//! [`EncoderOutput::clip`]); the features are rounded to the model dtype.
+//! autocast does. Unlike HF's autocast run, the CLIP residual stream is not kept in f32
+//! (tried on 2026-12-04: docs/parity.md, "CLIP's residual stream in f32").
 
 mod clip;
 mod config;
@@ -72,8 +72,7 @@ pub const VIEW_SIDES: [usize; 4] = [512, 640, 1024, 1280];
 pub struct EncoderOutput {
     /// SAM output (after neck, net_2, net_3), NCHW `[B, C, q, q]`.
     pub sam: Tensor<4>,
-    /// CLIP output, class token first: `[B, 1+q², W]`, in f32 whatever the model dtype (the
-    /// residual stream's dtype, as under HF's autocast).
+    /// CLIP output, class token first: `[B, 1+q², W]`.
     pub clip: Tensor<3>,
     /// Projector input `[B, q², W+C]`: `concat(clip[:, 1:], sam flattened row-major)`, CLIP
     /// channels first.
@@ -151,10 +150,7 @@ impl DeepEncoder {
 
         let [b, _, q, _] = sam.dims();
         let sam_tokens = sam.clone().flatten::<3>(2, 3).swap_dims(1, 2); // [B, q², C]
-                                                                         // Drop the class token; the f32 CLIP stream rounds to the model dtype here, as HF's
-                                                                         // projector (an autocast linear) rounds its input.
-        let clip_tokens = clip.clone().narrow(1, 1, q * q);
-        let clip_tokens = if clip_tokens.dtype() == self.dtype { clip_tokens } else { clip_tokens.cast(self.dtype) };
+        let clip_tokens = clip.clone().narrow(1, 1, q * q); // drop the class token
         let features = Tensor::cat(vec![clip_tokens, sam_tokens], 2);
         debug_assert_eq!(features.dims(), [b, q * q, self.cfg.feature_dim()]);
         Ok(EncoderOutput { sam, clip, features })

@@ -26,15 +26,8 @@ impl LayerNorm {
         if dtype == DType::F32 {
             return burn::tensor::module::layer_norm(x, self.weight.clone(), Some(self.bias.clone()), self.eps);
         }
-        self.forward_f32(x).cast(dtype)
-    }
-
-    /// The same normalisation returned in f32 whatever the input dtype, as HF's LayerNorm under
-    /// autocast returns it (for residual streams kept in f32).
-    pub fn forward_f32<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let f32 = |t: Tensor<1>| if t.dtype() == DType::F32 { t } else { t.cast(DType::F32) };
-        let x = if x.dtype() == DType::F32 { x } else { x.cast(DType::F32) };
-        burn::tensor::module::layer_norm(x, f32(self.weight.clone()), Some(f32(self.bias.clone())), self.eps)
+        let (weight, bias) = (self.weight.clone().cast(DType::F32), self.bias.clone().cast(DType::F32));
+        burn::tensor::module::layer_norm(x.cast(DType::F32), weight, Some(bias), self.eps).cast(dtype)
     }
 }
 
