@@ -82,7 +82,9 @@ impl Kernel {
     /// by default: with it, CUDA bf16 parity on the tiny fixture measured
     /// `gundam_small.prefill_logits_tail` at 0.244 against the 0.2 bound (0.182 without it;
     /// docs/parity.md), so prompts keep the reference until that is understood;
-    /// `rms_norm_decode` runs it for decode steps only. `DSOCR_KERNELS=all` turns both on.
+    /// `rms_norm_decode` runs it for decode steps only. `flash` is off: on the H200 the vision
+    /// half of a Gundam page took 181 ms with it and 169 ms without (docs/performance.md).
+    /// `DSOCR_KERNELS=all` turns them on.
     pub const DEFAULT: [Kernel; 6] = [
         Kernel::Matvec,
         Kernel::GatheredMatvec,
