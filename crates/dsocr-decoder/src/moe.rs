@@ -599,6 +599,7 @@ mod bench {
             norm_topk_prob: false,
             routed_scaling_factor: 1.0,
             gather_on_device: false,
+            dense_prompts: true,
         };
         let x = Tensor::<2>::random([1, d], Distribution::Normal(0.0, 1.0), &device);
         for round in 0..3 {
