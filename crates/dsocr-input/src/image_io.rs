@@ -1,7 +1,8 @@
 //! Image loading with the semantics of the reference (spec §3.1):
 //! `PIL.Image.open` → `ImageOps.exif_transpose` → `.convert("RGB")`.
 //!
-//! - Formats: PNG, JPEG, WebP, TIFF, BMP, GIF (first frame), recognised from the file content
+//! - Formats: PNG, JPEG, WebP, TIFF, BMP, GIF (the first frame on its logical screen, transparent
+//!   and uncovered pixels through the palette as Pillow reads them), recognised from the file content
 //!   (the extension is ignored).
 //! - A decompression-bomb guard checks `width × height` from the header before any pixel is
 //!   decoded (Pillow refuses images above `2 × MAX_IMAGE_PIXELS`, see [`DEFAULT_MAX_PIXELS`]).
@@ -11,8 +12,7 @@
 //!   16-bit grey (`I;16`) is clipped to 255 (Pillow's `I16_RGB`).
 //!
 //! Known differences from Pillow: JPEG pixels come from zune-jpeg, not libjpeg-turbo (IDCT and
-//! chroma upsampling may differ by a few levels); transparent GIF pixels decode to black rather
-//! than the palette colour; orientation found only in XMP, or in a PNG `eXIf` chunk placed after
+//! chroma upsampling may differ by a few levels); orientation found only in XMP, or in a PNG `eXIf` chunk placed after
 //! the image data, is not applied.
 
 use std::io::Cursor;
@@ -123,8 +123,11 @@ fn decode_unguarded(bytes: &[u8], path: PathBuf, options: &LoadOptions) -> Resul
 
     let orientation =
         if options.exif_transpose { exif_orientation(&mut decoder, format) } else { Orientation::NoTransforms };
-    let image = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, &path))?;
-    let mut rgb = to_rgb8_like_pillow(image);
+    let mut rgb = if format == ImageFormat::Gif {
+        gif_first_frame_like_pillow(bytes).map_err(|message| PromptError::Corrupt { path: path.clone(), message })?
+    } else {
+        to_rgb8_like_pillow(DynamicImage::from_decoder(decoder).map_err(|e| classify(e, &path))?)
+    };
     if orientation != Orientation::NoTransforms {
         let mut dynamic = DynamicImage::ImageRgb8(rgb);
         dynamic.apply_orientation(orientation);
@@ -209,6 +212,40 @@ fn orientation_from_exif_chunk(mut chunk: Vec<u8>) -> Orientation {
 }
 
 /// Pillow's `convert("RGB")` for every pixel layout the decoders produce.
+/// A GIF's first frame as Pillow's `Image.open(p).convert("RGB")` gives it: the logical screen,
+/// filled with the frame's transparent index (palette index 0 without one) where the frame does
+/// not cover it, the frame's indices pasted at its offset (transparent ones included), every
+/// index mapped through the frame's palette (the global one without a local one; indices past
+/// its end are black). A frame reaching past the screen is cut at its edge. The `image` crate
+/// composites onto transparent black instead, which `convert("RGB")` would not show.
+fn gif_first_frame_like_pillow(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let mut options = gif::DecodeOptions::new();
+    options.set_color_output(gif::ColorOutput::Indexed);
+    // The caller's pixel guard has checked the screen size already.
+    options.set_memory_limit(gif::MemoryLimit::Unlimited);
+    let mut decoder = options.read_info(Cursor::new(bytes)).map_err(|e| e.to_string())?;
+    let (width, height) = (u32::from(decoder.width()), u32::from(decoder.height()));
+    let global = decoder.global_palette().map(<[u8]>::to_vec);
+    let frame = decoder.read_next_frame().map_err(|e| e.to_string())?.ok_or("the GIF holds no image")?;
+    let palette = frame.palette.as_deref().or(global.as_deref()).unwrap_or(&[]);
+    let colour = |index: u8| {
+        let i = usize::from(index) * 3;
+        palette.get(i..i + 3).map_or([0, 0, 0], |c| [c[0], c[1], c[2]])
+    };
+    let mut indices = vec![frame.transparent.unwrap_or(0); width as usize * height as usize];
+    let (left, top, fw) = (usize::from(frame.left), usize::from(frame.top), usize::from(frame.width));
+    for (row, line) in frame.buffer.chunks_exact(fw.max(1)).enumerate().take(usize::from(frame.height)) {
+        let y = top + row;
+        if y >= height as usize || left >= width as usize {
+            continue;
+        }
+        let n = fw.min(width as usize - left);
+        indices[y * width as usize + left..][..n].copy_from_slice(&line[..n]);
+    }
+    let rgb: Vec<u8> = indices.into_iter().flat_map(colour).collect();
+    RgbImage::from_raw(width, height, rgb).ok_or_else(|| "GIF screen size overflows".to_string())
+}
+
 fn to_rgb8_like_pillow(image: DynamicImage) -> RgbImage {
     let (w, h) = (image.width(), image.height());
     let high_byte = |v: u16| (v >> 8) as u8;
