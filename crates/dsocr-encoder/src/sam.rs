@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use burn::tensor::ops::PadMode;
-use burn::tensor::Slice;
+use burn::tensor::{DType, Slice};
 use dsocr_nn::{attention, gemm, long_attention, long_attention_available, LayerNorm, Linear};
 use dsocr_weights::backend::is_host_device;
 use dsocr_weights::VarBuilder;
@@ -140,8 +140,9 @@ struct RelPos {
     /// `[S (query column), head_dim, S (key column)]`.
     rw_t: Tensor<3>,
     /// The key half of the folded bias ([`fold_width`]): `[S², width − head_dim]`, key
-    /// `(ky, kx)` holding a one at `ky` and at `S + kx`, zeros after.
-    key_fold: Tensor<2>,
+    /// `(ky, kx)` holding a one at `ky` and at `S + kx`, zeros after. Made on first use (only
+    /// the flash path needs it).
+    key_fold: std::sync::OnceLock<Tensor<2>>,
 }
 
 /// Width of the folded product for `head_dim` and an `S × S` grid: the smallest power of 4 that
@@ -155,7 +156,7 @@ fn fold_width(head_dim: usize, size: usize) -> usize {
 }
 
 /// The one-hot key columns of the fold for an `S × S` grid (see [`RelPos::key_fold`]).
-fn key_fold(vb: &VarBuilder, head_dim: usize, size: usize) -> Tensor<2> {
+fn key_fold(head_dim: usize, size: usize, device: &Device, dtype: DType) -> Tensor<2> {
     let cols = fold_width(head_dim, size) - head_dim;
     let mut out = vec![0f32; size * size * cols];
     for ky in 0..size {
@@ -165,7 +166,7 @@ fn key_fold(vb: &VarBuilder, head_dim: usize, size: usize) -> Tensor<2> {
             row[size + kx] = 1.0;
         }
     }
-    vb.from_host(out, [size * size, cols])
+    Tensor::from_data(TensorData::new(out, [size * size, cols]).convert_dtype(dtype), (device, dtype))
 }
 
 impl RelPos {
@@ -216,7 +217,7 @@ impl SamAttention {
             .map(|&s| {
                 let rh_t = RelPos::lookup_transposed(vb, &rel_h, table_rows, head_dim, s);
                 let rw_t = RelPos::lookup_transposed(vb, &rel_w, table_rows, head_dim, s);
-                (s, RelPos { rh_t, rw_t, key_fold: key_fold(vb, head_dim, s) })
+                (s, RelPos { rh_t, rw_t, key_fold: std::sync::OnceLock::new() })
             })
             .collect();
         Ok(Self {
@@ -326,7 +327,8 @@ impl SamAttention {
         if pad > 0 {
             q_parts.push(Tensor::zeros([b, heads, n, pad], (&q.device(), q.dtype())));
         }
-        let keys = rel.key_fold.clone().reshape([1, 1, n, width - d]).expand([b, heads, n, width - d]);
+        let key_fold = rel.key_fold.get_or_init(|| key_fold(d, h, &q.device(), q.dtype()));
+        let keys = key_fold.clone().reshape([1, 1, n, width - d]).expand([b, heads, n, width - d]);
         Ok((Tensor::cat(q_parts, 3), Tensor::cat(vec![k, keys], 3)))
     }
 
