@@ -9,7 +9,7 @@
 //! - EXIF orientation (all 8 values) is applied like `exif_transpose`; broken EXIF is ignored.
 //! - Conversion to 8-bit RGB follows Pillow's `convert("RGB")`: alpha is dropped (no compositing),
 //!   grey is replicated, 16-bit colour takes the high byte (Pillow unpacks `RGB;16B` that way),
-//!   16-bit grey (`I;16`) is clipped to 255 (Pillow's `I16_RGB`).
+//!   16-bit grey (`I;16`, with or without a PNG `tRNS` chunk) is clipped to 255 (Pillow's `I16_RGB`).
 //!
 //! Known differences from Pillow: JPEG pixels come from zune-jpeg, not libjpeg-turbo (IDCT and
 //! chroma upsampling may differ by a few levels); orientation found only in XMP, or in a PNG `eXIf` chunk placed after
@@ -126,7 +126,18 @@ fn decode_unguarded(bytes: &[u8], path: PathBuf, options: &LoadOptions) -> Resul
     let mut rgb = if format == ImageFormat::Gif {
         gif_first_frame_like_pillow(bytes).map_err(|message| PromptError::Corrupt { path: path.clone(), message })?
     } else {
-        to_rgb8_like_pillow(DynamicImage::from_decoder(decoder).map_err(|e| classify(e, &path))?)
+        let image = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, &path))?;
+        // A 16-bit grey PNG with a tRNS chunk decodes with an alpha channel here, but Pillow
+        // opens it as `I;16` (the transparency kept aside in `info`), which converts by clipping.
+        let image = match image {
+            DynamicImage::ImageLumaA16(buf) if format == ImageFormat::Png && png_is_grey16(bytes) => {
+                DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(buf.width(), buf.height(), |x, y| {
+                    image::Luma([buf.get_pixel(x, y).0[0]])
+                }))
+            }
+            other => other,
+        };
+        to_rgb8_like_pillow(image)
     };
     if orientation != Orientation::NoTransforms {
         let mut dynamic = DynamicImage::ImageRgb8(rgb);
@@ -212,6 +223,12 @@ fn orientation_from_exif_chunk(mut chunk: Vec<u8>) -> Orientation {
 }
 
 /// Pillow's `convert("RGB")` for every pixel layout the decoders produce.
+/// Whether a PNG's header says 16-bit greyscale without alpha (colour type 0).
+fn png_is_grey16(bytes: &[u8]) -> bool {
+    // Signature (8), IHDR length and type (8), width and height (8), then bit depth and colour type.
+    bytes.get(12..16) == Some(b"IHDR") && bytes.get(24..26) == Some(&[16, 0])
+}
+
 /// A GIF's first frame as Pillow's `Image.open(p).convert("RGB")` gives it: the logical screen,
 /// filled with the frame's transparent index (palette index 0 without one) where the frame does
 /// not cover it, the frame's indices pasted at its offset (transparent ones included), every

@@ -339,8 +339,8 @@ fn huge_declared_webp_is_refused_by_the_pixel_limit() {
 }
 
 /// The everyday formats beyond the six main ones (PPM/PGM/PBM, TGA plain, RLE, with alpha and
-/// grey, ICO) and two hand-written GIFs whose only frame covers part of the screen (one with a
-/// transparent index), each loaded exactly as Pillow's `Image.open(p).convert("RGB")` gives it: the
+/// grey, ICO), two hand-written GIFs whose only frame covers part of the screen (one with a
+/// transparent index) and a hand-written 16-bit grey PNG with a tRNS chunk, each loaded exactly as Pillow's `Image.open(p).convert("RGB")` gives it: the
 /// expected bytes were written by Pillow (`tests/fixtures/formats/make.py`, its README).
 #[test]
 fn everyday_formats_load_as_pillow_reads_them() {
@@ -348,7 +348,7 @@ fn everyday_formats_load_as_pillow_reads_them() {
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let expected = expected.as_object().unwrap();
-    assert_eq!(expected.len(), 10, "{expected:?}");
+    assert_eq!(expected.len(), 11, "{expected:?}");
     for (name, size) in expected {
         let path = dir.join(name);
         let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
