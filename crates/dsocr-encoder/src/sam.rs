@@ -275,34 +275,9 @@ impl SamAttention {
     /// `bias[(y,x), (ky,kx)] = q(y,x)·Rh[y,ky] + q(y,x)·Rw[x,kx]` (tables shared by all heads).
     fn rel_pos_bias(&self, q: &Tensor<4>, h: usize, w: usize) -> Result<Tensor<4>, EncoderError> {
         let [b, heads, n, _] = q.dims();
-        let (rel_h, rel_w) = self.rel_pos_terms(q, h, w)?;
+        let (rel_h, rel_w) = rel_pos_terms(self.rel_pos_for(h, w)?, q, h, w);
         let bias = rel_h.reshape([b * heads, n, h, 1]) + rel_w.reshape([b * heads, n, 1, w]);
         Ok(bias.reshape([b, heads, n, n]))
-    }
-
-    /// The two terms of the bias, `rel_h[(y,x), ky] = q(y,x)·Rh[y,ky]` `[B, heads, n, Sh]` and
-    /// `rel_w[(y,x), kx] = q(y,x)·Rw[x,kx]` `[B, heads, n, Sw]`, for a square grid.
-    fn rel_pos_terms(&self, q: &Tensor<4>, h: usize, w: usize) -> Result<(Tensor<4>, Tensor<4>), EncoderError> {
-        let rel = self.rel_pos_for(h, w)?;
-        let [b, heads, n, d] = q.dims();
-        let bh = b * heads;
-        let q = q.clone().reshape([bh, h, w, d]);
-        // rel_h[bh, y, x, ky] = Σ_c q[bh, y, x, c] · Rh[y, ky, c]: one matmul per query row y.
-        let rel_h = q
-            .clone()
-            .permute([1, 0, 2, 3])
-            .reshape([h, bh * w, d])
-            .matmul(rel.rh_t.clone())
-            .reshape([h, bh, w, h])
-            .permute([1, 0, 2, 3]);
-        // rel_w[bh, y, x, kx] = Σ_c q[bh, y, x, c] · Rw[x, kx, c]: one matmul per query column x.
-        let rel_w = q
-            .permute([2, 0, 1, 3])
-            .reshape([w, bh * h, d])
-            .matmul(rel.rw_t.clone())
-            .reshape([w, bh, h, w])
-            .permute([1, 2, 0, 3]);
-        Ok((rel_h.reshape([b, heads, n, h]), rel_w.reshape([b, heads, n, w])))
     }
 
     /// Folds the bias into the product: returns `q' = [q·√(D/d), rel_h·√D, rel_w·√D, 0]` and
@@ -317,8 +292,8 @@ impl SamAttention {
         h: usize,
         w: usize,
     ) -> Result<(Tensor<4>, Tensor<4>), EncoderError> {
-        let (rel_h, rel_w) = self.rel_pos_terms(&q, h, w)?;
         let rel = self.rel_pos_for(h, w)?;
+        let (rel_h, rel_w) = rel_pos_terms(rel, &q, h, w);
         let [b, heads, n, d] = q.dims();
         let width = fold_width(d, h);
         let (q_factor, bias_factor) = (((width as f64) / d as f64).sqrt(), (width as f64).sqrt());
@@ -343,6 +318,30 @@ impl SamAttention {
             ))
         })
     }
+}
+
+/// The two terms of the bias, `rel_h[(y,x), ky] = q(y,x)·Rh[y,ky]` `[B, heads, n, Sh]` and
+/// `rel_w[(y,x), kx] = q(y,x)·Rw[x,kx]` `[B, heads, n, Sw]`, for a square grid.
+fn rel_pos_terms(rel: &RelPos, q: &Tensor<4>, h: usize, w: usize) -> (Tensor<4>, Tensor<4>) {
+    let [b, heads, n, d] = q.dims();
+    let bh = b * heads;
+    let q = q.clone().reshape([bh, h, w, d]);
+    // rel_h[bh, y, x, ky] = Σ_c q[bh, y, x, c] · Rh[y, ky, c]: one matmul per query row y.
+    let rel_h = q
+        .clone()
+        .permute([1, 0, 2, 3])
+        .reshape([h, bh * w, d])
+        .matmul(rel.rh_t.clone())
+        .reshape([h, bh, w, h])
+        .permute([1, 0, 2, 3]);
+    // rel_w[bh, y, x, kx] = Σ_c q[bh, y, x, c] · Rw[x, kx, c]: one matmul per query column x.
+    let rel_w = q
+        .permute([2, 0, 1, 3])
+        .reshape([w, bh * h, d])
+        .matmul(rel.rw_t.clone())
+        .reshape([w, bh, h, w])
+        .permute([1, 2, 0, 3]);
+    (rel_h.reshape([b, heads, n, h]), rel_w.reshape([b, heads, n, w]))
 }
 
 /// `Lin2(GELU_erf(Lin1(x)))`.

@@ -26,40 +26,28 @@ use cubek::std::InputBinding;
 /// The routine used when `DSOCR_GEMM` is unset.
 pub const DEFAULT_ROUTINE: &str = "double_cyclic_mma";
 
-/// The routines `DSOCR_GEMM` can name (`burn` = Burn's own matmul, the reference's kernel).
-pub const ROUTINES: [&str; 13] = [
-    "burn",
-    "simple_cyclic_cmma",
-    "simple_cyclic_mma",
-    "double_cyclic_cmma",
-    "double_cyclic_mma",
-    "double_tilewise_cmma",
-    "double_hybrid_cmma",
-    "simple_tma_mma",
-    "double_tma_mma",
-    "specialized_cyclic_cmma",
-    "specialized_tma_mma",
-    "ordered_double_cmma",
-    "ordered_double_mma",
+/// Builds one cubek multi-level strategy with its default blueprint.
+pub type MakeStrategy = fn() -> Multi;
+
+/// The cubek routines `DSOCR_GEMM` can name, each with its strategy (the ones swept on the
+/// H200, docs/performance.md; `burn`, or any other name, means Burn's own matmul).
+pub const ROUTINES: [(&str, MakeStrategy); 11] = [
+    ("simple_cyclic_cmma", || Multi::SimpleCyclicCmma(Default::default())),
+    ("simple_cyclic_mma", || Multi::SimpleCyclicMma(Default::default())),
+    ("double_cyclic_cmma", || Multi::DoubleCyclicCmma(Default::default())),
+    ("double_cyclic_mma", || Multi::DoubleCyclicMma(Default::default())),
+    ("double_tilewise_cmma", || Multi::DoubleTilewiseCmma(Default::default())),
+    ("double_hybrid_cmma", || Multi::DoubleHybridCmma(Default::default())),
+    ("double_tma_mma", || Multi::DoubleTmaMma(Default::default())),
+    ("specialized_cyclic_cmma", || Multi::SpecializedCyclicCmma(Default::default())),
+    ("specialized_tma_mma", || Multi::SpecializedTmaMma(Default::default())),
+    ("ordered_double_cmma", || Multi::OrderedDoubleCmma(Default::default())),
+    ("ordered_double_mma", || Multi::OrderedDoubleMma(Default::default())),
 ];
 
 /// The cubek strategy of a routine name (`None`: Burn's matmul).
 pub fn routine(name: &str) -> Option<Strategy> {
-    Some(Strategy::MultiLevel(match name {
-        "simple_cyclic_cmma" => Multi::SimpleCyclicCmma(Default::default()),
-        "simple_cyclic_mma" => Multi::SimpleCyclicMma(Default::default()),
-        "double_cyclic_cmma" => Multi::DoubleCyclicCmma(Default::default()),
-        "double_cyclic_mma" => Multi::DoubleCyclicMma(Default::default()),
-        "double_tilewise_cmma" => Multi::DoubleTilewiseCmma(Default::default()),
-        "double_hybrid_cmma" => Multi::DoubleHybridCmma(Default::default()),
-        "simple_tma_mma" => Multi::SimpleTmaMma(Default::default()),
-        "double_tma_mma" => Multi::DoubleTmaMma(Default::default()),
-        "specialized_cyclic_cmma" => Multi::SpecializedCyclicCmma(Default::default()),
-        "specialized_tma_mma" => Multi::SpecializedTmaMma(Default::default()),
-        "ordered_double_cmma" => Multi::OrderedDoubleCmma(Default::default()),
-        "ordered_double_mma" => Multi::OrderedDoubleMma(Default::default()),
-        _ => return None,
-    }))
+    ROUTINES.iter().find(|(known, _)| *known == name).map(|(_, strategy)| Strategy::MultiLevel(strategy()))
 }
 
 /// `DSOCR_GEMM` read once (an unknown name means Burn's matmul).
