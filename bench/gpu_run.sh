@@ -21,7 +21,8 @@
 #       kernel checks and CUDA bf16 parity with the dense and the grouped prefill MoE.
 # final: those checks and parity runs, CUDA f32 parity, and the bench (vision, prefill, 200 decode tokens)
 #        beside PyTorch.
-# batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page.
+# batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page, ADMIT pages
+#        admitted together, the first CHECK pages then run alone and their ids compared.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 BIN=/tmp/dsocr
@@ -165,7 +166,7 @@ batch)
   [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
   for spec in ${BATCHES:-1:8 8:32 32:64 64:128}; do
     B=${spec%%:*}; P=${spec##*:}
-    step batch-$B $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --batch "$B" --batch-pages "$P" --mean-tokens "${MEAN:-256}" --json "$OUT/batch-$B.json"
+    step batch-$B $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --batch "$B" --batch-pages "$P" --mean-tokens "${MEAN:-256}" --admit-group "${ADMIT:-4}" --batch-check "${CHECK:-0}" --json "$OUT/batch-$B.json"
     grep -A3 "^| batch" "$OUT/batch-$B.log" | tail -1 | tee -a "$OUT/summary.txt"
   done
   ;;

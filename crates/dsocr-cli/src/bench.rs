@@ -135,6 +135,14 @@ pub struct BenchArgs {
     /// Mean forced output length in `--batch` mode (uniform in [mean/2, 3·mean/2), fixed seed).
     #[arg(long, default_value_t = 1000)]
     mean_tokens: usize,
+    /// Pages admitted together in `--batch` mode (their views encoded and prompts prefilled in
+    /// one pass); 1 admits them one by one.
+    #[arg(long, default_value_t = dsocr::model::ADMIT_GROUP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    admit_group: usize,
+    /// `--batch` mode: run the first K pages alone afterwards and report where their ids differ
+    /// from their batched ids.
+    #[arg(long, default_value_t = 0)]
+    batch_check: usize,
 }
 
 pub(crate) fn default_backend() -> String {
@@ -388,6 +396,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             &batches,
             args.batch_pages,
             args.mean_tokens,
+            args.admit_group,
+            args.batch_check,
             max_crops,
             args.seed,
         )?;

@@ -31,6 +31,14 @@ pub struct BatchRow {
     pub kv_cache_bytes: usize,
     pub device_reserved_peak_bytes: Option<u64>,
     pub failed: usize,
+    /// Whether the batched steps were replayed as graphs, the recordings made and their wall
+    /// time (included in `decode_s`).
+    pub graph: bool,
+    pub captures: usize,
+    pub capture_s: f64,
+    /// `--batch-check K`: for each of the first K pages, the first position where its batched
+    /// ids differ from the ids it gets alone (`None`: identical).
+    pub check: Vec<Option<usize>>,
 }
 
 /// The forced lengths: `pages` values uniform in `[mean/2, 3·mean/2)` from a fixed seed.
@@ -54,6 +62,8 @@ pub fn run(
     batches: &[usize],
     pages: usize,
     mean_tokens: usize,
+    admit_group: usize,
+    check: usize,
     max_crops: usize,
     seed: u64,
 ) -> Result<Vec<BatchRow>> {
@@ -76,24 +86,30 @@ pub fn run(
 
     let mut rows = Vec::new();
     for &b in batches {
-        eprintln!("batch {b}: {pages} pages, forced lengths mean {mean_tokens}");
+        eprintln!("batch {b}: {pages} pages, forced lengths mean {mean_tokens}, admitted {admit_group} at a time");
         let mut batch = PageBatch::new(model, b);
         let mut events = Vec::new();
         let (mut vision_s, mut admit_s, mut decode_s, mut steps) = (0.0, 0.0, 0.0, 0usize);
         let (mut tokens, mut done, mut failed, mut next) = (0usize, 0usize, 0usize, 0usize);
         let mut kv_bytes = 0usize;
         let mut reserved: Option<u64> = None;
+        let mut ids: Vec<Option<Vec<u32>>> = vec![None; pages];
         let start = Instant::now();
         while done < pages {
             while next < pages && batch.has_room() {
                 let t = Instant::now();
-                if batch.admit(next, &requests[next], &mut events).is_err() {
-                    failed += 1;
-                    done += 1;
+                let room = batch.slots() - batch.live();
+                let group: Vec<(usize, &OcrRequest)> =
+                    (next..pages.min(next + admit_group.max(1).min(room))).map(|i| (i, &requests[i])).collect();
+                next += group.len();
+                for result in batch.admit_many(&group, &mut events) {
+                    if result.is_err() {
+                        failed += 1;
+                        done += 1;
+                    }
                 }
                 model.device.sync().map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
                 admit_s += t.elapsed().as_secs_f64();
-                next += 1;
             }
             if batch.live() > 0 {
                 let t = Instant::now();
@@ -108,12 +124,13 @@ pub fn run(
                 }
             }
             for event in events.drain(..) {
-                if let PageEvent::Done { result, .. } = event {
+                if let PageEvent::Done { result, key } = event {
                     done += 1;
                     match result {
                         Ok(r) => {
                             tokens += r.generated_tokens();
                             vision_s += r.vision_time.as_secs_f64();
+                            ids[key] = Some(r.generated_ids);
                         }
                         Err(_) => failed += 1,
                     }
@@ -121,6 +138,19 @@ pub fn run(
             }
         }
         let wall_s = start.elapsed().as_secs_f64();
+        let report = batch.step_report();
+        drop(batch);
+        // Each checked page alone (the single-sequence path), against its batched ids.
+        let mut agreement = Vec::new();
+        for (page, batched) in ids.iter().enumerate().take(check) {
+            let alone = model.run(&requests[page], |_| std::ops::ControlFlow::Continue(()))?;
+            let batched = batched.as_deref().unwrap_or(&[]);
+            let same = alone.generated_ids.iter().zip(batched).position(|(a, b)| a != b);
+            let first = same.or((alone.generated_ids.len() != batched.len())
+                .then(|| alone.generated_ids.len().min(batched.len())));
+            eprintln!("  page {page}: {}", first.map_or("identical ids".to_string(), |p| format!("ids differ from position {p}")));
+            agreement.push(first);
+        }
         let row = BatchRow {
             batch: b,
             pages,
@@ -135,6 +165,10 @@ pub fn run(
             kv_cache_bytes: kv_bytes,
             device_reserved_peak_bytes: reserved,
             failed,
+            graph: report.graph,
+            captures: report.captures,
+            capture_s: report.capture_time.as_secs_f64(),
+            check: agreement,
         };
         eprintln!("  {:.3} pages/s, {:.1} tokens/s", row.pages_per_s, row.tokens_per_s);
         rows.push(row);
@@ -144,12 +178,12 @@ pub fn run(
 
 pub fn markdown(rows: &[BatchRow]) -> String {
     let mut out = String::from(
-        "| batch | pages | tokens | wall s | pages/s | tokens/s | vision s | prefill s | decode s (steps) | ms/step | KV cache | device pool peak | failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| batch | pages | tokens | wall s | pages/s | tokens/s | vision s | prefill s | decode s (steps) | ms/step | graph recordings (s) | KV cache | device pool peak | failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0));
         out.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} ({}) | {:.1} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} ({}) | {:.1} | {} | {} | {} | {} |\n",
             r.batch,
             r.pages,
             r.tokens,
@@ -161,6 +195,7 @@ pub fn markdown(rows: &[BatchRow]) -> String {
             r.decode_s,
             r.decode_steps,
             1000.0 * r.decode_s / r.decode_steps.max(1) as f64,
+            if r.graph { format!("{} ({:.1})", r.captures, r.capture_s) } else { "eager".to_string() },
             mib(r.kv_cache_bytes as u64),
             r.device_reserved_peak_bytes.map_or("n/a".to_string(), mib),
             r.failed

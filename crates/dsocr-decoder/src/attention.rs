@@ -102,6 +102,34 @@ impl Attention {
         self.o_proj.forward(out)
     }
 
+    /// [`forward_slots`](Self::forward_slots) with the positions in device memory (a batched
+    /// step captured as a graph): row `r` of `x` `[rows, 1, d]` at `position[r]`, `cos`/`sin`
+    /// from [`Rope::row_at`], its K/V written at the flat buffer rows `index` and attended with
+    /// `mask` `[rows, 1, 1, capacity]` (true past each row's position).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_slots_step(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        position: &Tensor<1, Int>,
+        mask: &Tensor<4, Bool>,
+        index: &Tensor<1, Int>,
+        cache: &mut SlotCache,
+        layer: usize,
+    ) -> Tensor<3> {
+        let rows = x.dims()[0];
+        let split_heads = |y: Tensor<3>| y.reshape([rows, 1, self.num_heads, self.head_dim]).swap_dims(1, 2);
+        let [q, k, v] = self.qkv(x).map(split_heads);
+        let q = rope.apply_rows(q, cos, sin);
+        let k = rope.apply_rows(k, cos, sin);
+        let (k, v) = cache.write_rows(layer, k, v, index);
+        let out = decode_attention(q, k, v, position, mask); // [rows, heads, 1, head_dim]
+        let out = out.swap_dims(1, 2).reshape([rows, 1, self.num_heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+
     /// A decode step of several sequences, one new token each: `x: [slots, 1, d]`, row `s` at
     /// position `cache.len(s)` with `cos`/`sin` rows from [`Rope::rows`]. Writes each row's K/V
     /// at its own position and attends over that slot's positions only (per-row length mask).

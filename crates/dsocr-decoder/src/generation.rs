@@ -400,23 +400,23 @@ pub fn argmax_ids(logits: Tensor<2>) -> Tensor<1, Int> {
     match argmax_split(vocab) {
         // One long row is reduced by few GPU threads (3.6 ms for the 129,280 logits on the
         // H100, docs/performance.md); split, every block's maximum is found in parallel.
-        Some(width) if rows == 1 && !dsocr_weights::backend::is_host_device(&logits.device()) => {
+        Some(width) if !dsocr_weights::backend::is_host_device(&logits.device()) => {
             argmax_two_stage(logits, width)
         }
         _ => logits.argmax(1).reshape([rows]),
     }
 }
 
-/// Argmax of a `[1, vocab]` row as `[vocab / width, width]`: the maximum of every block, then
+/// Argmax of each `[vocab]` row as `[vocab / width, width]`: the maximum of every block, then
 /// the best block. Both stages keep the lowest index on ties, so the result is the lowest id
 /// among equal maxima, as a one-stage argmax.
 fn argmax_two_stage(logits: Tensor<2>, width: usize) -> Tensor<1, Int> {
-    let vocab = logits.dims()[1];
-    let blocks = logits.reshape([vocab / width, width]);
-    let (maxima, columns) = blocks.max_dim_with_indices(1); // [blocks, 1] each
-    let row = maxima.argmax(0); // [1, 1]
-    let column = columns.gather(0, row.clone());
-    (row * width as i64 + column).reshape([1])
+    let [rows, vocab] = logits.dims();
+    let blocks = vocab / width;
+    let (maxima, columns) = logits.reshape([rows, blocks, width]).max_dim_with_indices(2); // [rows, blocks, 1]
+    let block = maxima.reshape([rows, blocks]).argmax(1); // [rows, 1]
+    let column = columns.reshape([rows, blocks]).gather(1, block.clone());
+    (block * width as i64 + column).reshape([rows])
 }
 
 /// The row width of the two-stage argmax: the divisor of `vocab` closest to its square root
@@ -513,6 +513,19 @@ mod tests {
             assert_eq!(argmax_two_stage(logits.clone(), 40).into_scalar::<i64>() as usize, want, "peaks {peaks:?}");
             assert_eq!(greedy_token(logits, &[]) as usize, want);
         }
+        // Several rows at once (a batched step), each with its own peaks.
+        let cases = [(vec![3usize], 3usize), (vec![977, 45], 45), (vec![40, 39], 39), (vec![999, 960], 960)];
+        let mut all = Vec::new();
+        for (peaks, _) in &cases {
+            let mut v = values.clone();
+            for &p in peaks {
+                v[p] = 5.0;
+            }
+            all.extend(v);
+        }
+        let logits = Tensor::<2>::from_data(TensorData::new(all, [cases.len(), vocab]), &device);
+        let got: Vec<usize> = argmax_two_stage(logits, 40).into_data().iter::<i64>().map(|i| i as usize).collect();
+        assert_eq!(got, cases.iter().map(|(_, want)| *want).collect::<Vec<_>>());
     }
 
     #[test]

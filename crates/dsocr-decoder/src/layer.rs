@@ -114,10 +114,37 @@ impl DecoderLayer {
     /// Whether this layer's feed-forward runs without reading anything back to the host at
     /// decode size (a dense MLP, or a MoE whose experts are gathered on the device).
     pub fn decodes_on_device(&self) -> bool {
+        self.decodes_rows_on_device(1)
+    }
+
+    /// [`decodes_on_device`](Self::decodes_on_device) for a batched step of `rows` rows.
+    pub fn decodes_rows_on_device(&self, rows: usize) -> bool {
         match &self.mlp {
             FeedForward::Dense(_) => true,
-            FeedForward::Moe(moe) => moe.gathers_on_device(),
+            FeedForward::Moe(moe) => moe.runs_on_device(rows),
         }
+    }
+
+    /// [`forward_slots`](Self::forward_slots) with the positions in device memory (see
+    /// [`Attention::forward_slots_step`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_slots_step(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        position: &Tensor<1, Int>,
+        mask: &Tensor<4, Bool>,
+        index: &Tensor<1, Int>,
+        cache: &mut SlotCache,
+    ) -> Tensor<3> {
+        let normed = self.input_layernorm.forward(x.clone());
+        let attn =
+            self.self_attn.forward_slots_step(normed, rope, cos, sin, position, mask, index, cache, self.index);
+        let (h, normed) = self.post_attention_layernorm.forward_residual(x, attn);
+        let ffn = self.mlp.forward(normed);
+        h + ffn
     }
 
     /// [`forward`](Self::forward) for a batched decode step over a [`SlotCache`].

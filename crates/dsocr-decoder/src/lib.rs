@@ -26,7 +26,7 @@ mod rope;
 pub mod step;
 
 pub use attention::Attention;
-pub use batch::{greedy_tokens, Batcher, Sampled, SlotCache};
+pub use batch::{graph_rows, greedy_tokens, Batcher, Prompt, Sampled, SlotCache, SlotStepInputs};
 pub use config::DecoderConfig;
 pub use error::DecoderError;
 pub use generation::{

@@ -6,7 +6,7 @@ use burn::tensor::{DType, IndexingUpdateOp};
 use dsocr_nn::{Embedding, Linear, WeightFormat};
 use dsocr_weights::VarBuilder;
 
-use crate::batch::SlotCache;
+use crate::batch::{SlotCache, SlotStepInputs};
 use crate::generation::argmax_ids;
 use crate::kv_cache::{KvCache, DEFAULT_CHUNK};
 use crate::layer::DecoderLayer;
@@ -236,6 +236,45 @@ impl Decoder {
     /// layer gathers its experts on the device), which graph capture requires.
     pub fn steps_on_device(&self) -> bool {
         self.layers.iter().all(DecoderLayer::decodes_on_device)
+    }
+
+    /// [`steps_on_device`](Self::steps_on_device) for a batched step of `rows` rows
+    /// ([`forward_slots_step`](Self::forward_slots_step)).
+    pub fn steps_rows_on_device(&self, rows: usize) -> bool {
+        self.layers.iter().all(|layer| layer.decodes_rows_on_device(rows))
+    }
+
+    /// A batched decode step whose inputs live in device memory ([`SlotStepInputs`]: a token
+    /// and a position per row), so that it can be captured as a graph and replayed (as
+    /// [`forward_step`](Self::forward_step) for one sequence). Row `r` writes its K/V into slot
+    /// `r` of `cache` at its position (the buffers must hold it; the lengths are the caller's to
+    /// advance) and attends over that slot's positions up to it. Returns the logits
+    /// `[rows, vocab]` in f32 and their argmax `[rows]`, on the device.
+    pub fn forward_slots_step(&self, inputs: &SlotStepInputs, cache: &mut SlotCache) -> StepOutput {
+        let (d, rows) = (self.cfg.hidden_size, inputs.rows());
+        let heads = self.cfg.num_kv_heads();
+        let tokens = inputs.state.clone().narrow(0, 0, rows);
+        let position = inputs.state.clone().narrow(0, rows, rows);
+        let capacity = inputs.positions.dims()[0];
+        let per_row = |t: Tensor<1, Int>, width: usize| t.reshape([rows, 1]).expand([rows, width]);
+        // Key positions after each row's own are not attended (nor written yet).
+        let mask = inputs
+            .positions
+            .clone()
+            .reshape([1, capacity])
+            .expand([rows, capacity])
+            .greater(per_row(position.clone(), capacity))
+            .reshape([rows, 1, 1, capacity]);
+        // Row r·heads + h of the flattened buffers starts at (r·heads + h)·capacity.
+        let index = inputs.row_starts.clone() + per_row(position.clone(), heads).reshape([rows * heads]);
+        let (cos, sin) = self.rope.row_at(position.clone());
+        let mut x = self.embed_tokens.forward_ids(tokens).reshape([rows, 1, d]);
+        for layer in &self.layers {
+            x = layer.forward_slots_step(x, &self.rope, &cos, &sin, &position, &mask, &index, cache);
+        }
+        let logits = self.logits(self.norm.forward(x)).reshape([rows, self.cfg.vocab_size]);
+        let token = argmax_ids(logits.clone());
+        StepOutput { logits, token }
     }
 
     /// The RoPE tables.

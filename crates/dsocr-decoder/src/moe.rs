@@ -195,6 +195,14 @@ impl Moe {
         self.gather_on_device && !matches!(self.experts, Experts::Separate(_))
     }
 
+    /// Whether [`forward`](Self::forward) of `tokens` tokens reads nothing back to the host
+    /// (the gathered path, or the dense one for packed float experts), as a captured graph needs.
+    pub fn runs_on_device(&self, tokens: usize) -> bool {
+        self.gathers_on_device()
+            && (tokens * self.top_k <= GATHER_FACTOR * self.num_experts
+                || (self.dense_prompts && matches!(self.experts, Experts::Packed { .. })))
+    }
+
     /// `x: [batch, t, d]` → `[batch, t, d]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();

@@ -53,11 +53,15 @@ pub enum StepMode {
 impl StepMode {
     /// Whether steps on `decoder` are recorded as graphs in this mode.
     pub fn uses_graph(self, decoder: &Decoder) -> bool {
+        self.graphs_possible(decoder) && decoder.steps_on_device()
+    }
+
+    /// Whether this mode records graphs on `decoder`'s device at all (a GPU backend, graphs
+    /// not disabled); a batched step also needs its row count to run on the device
+    /// ([`Decoder::steps_rows_on_device`]).
+    pub fn graphs_possible(self, decoder: &Decoder) -> bool {
         let disabled = std::env::var("DSOCR_GRAPH").is_ok_and(|v| matches!(v.trim(), "0" | "off" | "none"));
-        self == StepMode::Auto
-            && !disabled
-            && dsocr_nn::overwrites_in_place(&decoder.device())
-            && decoder.steps_on_device()
+        self == StepMode::Auto && !disabled && dsocr_nn::overwrites_in_place(&decoder.device())
     }
 }
 

@@ -1,7 +1,7 @@
 //! Batched decoding equals decoding alone: on the CPU in f32, sequences of different prompts,
 //! lengths, token limits and repeat guards, decoded together in the slots of a [`Batcher`]
 //! (slots reused as sequences finish), generate exactly the ids that [`generate`] gives each
-//! of them on its own.
+//! of them on its own; on WGPU the same with the steps replayed as graphs.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use common::*;
-use dsocr_decoder::{generate, Batcher, FinishReason, GenerationConfig, RepeatGuard};
+use dsocr_decoder::{generate, Batcher, Decoder, FinishReason, GenerationConfig, RepeatGuard, StepMode};
 
 struct Case {
     ids: Vec<u32>,
@@ -36,21 +36,9 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-#[test]
-fn batched_ids_equal_the_ids_of_each_sequence_alone() {
-    let decoder = load_decoder();
-    let cases = cases();
-    let alone: Vec<Vec<u32>> = cases
-        .iter()
-        .map(|c| {
-            let g = generate(&decoder, decoder.embed(&c.ids), &c.ids, &c.cfg, |_| ControlFlow::Continue(())).unwrap();
-            g.ids
-        })
-        .collect();
-
-    // Three slots for six sequences (with a chunk of 8 the cache grows during the run): slots
-    // are reused as sequences finish; new ones are admitted between steps.
-    let mut batch = Batcher::new(&decoder, 3, 8);
+/// Runs every case through `batch`, admitting between steps as slots free; the ids of each
+/// case, in case order.
+fn run_batched(decoder: &Decoder, batch: &mut Batcher, cases: &[Case]) -> Vec<Vec<u32>> {
     let mut got: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut which: HashMap<u64, usize> = HashMap::new();
     let mut finished: HashMap<u64, FinishReason> = HashMap::new();
@@ -58,7 +46,7 @@ fn batched_ids_equal_the_ids_of_each_sequence_alone() {
     while finished.len() < cases.len() {
         while next < cases.len() && batch.has_free_slot() {
             let c = &cases[next];
-            let s = batch.admit(&decoder, decoder.embed(&c.ids), &c.ids, &c.cfg).unwrap();
+            let s = batch.admit(decoder, decoder.embed(&c.ids), &c.ids, &c.cfg).unwrap();
             which.insert(s.sequence, next);
             got.entry(s.sequence).or_default().extend(s.token);
             if let Some(f) = s.finish {
@@ -66,7 +54,7 @@ fn batched_ids_equal_the_ids_of_each_sequence_alone() {
             }
             next += 1;
         }
-        for s in batch.step(&decoder) {
+        for s in batch.step(decoder) {
             got.entry(s.sequence).or_default().extend(s.token);
             if let Some(f) = s.finish {
                 finished.insert(s.sequence, f);
@@ -74,12 +62,66 @@ fn batched_ids_equal_the_ids_of_each_sequence_alone() {
         }
     }
     assert_eq!(batch.live(), 0);
-    for (seq, ids) in &got {
-        let k = which[seq];
+    let mut out = vec![Vec::new(); cases.len()];
+    for (seq, ids) in got {
+        out[which[&seq]] = ids;
+    }
+    out
+}
+
+fn alone(decoder: &Decoder, cases: &[Case], step: StepMode) -> Vec<Vec<u32>> {
+    cases
+        .iter()
+        .map(|c| {
+            let cfg = GenerationConfig { step, ..c.cfg.clone() };
+            generate(decoder, decoder.embed(&c.ids), &c.ids, &cfg, |_| ControlFlow::Continue(())).unwrap().ids
+        })
+        .collect()
+}
+
+#[test]
+fn batched_ids_equal_the_ids_of_each_sequence_alone() {
+    let decoder = load_decoder();
+    let cases = cases();
+    let alone = alone(&decoder, &cases, StepMode::Auto);
+    // Three slots for six sequences (with a chunk of 8 the cache grows during the run): slots
+    // are reused as sequences finish; new ones are admitted between steps.
+    let mut batch = Batcher::new(&decoder, 3, 8);
+    let got = run_batched(&decoder, &mut batch, &cases);
+    for (k, ids) in got.iter().enumerate() {
         assert_eq!(ids, &alone[k], "sequence {k}: batched ids differ from its ids alone");
         assert_eq!(ids.len(), cases[k].cfg.max_new_tokens, "sequence {k}");
     }
-    assert!(batch.cache().capacity() >= 260 + 12, "the cache grew in chunks: {}", batch.cache().capacity());
+    assert!(!batch.step_report().graph, "the CPU backend has no graphs");
+    assert!(batch.cache_capacity() >= 260 + 12, "the cache grew in chunks: {}", batch.cache_capacity());
+}
+
+/// On WGPU (lavapipe in CI) the batched steps are recorded as graphs, one per row bucket and
+/// capacity, and replayed while sequences enter and leave the slots (inserts and moves written
+/// into the recorded buffers): every sequence gets the ids it gets alone, eager, on the same
+/// device and on the CPU. Seven slots for twelve sequences take the tiny model's MoE both ways:
+/// gathered up to 5 rows (5 · top-3 ≤ 2 · 8 experts), dense beyond.
+#[cfg(feature = "wgpu")]
+#[test]
+fn graph_batched_ids_equal_the_ids_alone_on_wgpu() {
+    let Some(device) = dsocr_weights::testing::wgpu_f32() else { return };
+    let decoder = load_decoder_on(&device);
+    let mut cases = cases();
+    cases.extend(cases.iter().map(|c| Case { ids: c.ids.iter().map(|&t| t + 1).collect(), cfg: c.cfg.clone() }).collect::<Vec<_>>());
+    let want = alone(&decoder, &cases, StepMode::Eager);
+    assert_eq!(want, alone(&load_decoder(), &cases, StepMode::Eager), "WGPU and CPU differ alone");
+    let mut batch = Batcher::new(&decoder, 7, 8);
+    let got = run_batched(&decoder, &mut batch, &cases);
+    let report = batch.step_report();
+    println!("batched graph steps on WGPU: {report:?}");
+    assert!(report.graph && report.captures >= 3, "{report:?}");
+    for (k, ids) in got.iter().enumerate() {
+        assert_eq!(ids, &want[k], "sequence {k}: graph-batched ids differ from its ids alone");
+    }
+    // And eager batched steps on the same device agree.
+    let mut eager = Batcher::with_mode(&decoder, 7, 8, StepMode::Eager);
+    assert_eq!(run_batched(&decoder, &mut eager, &cases), want);
+    assert!(!eager.step_report().graph);
 }
 
 #[test]

@@ -9,10 +9,15 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use dsocr_decoder::{Batcher, FinishReason, Sampled, DEFAULT_CHUNK};
+use dsocr_decoder::{Batcher, FinishReason, Prompt, Sampled, StepReport, DEFAULT_CHUNK};
 use dsocr_input::StreamDecoder;
 
-use crate::{DeepseekOcr, ModelError, OcrRequest, OcrResult};
+use crate::{DeepseekOcr, ModelError, OcrRequest, OcrResult, VisionOutput};
+
+/// Pages admitted together by default ([`PageBatch::admit_many`], [`DeepseekOcr::run_batched`]):
+/// their views share one encoder pass and their prompts one prefill. Memory grows with it
+/// (SAM's global attention of a 1024² view holds ~1 GiB of scores in half precision).
+pub const ADMIT_GROUP: usize = 4;
 
 /// What a batch reports; `key` is the caller's name for the page.
 #[derive(Debug)]
@@ -58,45 +63,122 @@ impl<'m> PageBatch<'m> {
         self.batcher.has_free_slot()
     }
 
+    /// How the batched steps ran so far (graphs, recordings).
+    pub fn step_report(&self) -> StepReport {
+        self.batcher.step_report()
+    }
+
     /// Bytes of the batch's KV cache.
     pub fn cache_bytes(&self) -> usize {
-        self.batcher.cache().bytes()
+        self.batcher.cache_bytes()
     }
 
     /// Runs `request`'s vision and prefill and chooses its first token. Its events (and, if it
     /// ends at once, its result) go to `events`. `Err` when it could not start (then nothing of
     /// it is in the batch).
     pub fn admit(&mut self, key: usize, request: &OcrRequest, events: &mut Vec<PageEvent>) -> Result<(), ModelError> {
+        self.admit_many(&[(key, request)], events).pop().unwrap_or(Err(ModelError::NotStarted))
+    }
+
+    /// [`admit`](Self::admit) of several pages at once: their views are encoded together
+    /// ([`DeepseekOcr::encode_images`]) and their prompts of equal length prefilled together
+    /// ([`Batcher::admit_batch`]). The results are in `requests`' order; a page that fails
+    /// fails alone (if the joint vision pass fails, each page is encoded on its own). Each
+    /// page's vision time is its share of the joint pass.
+    pub fn admit_many(
+        &mut self,
+        requests: &[(usize, &OcrRequest)],
+        events: &mut Vec<PageEvent>,
+    ) -> Vec<Result<(), ModelError>> {
         let vision_start = Instant::now();
-        let vision = match &request.image {
-            Some(image) => {
-                Some(self.model.encode_image(self.model.prepare(image, request.mode, request.max_crops)?)?)
+        let mut results: Vec<Result<(), ModelError>> = requests.iter().map(|_| Ok(())).collect();
+        // Preprocessing, then one vision pass over the pages with images.
+        let mut prepared = Vec::new();
+        let mut with_image = Vec::new();
+        for (i, (_, request)) in requests.iter().enumerate() {
+            if let Some(image) = &request.image {
+                match self.model.prepare(image, request.mode, request.max_crops) {
+                    Ok(p) => {
+                        prepared.push(p);
+                        with_image.push(i);
+                    }
+                    Err(e) => results[i] = Err(e),
+                }
             }
-            None => None,
-        };
-        let (prompt_ids, embeds) = self.model.prompt_embeddings(&request.prompt, vision.as_ref())?;
-        let vision_time = vision_start.elapsed();
-        let (image_tokens, grid) = match &vision {
-            Some(v) => (v.prepared.image_token_count(), [v.prepared.grid.0 as usize, v.prepared.grid.1 as usize]),
-            None => (0, [1, 1]),
-        };
-        drop(vision);
+        }
+        let mut vision: Vec<Option<VisionOutput>> = requests.iter().map(|_| None).collect();
+        match self.model.encode_images(prepared.clone()) {
+            Ok(outputs) => {
+                for (&i, out) in with_image.iter().zip(outputs) {
+                    vision[i] = Some(out);
+                }
+            }
+            Err(_) if prepared.len() > 1 => {
+                for (&i, p) in with_image.iter().zip(prepared) {
+                    match self.model.encode_image(p) {
+                        Ok(out) => vision[i] = Some(out),
+                        Err(e) => results[i] = Err(e),
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(&i) = with_image.first() {
+                    results[i] = Err(e);
+                }
+            }
+        }
+        // Prompts of the pages still standing.
+        let mut pages = Vec::new();
+        for (i, (key, request)) in requests.iter().enumerate() {
+            if results[i].is_err() {
+                continue;
+            }
+            let vision = vision[i].take();
+            match self.model.prompt_embeddings(&request.prompt, vision.as_ref()) {
+                Ok((ids, embeds)) => {
+                    let (image_tokens, grid) = match &vision {
+                        Some(v) => {
+                            (v.prepared.image_token_count(), [v.prepared.grid.0 as usize, v.prepared.grid.1 as usize])
+                        }
+                        None => (0, [1, 1]),
+                    };
+                    pages.push((i, *key, *request, ids, embeds, image_tokens, grid));
+                }
+                Err(e) => results[i] = Err(e),
+            }
+        }
+        let vision_time = vision_start.elapsed() / pages.len().max(1) as u32;
         let started = Instant::now();
-        let sampled = self.batcher.admit(&self.model.decoder, embeds, &prompt_ids, &request.generation)?;
-        let live = Live {
-            key,
-            stream: self.model.tokenizer.stream_decoder(),
-            prompt_ids,
-            generated: Vec::new(),
-            eos: request.generation.eos_token_id,
-            image_tokens,
-            grid,
-            vision_time,
-            started,
-        };
-        self.live.insert(sampled.sequence, live);
-        self.record(sampled, events);
-        Ok(())
+        let prompts = pages
+            .iter()
+            .map(|(_, _, request, ids, embeds, _, _)| Prompt {
+                embeds: embeds.clone(),
+                ids: ids.as_slice(),
+                cfg: &request.generation,
+            })
+            .collect();
+        let admitted = self.batcher.admit_batch(&self.model.decoder, prompts);
+        for ((i, key, request, prompt_ids, _, image_tokens, grid), sampled) in pages.into_iter().zip(admitted) {
+            match sampled {
+                Ok(sampled) => {
+                    let live = Live {
+                        key,
+                        stream: self.model.tokenizer.stream_decoder(),
+                        prompt_ids,
+                        generated: Vec::new(),
+                        eos: request.generation.eos_token_id,
+                        image_tokens,
+                        grid,
+                        vision_time,
+                        started,
+                    };
+                    self.live.insert(sampled.sequence, live);
+                    self.record(sampled, events);
+                }
+                Err(e) => results[i] = Err(e.into()),
+            }
+        }
+        results
     }
 
     /// One decode step of every live page.
@@ -185,10 +267,15 @@ impl DeepseekOcr {
         let mut stop = false;
         loop {
             while !stop && next < requests.len() && batch.has_room() {
-                if let Err(e) = batch.admit(next, &requests[next], &mut events) {
-                    events.push(PageEvent::Done { key: next, result: Err(e) });
+                let room = batch.slots() - batch.live();
+                let end = requests.len().min(next + ADMIT_GROUP.min(room));
+                let group: Vec<(usize, &OcrRequest)> = (next..end).map(|i| (i, &requests[i])).collect();
+                for ((key, _), result) in group.iter().zip(batch.admit_many(&group, &mut events)) {
+                    if let Err(e) = result {
+                        events.push(PageEvent::Done { key: *key, result: Err(e) });
+                    }
                 }
-                next += 1;
+                next = end;
             }
             if batch.live() == 0 && (stop || next >= requests.len()) && events.is_empty() {
                 break;

@@ -25,7 +25,7 @@ mod model;
 mod pipeline;
 pub mod quantized_checkpoint;
 
-pub use batch::{PageBatch, PageEvent};
+pub use batch::{PageBatch, PageEvent, ADMIT_GROUP};
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use model::{DeepseekOcr, LoadOptions, ModelFiles, QUANTIZE_LM_HEAD};

@@ -95,6 +95,76 @@ impl DeepseekOcr {
         Ok(VisionOutput { prepared, sam_global: global.sam, clip_global: global.clip, sam_tiles, clip_tiles, embeds })
     }
 
+    /// [`encode_image`](Self::encode_image) of several pages at once: the global views of
+    /// equal size go through the encoder as one batch, and so do all the pages' tiles, so a
+    /// page costs a fraction of the launches it costs alone; each page is then projected and
+    /// laid out on its own. The outputs are in `prepared`'s order and equal each page's own
+    /// (up to the summation order of the larger products). How many pages to pass at once is
+    /// the caller's choice: memory grows with it.
+    pub fn encode_images(&self, prepared: Vec<PreparedImage>) -> Result<Vec<VisionOutput>, ModelError> {
+        if prepared.len() <= 1 {
+            return prepared.into_iter().map(|p| self.encode_image(p)).collect();
+        }
+        let dtype = self.precision.dtype();
+        let n = prepared.len();
+        // One encoder pass per view size, over the pages that have it: (side, pages, output).
+        let mut globals: Vec<Option<(Tensor<4>, Tensor<3>, Tensor<3>)>> = (0..n).map(|_| None).collect();
+        let mut sides: Vec<usize> = prepared.iter().map(|p| p.global.width() as usize).collect();
+        sides.sort_unstable();
+        sides.dedup();
+        for side in sides {
+            let pages: Vec<usize> = (0..n).filter(|&i| prepared[i].global.width() as usize == side).collect();
+            let views: Vec<_> = pages.iter().map(|&i| prepared[i].global.clone()).collect();
+            let pixels = pixels_from_chw(normalize_batch(&views), views.len(), side, &self.device, dtype)?;
+            let out = self.encoder.forward(pixels)?;
+            for (row, &i) in pages.iter().enumerate() {
+                globals[i] = Some((
+                    out.sam.clone().narrow(0, row, 1),
+                    out.clip.clone().narrow(0, row, 1),
+                    out.features.clone().narrow(0, row, 1),
+                ));
+            }
+        }
+        let mut tiles: Vec<Option<(Tensor<4>, Tensor<3>, Tensor<3>)>> = (0..n).map(|_| None).collect();
+        let mut tile_sides: Vec<usize> =
+            prepared.iter().filter_map(|p| p.tiles.first().map(|t| t.width() as usize)).collect();
+        tile_sides.sort_unstable();
+        tile_sides.dedup();
+        for side in tile_sides {
+            let pages: Vec<usize> =
+                (0..n).filter(|&i| prepared[i].tiles.first().is_some_and(|t| t.width() as usize == side)).collect();
+            let views: Vec<_> = pages.iter().flat_map(|&i| prepared[i].tiles.iter().cloned()).collect();
+            let pixels = pixels_from_chw(normalize_batch(&views), views.len(), side, &self.device, dtype)?;
+            let out = self.encoder.forward(pixels)?;
+            let mut start = 0;
+            for &i in &pages {
+                let count = prepared[i].tiles.len();
+                tiles[i] = Some((
+                    out.sam.clone().narrow(0, start, count),
+                    out.clip.clone().narrow(0, start, count),
+                    out.features.clone().narrow(0, start, count),
+                ));
+                start += count;
+            }
+        }
+        let mut outputs = Vec::with_capacity(n);
+        for ((prepared, global), tiles) in prepared.into_iter().zip(globals).zip(tiles) {
+            let Some((sam_global, clip_global, global_features)) = global else {
+                return Err(ModelError::NotStarted);
+            };
+            let (sam_tiles, clip_tiles, tile_features) = match tiles {
+                Some((sam, clip, features)) => {
+                    let grid = TileGrid { cols: prepared.grid.0 as usize, rows: prepared.grid.1 as usize };
+                    (Some(sam), Some(clip), Some((features, grid)))
+                }
+                None => (None, None, None),
+            };
+            let embeds = self.projector.embed_image(global_features, tile_features)?;
+            outputs.push(VisionOutput { prepared, sam_global, clip_global, sam_tiles, clip_tiles, embeds });
+        }
+        Ok(outputs)
+    }
+
     /// Builds the prompt ids (BOS, text, N image tokens, text) and their embeddings.
     pub fn prompt_embeddings(
         &self,

@@ -47,7 +47,7 @@ pub use gemm::gemm;
 pub use layer_norm::LayerNorm;
 pub use linear::{Linear, WeightFormat};
 pub use matvec::{gathered_matvec, matvec};
-pub use overwrite::{overwrite, overwrites_in_place};
+pub use overwrite::{overwrite, overwrite_blocks, overwrite_blocks_reference, overwrites_in_place, Blocks};
 pub use quant::Quant;
 pub use quantized::{gathered_quant_matvec, quant_matvec, QuantMatrix};
 pub use rms_norm::{add_rms_norm, rms_norm};

@@ -289,5 +289,38 @@ pub fn run(device: &Device, dtype: DType, sizes: Sizes) -> Vec<Check> {
         let want: Vec<i64> = (0..len as i64).map(|i| i * 7 - 3).collect();
         push(format!("overwrite {len} ints in place"), if got == want { 0.0 } else { f32::INFINITY });
     }
+
+    // overwrite_blocks: strided blocks of floats land in the destination's buffer (a clone
+    // taken before sees them) exactly where the reference puts them, in the K/V layouts of a
+    // slot insert ([slots, heads, capacity, d] ← [1, heads, len, d] of a larger prefill buffer).
+    for &(slots, heads, capacity, d, len) in &[(3usize, 2usize, 8usize, 4usize, 5usize), (4, 10, 96, 128, 70)] {
+        let dst = random([slots, heads, capacity, d], device, dtype);
+        let src = random([1, heads, capacity + 3, d], device, dtype);
+        let row = slots - 2;
+        let b = crate::Blocks {
+            count: heads,
+            len: len * d,
+            dst_offset: row * heads * capacity * d,
+            dst_stride: capacity * d,
+            src_offset: 0,
+            src_stride: (capacity + 3) * d,
+        };
+        let want = crate::overwrite_blocks_reference(f32(&dst), f32(&src), b);
+        let reader = dst.clone();
+        let alias = super::overwrite_blocks(dst, src, super::Blocks {
+            count: b.count,
+            len: b.len,
+            dst_offset: b.dst_offset,
+            dst_stride: b.dst_stride,
+            src_offset: b.src_offset,
+            src_stride: b.src_stride,
+        });
+        let got = f32(&reader).reshape([slots * heads * capacity, d]);
+        drop(alias);
+        push(
+            format!("overwrite_blocks {slots}×{heads}×{capacity}×{d} in place"),
+            relative_error(got, want.reshape([slots * heads * capacity, d])),
+        );
+    }
     checks
 }

@@ -19,8 +19,9 @@
 //!   tiles and an online f32 softmax (cubek-attention's routine), the scores never materialised
 //!   (the vision towers' global attention, through [`crate::long_attention`]);
 //! - [`gemm`](mod@gemm): large matrix products with a chosen cubek-matmul routine;
-//! - [`overwrite`](mod@overwrite): integers written into an existing buffer (the inputs of a
-//!   captured decode graph; not switchable: it replaces no op).
+//! - [`overwrite`](mod@overwrite): integers, or blocks of floats, written into an existing
+//!   buffer (the inputs and the K/V cache of a captured decode graph; not switchable: it
+//!   replaces no op).
 
 pub mod check;
 mod decode_attention;
@@ -45,7 +46,8 @@ use self::decode_attention::DecodeAttentionOps;
 use self::flash_attention::FlashAttentionOps;
 use self::gemm::GemmOps;
 use self::matvec::MatvecOps;
-use self::overwrite::OverwriteOps;
+use self::overwrite::{OverwriteFloatOps, OverwriteOps};
+pub use self::overwrite::Blocks;
 use self::quant_matvec::QuantMatvecOps;
 use self::rms_norm::RmsNormOps;
 use self::rope::RopeOps;
@@ -224,6 +226,21 @@ pub fn is_cube(device: &Device) -> bool {
 /// `dst ← src` in `dst`'s buffer (see [`crate::overwrite`]); returns an alias of `dst`.
 pub fn overwrite(dst: Tensor<1, Int>, src: Tensor<1, Int>) -> Tensor<1, Int> {
     Tensor::from_dispatch(Dispatch::overwrite_ints(dst.into_dispatch(), src.into_dispatch()))
+}
+
+/// Blocks of `src` copied into `dst`'s buffer (see [`crate::overwrite_blocks`]); returns an
+/// alias of `dst`.
+pub fn overwrite_blocks<const D: usize, const E: usize>(dst: Tensor<D>, src: Tensor<E>, b: Blocks) -> Tensor<D> {
+    Tensor::from_dispatch(Dispatch::overwrite_floats(
+        dst.into_dispatch(),
+        src.into_dispatch(),
+        b.count,
+        b.len,
+        b.dst_offset,
+        b.dst_stride,
+        b.src_offset,
+        b.src_stride,
+    ))
 }
 
 /// `x: [m, in]`, `w: [out, in]` → `[m, out]` (see [`crate::matvec::matvec`]).

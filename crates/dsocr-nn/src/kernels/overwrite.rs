@@ -1,4 +1,4 @@
-//! `dst ← src` for integer vectors, written into `dst`'s own buffer.
+//! `dst ← src` for integer vectors, and blocks of floats, written into `dst`'s own buffer.
 //!
 //! A captured graph (`burn::tensor::capture`) replays against the buffers it read while it was
 //! recorded, so the inputs of a decode step (the token id and the position) must be refreshed
@@ -9,7 +9,7 @@
 //! (the next replay) has been submitted.
 
 use burn::backend::cubecl::dtype_to_storage_type;
-use burn::backend::tensor::IntTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{backend_extension, Backend, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
@@ -55,5 +55,88 @@ fn overwrite_kernel<I: Int, J: Int>(
     let i = ABSOLUTE_POS;
     if i < len {
         dst[i] = I::cast_from(src[i]);
+    }
+}
+
+/// Where [`OverwriteOps::overwrite_floats`] copies: `count` blocks of `len` elements, block `b`
+/// from `src[src_offset + b·src_stride ..]` to `dst[dst_offset + b·dst_stride ..]` (flat indices
+/// into the two contiguous buffers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocks {
+    pub count: usize,
+    pub len: usize,
+    pub dst_offset: usize,
+    pub dst_stride: usize,
+    pub src_offset: usize,
+    pub src_stride: usize,
+}
+
+#[backend_extension(Cube, Fusion)]
+pub trait OverwriteFloatOps: Backend {
+    #[fusion(shape = dst, dtype = dst)]
+    #[allow(clippy::too_many_arguments)]
+    fn overwrite_floats(
+        dst: FloatTensor<Self>,
+        src: FloatTensor<Self>,
+        count: usize,
+        len: usize,
+        dst_offset: usize,
+        dst_stride: usize,
+        src_offset: usize,
+        src_stride: usize,
+    ) -> FloatTensor<Self>;
+}
+
+impl OverwriteFloatOps for CubeBackend {
+    fn overwrite_floats(
+        dst: CubeTensor,
+        src: CubeTensor,
+        count: usize,
+        len: usize,
+        dst_offset: usize,
+        dst_stride: usize,
+        src_offset: usize,
+        src_stride: usize,
+    ) -> CubeTensor {
+        let src = into_contiguous(src);
+        if count == 0 || len == 0 {
+            return dst;
+        }
+        let dtypes = [dtype_to_storage_type(dst.dtype), dtype_to_storage_type(src.dtype)];
+        overwrite_blocks_kernel::launch(
+            &dst.client.clone(),
+            CubeCount::Static((len as u32).div_ceil(BLOCK_UNITS), count as u32, 1),
+            CubeDim::new_1d(BLOCK_UNITS),
+            src.into_tensor_arg(),
+            dst.clone().into_tensor_arg(),
+            len,
+            dst_offset,
+            dst_stride,
+            src_offset,
+            src_stride,
+            dtypes,
+        );
+        dst
+    }
+}
+
+const BLOCK_UNITS: u32 = 256;
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn overwrite_blocks_kernel<F: Float, G: Float>(
+    src: &Tensor<G>,
+    dst: &mut Tensor<F>,
+    len: usize,
+    dst_offset: usize,
+    dst_stride: usize,
+    src_offset: usize,
+    src_stride: usize,
+    #[define(F, G)] _dtypes: [ElemType; 2],
+) {
+    let i = CUBE_POS_X as usize * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    let b = CUBE_POS_Y as usize;
+    if i < len {
+        dst[dst_offset + b * dst_stride + i] = F::cast_from(src[src_offset + b * src_stride + i]);
     }
 }
