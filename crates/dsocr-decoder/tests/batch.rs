@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use common::*;
-use dsocr_decoder::{generate, Batcher, Decoder, FinishReason, GenerationConfig, RepeatGuard, StepMode};
+use dsocr_decoder::{generate, Batcher, Decoder, FinishReason, GenerationConfig, Prompt, RepeatGuard, StepMode};
 
 struct Case {
     ids: Vec<u32>,
@@ -44,15 +44,20 @@ fn run_batched(decoder: &Decoder, batch: &mut Batcher, cases: &[Case]) -> Vec<Ve
     let mut finished: HashMap<u64, FinishReason> = HashMap::new();
     let mut next = 0;
     while finished.len() < cases.len() {
+        // Every free slot filled at once: prompts of equal length are prefilled together.
         while next < cases.len() && batch.has_free_slot() {
-            let c = &cases[next];
-            let s = batch.admit(decoder, decoder.embed(&c.ids), &c.ids, &c.cfg).unwrap();
-            which.insert(s.sequence, next);
-            got.entry(s.sequence).or_default().extend(s.token);
-            if let Some(f) = s.finish {
-                finished.insert(s.sequence, f);
+            let end = cases.len().min(next + batch.slots() - batch.live());
+            let prompts =
+                cases[next..end].iter().map(|c| Prompt { embeds: decoder.embed(&c.ids), ids: &c.ids, cfg: &c.cfg });
+            for (k, s) in (next..end).zip(batch.admit_batch(decoder, prompts.collect())) {
+                let s = s.unwrap();
+                which.insert(s.sequence, k);
+                got.entry(s.sequence).or_default().extend(s.token);
+                if let Some(f) = s.finish {
+                    finished.insert(s.sequence, f);
+                }
             }
-            next += 1;
+            next = end;
         }
         for s in batch.step(decoder) {
             got.entry(s.sequence).or_default().extend(s.token);
@@ -79,13 +84,25 @@ fn alone(decoder: &Decoder, cases: &[Case], step: StepMode) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Each of the six cases followed by a twin of the same prompt length (other ids): admitted
+/// together, the two are prefilled as one batch.
+fn twelve_cases() -> Vec<Case> {
+    cases()
+        .into_iter()
+        .flat_map(|c| {
+            let twin = Case { ids: c.ids.iter().map(|&t| t + 1).collect(), cfg: c.cfg.clone() };
+            [c, twin]
+        })
+        .collect()
+}
+
 #[test]
 fn batched_ids_equal_the_ids_of_each_sequence_alone() {
     let decoder = load_decoder();
-    let cases = cases();
+    let cases = twelve_cases();
     let alone = alone(&decoder, &cases, StepMode::Auto);
-    // Three slots for six sequences (with a chunk of 8 the cache grows during the run): slots
-    // are reused as sequences finish; new ones are admitted between steps.
+    // Three slots for twelve sequences (with a chunk of 8 the cache grows during the run):
+    // slots are reused as sequences finish; new ones are admitted between steps.
     let mut batch = Batcher::new(&decoder, 3, 8);
     let got = run_batched(&decoder, &mut batch, &cases);
     for (k, ids) in got.iter().enumerate() {
@@ -106,8 +123,7 @@ fn batched_ids_equal_the_ids_of_each_sequence_alone() {
 fn graph_batched_ids_equal_the_ids_alone_on_wgpu() {
     let Some(device) = dsocr_weights::testing::wgpu_f32() else { return };
     let decoder = load_decoder_on(&device);
-    let mut cases = cases();
-    cases.extend(cases.iter().map(|c| Case { ids: c.ids.iter().map(|&t| t + 1).collect(), cfg: c.cfg.clone() }).collect::<Vec<_>>());
+    let cases = twelve_cases();
     let want = alone(&decoder, &cases, StepMode::Eager);
     assert_eq!(want, alone(&load_decoder(), &cases, StepMode::Eager), "WGPU and CPU differ alone");
     let mut batch = Batcher::new(&decoder, 7, 8);
