@@ -21,6 +21,7 @@
 #       kernel checks and CUDA bf16 parity with the dense and the grouped prefill MoE.
 # final: those checks and parity runs, CUDA f32 parity, and the bench (vision, prefill, 200 decode tokens)
 #        beside PyTorch.
+# batchprofile: CubeCL kernel profiles of eager batched steps of B rows (two lengths: their difference is the steps).
 # batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page, ADMIT pages
 #        admitted together, the first CHECK pages then run alone and their ids compared.
 set -uo pipefail
@@ -97,6 +98,17 @@ profile)
     # Eager steps (DSOCR_GRAPH=0): a replayed graph's kernels are not profiled one by one.
     DSOCR_GRAPH=0 CUBECL_DEBUG_LOG=/tmp/profile-$T.log CUBECL_DEBUG_OPTION=profile step profile-$T $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --skip-vision --skip-base --skip-pages --skip-breakdown --decode-tokens "$T" --repeat 1
     xz -T4 -c /tmp/profile-$T.log > "$OUT/profile-$T.log.xz"
+  done
+  ;;
+batchprofile)
+  # CubeCL's kernel profile of eager batched steps (DSOCR_GRAPH=0): B pages admitted at once, forced
+  # lengths around two means; the difference of the two profiles is mostly batched steps of B rows.
+  mkdir -p /tmp/full
+  [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
+  B=${B:-64}
+  for T in ${PROFILE_TOKENS:-40 80}; do
+    DSOCR_GRAPH=0 CUBECL_DEBUG_LOG=/tmp/bprofile-$T.log CUBECL_DEBUG_OPTION=profile step bprofile-$T $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --batch "$B" --batch-pages "$B" --mean-tokens "$T" --admit-group "${ADMIT:-8}"
+    xz -T8 -c /tmp/bprofile-$T.log > "$OUT/bprofile-$T.log.xz"
   done
   ;;
 quant)

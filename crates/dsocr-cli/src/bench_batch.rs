@@ -56,6 +56,40 @@ pub fn forced_lengths(pages: usize, mean: usize, seed: u64) -> Vec<usize> {
         .collect()
 }
 
+/// A page decoded alone with every step's logits kept: its ids and, per generated id, the
+/// top-2 margin of the logits it was chosen from.
+struct Alone {
+    ids: Vec<u32>,
+    margins: Vec<f32>,
+    median_margin: f32,
+}
+
+fn alone_traced(model: &DeepseekOcr, request: &OcrRequest) -> Result<Alone> {
+    use burn::prelude::*;
+    let vision = match &request.image {
+        Some(image) => Some(model.encode_image(model.prepare(image, request.mode, request.max_crops)?)?),
+        None => None,
+    };
+    let (ids, embeds) = model.prompt_embeddings(&request.prompt, vision.as_ref())?;
+    let steps = request.generation.max_new_tokens;
+    let cfg = GenerationConfig {
+        trace: Some(dsocr_decoder::TraceConfig { prefill_logits_tail: 1, decode_logits_steps: steps }),
+        ..request.generation.clone()
+    };
+    let out = dsocr_decoder::generate(&model.decoder, embeds, &ids, &cfg, |_| std::ops::ControlFlow::Continue(()))?;
+    let trace = out.trace.context("no trace")?;
+    // Row j chose id j: the prefill's last logits, then each decode step's.
+    let mut rows = vec![trace.prefill_logits_tail];
+    rows.extend(trace.decode_logits);
+    let top2 = Tensor::cat(rows, 0).topk(2, 1);
+    let top: Vec<f32> = top2.into_data().convert::<f32>().iter::<f32>().collect();
+    let margins: Vec<f32> = top.chunks_exact(2).map(|t| t[0] - t[1]).collect();
+    let mut sorted = margins.clone();
+    sorted.sort_by(f32::total_cmp);
+    let median_margin = sorted.get(sorted.len() / 2).copied().unwrap_or(f32::NAN);
+    Ok(Alone { ids: out.ids, margins, median_margin })
+}
+
 pub fn run(
     model: &DeepseekOcr,
     image_path: &std::path::Path,
@@ -143,12 +177,19 @@ pub fn run(
         // Each checked page alone (the single-sequence path), against its batched ids.
         let mut agreement = Vec::new();
         for (page, batched) in ids.iter().enumerate().take(check) {
-            let alone = model.run(&requests[page], |_| std::ops::ControlFlow::Continue(()))?;
+            let alone = alone_traced(model, &requests[page])?;
             let batched = batched.as_deref().unwrap_or(&[]);
-            let same = alone.generated_ids.iter().zip(batched).position(|(a, b)| a != b);
-            let first = same.or((alone.generated_ids.len() != batched.len())
-                .then(|| alone.generated_ids.len().min(batched.len())));
-            eprintln!("  page {page}: {}", first.map_or("identical ids".to_string(), |p| format!("ids differ from position {p}")));
+            let same = alone.ids.iter().zip(batched).position(|(a, b)| a != b);
+            let first = same.or((alone.ids.len() != batched.len()).then(|| alone.ids.len().min(batched.len())));
+            let verdict = match first {
+                None => "identical ids".to_string(),
+                Some(p) => format!(
+                    "ids differ from position {p}; alone, the top-2 logit margin there is {} (median over its steps {:.4})",
+                    alone.margins.get(p).map_or("n/a".to_string(), |m| format!("{m:.4}")),
+                    alone.median_margin
+                ),
+            };
+            eprintln!("  page {page}: {verdict}");
             agreement.push(first);
         }
         let row = BatchRow {

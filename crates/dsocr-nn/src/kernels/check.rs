@@ -294,8 +294,10 @@ pub fn run(device: &Device, dtype: DType, sizes: Sizes) -> Vec<Check> {
     // taken before sees them) exactly where the reference puts them, in the K/V layouts of a
     // slot insert ([slots, heads, capacity, d] ← [1, heads, len, d] of a larger prefill buffer).
     for &(slots, heads, capacity, d, len) in &[(3usize, 2usize, 8usize, 4usize, 5usize), (4, 10, 96, 128, 70)] {
-        let dst = random([slots, heads, capacity, d], device, dtype);
-        let src = random([1, heads, capacity + 3, d], device, dtype);
+        // Materialised first (no pending lazy op on them), as the K/V buffers are.
+        let settled = |t: Tensor<4>| Tensor::<4>::from_data(t.into_data(), device);
+        let dst = settled(random([slots, heads, capacity, d], device, dtype));
+        let src = settled(random([1, heads, capacity + 3, d], device, dtype));
         let row = slots - 2;
         let b = crate::Blocks {
             count: heads,
