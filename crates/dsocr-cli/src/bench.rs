@@ -390,17 +390,16 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if !args.batch.is_empty() && !args.load_only {
         let batches: Vec<usize> = args.batch.iter().map(|&b| b as usize).collect();
         let max_crops = args.max_crops.unwrap_or(OcrOptions::official().max_crops);
-        let rows = crate::bench_batch::run(
-            &model,
-            &image,
-            &batches,
-            args.batch_pages,
-            args.mean_tokens,
-            args.admit_group,
-            args.batch_check,
+        let bench = crate::bench_batch::BatchBench {
+            batches,
+            pages: args.batch_pages,
+            mean_tokens: args.mean_tokens,
+            admit_group: args.admit_group,
+            check: args.batch_check,
             max_crops,
-            args.seed,
-        )?;
+            seed: args.seed,
+        };
+        let rows = crate::bench_batch::run(&model, &image, &bench)?;
         println!("{}", crate::bench_batch::markdown(&rows));
         if let Some(path) = &args.json {
             let text = serde_json::to_string_pretty(&serde_json::json!({ "report": report, "batched": rows }))?;

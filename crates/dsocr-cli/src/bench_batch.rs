@@ -90,17 +90,23 @@ fn alone_traced(model: &DeepseekOcr, request: &OcrRequest) -> Result<Alone> {
     Ok(Alone { ids: out.ids, margins, median_margin })
 }
 
-pub fn run(
-    model: &DeepseekOcr,
-    image_path: &std::path::Path,
-    batches: &[usize],
-    pages: usize,
-    mean_tokens: usize,
-    admit_group: usize,
-    check: usize,
-    max_crops: usize,
-    seed: u64,
-) -> Result<Vec<BatchRow>> {
+/// What `dsocr bench --batch` runs.
+#[derive(Debug, Clone)]
+pub struct BatchBench {
+    pub batches: Vec<usize>,
+    /// Pages per batch size.
+    pub pages: usize,
+    pub mean_tokens: usize,
+    /// Pages admitted together.
+    pub admit_group: usize,
+    /// Pages run alone afterwards to compare ids.
+    pub check: usize,
+    pub max_crops: usize,
+    pub seed: u64,
+}
+
+pub fn run(model: &DeepseekOcr, image_path: &std::path::Path, bench: &BatchBench) -> Result<Vec<BatchRow>> {
+    let BatchBench { ref batches, pages, mean_tokens, admit_group, check, max_crops, seed } = *bench;
     let image: RgbImage = load_image(image_path).with_context(|| format!("loading {}", image_path.display()))?;
     let lengths = forced_lengths(pages, mean_tokens, seed);
     let requests: Vec<OcrRequest> = lengths
@@ -119,7 +125,7 @@ pub fn run(
     let _ = model.run_batched(&[warm.clone(), warm], 2, |_| std::ops::ControlFlow::Continue(()));
 
     let mut rows = Vec::new();
-    for &b in batches {
+    for &b in batches.iter() {
         eprintln!("batch {b}: {pages} pages, forced lengths mean {mean_tokens}, admitted {admit_group} at a time");
         let mut batch = PageBatch::new(model, b);
         let mut events = Vec::new();

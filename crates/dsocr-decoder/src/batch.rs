@@ -284,8 +284,7 @@ impl SlotCache {
                 .map(|b| b.reshape([s * h * c, d]))
                 .unwrap_or_else(|| Tensor::<2>::zeros([s * h * c, d], (&self.device, self.dtype)));
             let new = new.reshape([rows * h, d]).cast(self.dtype);
-            let written =
-                flat.select_assign(0, index.clone(), new, IndexingUpdateOp::Assign).reshape([s, h, c, d]);
+            let written = flat.select_assign(0, index.clone(), new, IndexingUpdateOp::Assign).reshape([s, h, c, d]);
             out.push(if rows == s { written.clone() } else { written.clone().narrow(0, 0, rows) });
             *buf = Some(written);
         }
@@ -450,7 +449,8 @@ impl Batcher {
         let mut results: Vec<Option<Result<Sampled, DecoderError>>> = (0..prompts.len()).map(|_| None).collect();
         let mut free = self.slots() - self.live();
         // Equal prompt lengths, in order of first appearance: (len, [(index, sequence, embeds)]).
-        let mut groups: Vec<(usize, Vec<(usize, Sequence, Tensor<3>)>)> = Vec::new();
+        type Group = Vec<(usize, Sequence, Tensor<3>)>;
+        let mut groups: Vec<(usize, Group)> = Vec::new();
         for (index, prompt) in prompts.into_iter().enumerate() {
             if free == 0 {
                 results[index] = Some(Err(DecoderError::Generation("no free slot in the batch".into())));
@@ -506,7 +506,10 @@ impl Batcher {
                 results[index] = Some(Ok(Sampled { sequence, token: Some(token), finish }));
             }
         }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(DecoderError::Generation("prompt not admitted".into())))).collect()
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(DecoderError::Generation("prompt not admitted".into()))))
+            .collect()
     }
 
     /// One batched decode step: every live sequence gets its next token. Finished sequences

@@ -400,9 +400,7 @@ pub fn argmax_ids(logits: Tensor<2>) -> Tensor<1, Int> {
     match argmax_split(vocab) {
         // One long row is reduced by few GPU threads (3.6 ms for the 129,280 logits on the
         // H100, docs/performance.md); split, every block's maximum is found in parallel.
-        Some(width) if !dsocr_weights::backend::is_host_device(&logits.device()) => {
-            argmax_two_stage(logits, width)
-        }
+        Some(width) if !dsocr_weights::backend::is_host_device(&logits.device()) => argmax_two_stage(logits, width),
         _ => logits.argmax(1).reshape([rows]),
     }
 }

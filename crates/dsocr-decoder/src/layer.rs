@@ -140,8 +140,7 @@ impl DecoderLayer {
         cache: &mut SlotCache,
     ) -> Tensor<3> {
         let normed = self.input_layernorm.forward(x.clone());
-        let attn =
-            self.self_attn.forward_slots_step(normed, rope, cos, sin, position, mask, index, cache, self.index);
+        let attn = self.self_attn.forward_slots_step(normed, rope, cos, sin, position, mask, index, cache, self.index);
         let (h, normed) = self.post_attention_layernorm.forward_residual(x, attn);
         let ffn = self.mlp.forward(normed);
         h + ffn

@@ -79,7 +79,7 @@ pub fn overwrite_blocks_reference<const D: usize, const E: usize>(
     let src = src.reshape([len]).cast(flat.dtype());
     for b in 0..blocks.count {
         let (d, s) = (blocks.dst_offset + b * blocks.dst_stride, blocks.src_offset + b * blocks.src_stride);
-        flat = flat.slice_assign([d..d + blocks.len], src.clone().slice([s..s + blocks.len]));
+        flat = flat.slice_assign(d..d + blocks.len, src.clone().slice(s..s + blocks.len));
     }
     flat.reshape(shape)
 }
@@ -107,7 +107,8 @@ mod tests {
     fn blocks_land_at_their_offsets() {
         let device = Backend::Cpu.device(Precision::F32).unwrap();
         let dst = Tensor::<2>::zeros([3, 8], &device);
-        let src = Tensor::<1>::from_data(TensorData::new((1..=12).map(|v| v as f32).collect::<Vec<_>>(), [12]), &device);
+        let src =
+            Tensor::<1>::from_data(TensorData::new((1..=12).map(|v| v as f32).collect::<Vec<_>>(), [12]), &device);
         // Two blocks of 3, read every 5 from 1, written every 8 from 2 (rows 0 and 1, columns 2..5).
         let b = Blocks { count: 2, len: 3, dst_offset: 2, dst_stride: 8, src_offset: 1, src_stride: 5 };
         let got: Vec<f32> = overwrite_blocks(dst, src, b).into_data().iter::<f32>().collect();
