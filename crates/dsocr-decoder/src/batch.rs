@@ -238,27 +238,11 @@ impl SlotCache {
         k: Tensor<4>,
         v: Tensor<4>,
     ) -> (Tensor<4>, Tensor<4>, Tensor<4, Bool>) {
-        let (s, h, c, d) = (self.slots(), self.heads, self.capacity, self.head_dim);
-        let n = self.live;
         if self.step.is_none() {
             self.reserve_step();
         }
         let Some((index, mask)) = self.step.clone() else { unreachable!("prepared above") };
-        let (k_buf, v_buf) = &mut self.layers[layer];
-        let mut out = Vec::with_capacity(2);
-        for (buf, new) in [(k_buf, k), (v_buf, v)] {
-            // Moved out of the slot (not cloned): `select_assign` then writes in place.
-            let flat = buf
-                .take()
-                .map(|b| b.reshape([s * h * c, d]))
-                .unwrap_or_else(|| Tensor::<2>::zeros([s * h * c, d], (&self.device, self.dtype)));
-            let new = new.reshape([n * h, d]).cast(self.dtype);
-            let written = flat.select_assign(0, index.clone(), new, IndexingUpdateOp::Assign).reshape([s, h, c, d]);
-            out.push(if n == s { written.clone() } else { written.clone().narrow(0, 0, n) });
-            *buf = Some(written);
-        }
-        let v = out.pop().unwrap_or_else(|| unreachable!("two buffers written"));
-        let k = out.pop().unwrap_or_else(|| unreachable!("two buffers written"));
+        let (k, v) = self.write_rows(layer, k, v, &index);
         (k, v, mask)
     }
 

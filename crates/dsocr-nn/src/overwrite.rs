@@ -54,15 +54,7 @@ pub fn overwrite_blocks<const D: usize, const E: usize>(dst: Tensor<D>, src: Ten
     check_blocks(&dst, &src, &blocks);
     #[cfg(feature = "kernels")]
     if overwrites_in_place(&dst.device()) {
-        let b = crate::kernels::Blocks {
-            count: blocks.count,
-            len: blocks.len,
-            dst_offset: blocks.dst_offset,
-            dst_stride: blocks.dst_stride,
-            src_offset: blocks.src_offset,
-            src_stride: blocks.src_stride,
-        };
-        return crate::kernels::overwrite_blocks(dst, src, b);
+        return crate::kernels::overwrite_blocks(dst, src, blocks);
     }
     overwrite_blocks_reference(dst, src, blocks)
 }

@@ -309,18 +309,7 @@ pub fn run(device: &Device, dtype: DType, sizes: Sizes) -> Vec<Check> {
         };
         let want = crate::overwrite_blocks_reference(f32(&dst), f32(&src), b);
         let reader = dst.clone();
-        let alias = super::overwrite_blocks(
-            dst,
-            src,
-            super::Blocks {
-                count: b.count,
-                len: b.len,
-                dst_offset: b.dst_offset,
-                dst_stride: b.dst_stride,
-                src_offset: b.src_offset,
-                src_stride: b.src_stride,
-            },
-        );
+        let alias = super::overwrite_blocks(dst, src, b);
         let got = f32(&reader).reshape([slots * heads * capacity, d]);
         drop(alias);
         push(

@@ -46,11 +46,11 @@ use self::decode_attention::DecodeAttentionOps;
 use self::flash_attention::FlashAttentionOps;
 use self::gemm::GemmOps;
 use self::matvec::MatvecOps;
-pub use self::overwrite::Blocks;
 use self::overwrite::{OverwriteFloatOps, OverwriteOps};
 use self::quant_matvec::QuantMatvecOps;
 use self::rms_norm::RmsNormOps;
 use self::rope::RopeOps;
+use crate::Blocks;
 
 /// The kernels of this module, by the name `DSOCR_KERNELS` knows them by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

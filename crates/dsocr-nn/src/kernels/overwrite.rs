@@ -58,19 +58,7 @@ fn overwrite_kernel<I: Int, J: Int>(
     }
 }
 
-/// Where [`OverwriteOps::overwrite_floats`] copies: `count` blocks of `len` elements, block `b`
-/// from `src[src_offset + b·src_stride ..]` to `dst[dst_offset + b·dst_stride ..]` (flat indices
-/// into the two contiguous buffers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Blocks {
-    pub count: usize,
-    pub len: usize,
-    pub dst_offset: usize,
-    pub dst_stride: usize,
-    pub src_offset: usize,
-    pub src_stride: usize,
-}
-
+// Blocks of floats into an existing buffer (the layout of [`crate::Blocks`]).
 #[backend_extension(Cube, Fusion)]
 pub trait OverwriteFloatOps: Backend {
     #[fusion(shape = dst, dtype = dst)]
