@@ -5,8 +5,8 @@
 //! reused without reallocation. The live sequences always occupy the first rows: when one
 //! finishes, the last one's rows are moved into its place, so a step computes exactly the live
 //! rows (a view of the first `live` rows, no copy) and never a free one. [`Batcher`] runs
-//! sequences in those slots: a new sequence is prefilled alone (its prompt through a
-//! single-sequence [`KvCache`], then copied into the next free row), and every
+//! sequences in those slots: new sequences are prefilled (equal prompt lengths as one batch,
+//! through a [`KvCache`], then copied into the next free rows, [`Batcher::admit_batch`]), and every
 //! [`Batcher::step`] feeds each live sequence its last token in ONE batched forward
 //! `[live, 1, d]` with per-row RoPE positions and per-row length masks. Sampling,
 //! repeat guard and finish reason are per sequence and follow [`generate`](crate::generate)
@@ -409,7 +409,7 @@ impl Batcher {
         self.live() < self.slots()
     }
 
-    /// Prefills a new sequence (alone) and chooses its first token. Checks as
+    /// Prefills one new sequence and chooses its first token. Checks as
     /// [`generate`](crate::generate) does. A sequence that ends with its first token (or has no
     /// budget) takes no slot; otherwise it holds one until it finishes or is cancelled.
     /// `Err` also when no slot is free.

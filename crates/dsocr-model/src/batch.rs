@@ -1,5 +1,6 @@
-//! Many pages through the model at once (continuous batching): each page's vision and prompt
-//! prefill run alone when it is admitted, then all admitted pages decode together, one token
+//! Many pages through the model at once (continuous batching): pages admitted together share
+//! one vision pass and, for equal prompt lengths, one prefill ([`PageBatch::admit_many`]; one
+//! page alone through [`PageBatch::admit`]), then all admitted pages decode together, one token
 //! each per [`PageBatch::step`] (the decoder's [`Batcher`]). A page that finishes frees its slot
 //! for the next one. The text of every page streams as it is generated, in valid UTF-8 pieces,
 //! exactly as [`DeepseekOcr::run`] streams one page; the results are the same ids (tested on
