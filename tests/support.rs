@@ -69,12 +69,14 @@ impl ServeProcess {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                }
+                // The line goes into the log before `start` is told the address, so a caller
+                // that reads the log after `start` sees the `listening on` line.
                 if let Ok(mut s) = sink.lock() {
                     s.push_str(&line);
                     s.push('\n');
+                }
+                if let Some(rest) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
                 }
             }
         });
