@@ -89,7 +89,9 @@ impl Metrics {
         let _ = writeln!(out, "dsocr_client_disconnects_total {}", inner.disconnects);
         let gauges = [
             ("dsocr_queue_depth", "Requests waiting for the engine.", engine.queued as u64),
-            ("dsocr_live_sequences", "Pages being generated now.", engine.running as u64),
+            ("dsocr_running_requests", "Requests started and not finished.", engine.running as u64),
+            ("dsocr_live_sequences", "Pages being generated now.", engine.live_pages as u64),
+            ("dsocr_peak_live_sequences", "The most pages generated at once since the start.", engine.peak_live_pages as u64),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -126,7 +128,7 @@ mod tests {
         m.record("/v1/ocr", 200, Duration::from_secs(3));
         m.record("/v1/ocr", 429, Duration::from_millis(1));
         m.record_disconnect();
-        let text = m.render(&EngineStats { queued: 2, running: 1, pages: 7, ..EngineStats::default() });
+        let text = m.render(&EngineStats { queued: 2, running: 1, live_pages: 3, peak_live_pages: 5, pages: 7, ..EngineStats::default() });
         for line in [
             "dsocr_http_requests_total{route=\"/v1/ocr\",status=\"200\"} 2",
             "dsocr_http_requests_total{route=\"/v1/ocr\",status=\"429\"} 1",
@@ -137,7 +139,9 @@ mod tests {
             "dsocr_http_request_duration_seconds_count{route=\"/v1/ocr\"} 3",
             "dsocr_client_disconnects_total 1",
             "dsocr_queue_depth 2",
-            "dsocr_live_sequences 1",
+            "dsocr_running_requests 1",
+            "dsocr_live_sequences 3",
+            "dsocr_peak_live_sequences 5",
             "dsocr_pages_total 7",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");

@@ -13,9 +13,10 @@
 //! - Shutdown: [`Engine::stop_accepting`] refuses new requests and lets the queued ones finish;
 //!   [`Engine::cancel_all`] stops everything in flight.
 //!
-//! - Batching: with [`EngineOptions::batch`] > 1 pages of different requests decode together
-//!   (continuous batching, `scheduler.rs`); each request keeps at most one page in the batch,
-//!   so its events come in the order of the document loop. With 1, requests run one at a time.
+//! - Batching: with [`EngineOptions::batch`] > 1 pages decode together (continuous batching,
+//!   `scheduler.rs`): the pages of different requests and the pages of one PDF. A request's
+//!   events still come in the order of the document loop (a later page's are held until the
+//!   pages before it are delivered). With 1, requests run one at a time, page by page.
 
 use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
@@ -123,8 +124,12 @@ impl Drop for CancelOnDrop {
 pub struct EngineStats {
     /// Requests waiting to start.
     pub queued: usize,
-    /// Requests running (0 or 1 today).
+    /// Requests running (started and not finished).
     pub running: usize,
+    /// Pages being generated now (up to [`EngineOptions::batch`]), and the most at once since
+    /// the start.
+    pub live_pages: usize,
+    pub peak_live_pages: usize,
     /// Requests finished, by outcome.
     pub completed: u64,
     pub failed: u64,
@@ -156,8 +161,18 @@ pub(crate) struct Shared {
     timed_out: AtomicU64,
     pub(crate) pages: AtomicU64,
     pub(crate) tokens: AtomicU64,
+    live_pages: AtomicUsize,
+    peak_live_pages: AtomicUsize,
     /// Moving average of a request's run time, in milliseconds (for `Retry-After`).
     average_ms: AtomicU64,
+}
+
+impl Shared {
+    /// Records how many pages are being generated now.
+    pub(crate) fn set_live_pages(&self, pages: usize) {
+        self.live_pages.store(pages, Ordering::SeqCst);
+        self.peak_live_pages.fetch_max(pages, Ordering::SeqCst);
+    }
 }
 
 /// The worker thread and its queue.
@@ -265,6 +280,8 @@ impl Engine {
         EngineStats {
             queued: s.queued.load(Ordering::SeqCst),
             running: s.running.load(Ordering::SeqCst),
+            live_pages: s.live_pages.load(Ordering::SeqCst),
+            peak_live_pages: s.peak_live_pages.load(Ordering::SeqCst),
             completed: load(&s.completed),
             failed: load(&s.failed),
             cancelled: load(&s.cancelled),
@@ -325,6 +342,7 @@ fn run_one(ocr: &Ocr, shared: &Shared, queued: Queued) {
         Err(OcrError::TimedOut { path: path.clone(), after: timeout })
     } else {
         shared.running.fetch_add(1, Ordering::SeqCst);
+        shared.set_live_pages(1);
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
             ocr.run(job.source, &job.name, &job.options, |event| {
                 if let Event::PageDone(page) = &event {
@@ -337,6 +355,7 @@ fn run_one(ocr: &Ocr, shared: &Shared, queued: Queued) {
             })
         }));
         shared.running.fetch_sub(1, Ordering::SeqCst);
+        shared.set_live_pages(0);
         run.unwrap_or_else(|payload| Err(OcrError::Panicked { path: path.clone(), message: panic_message(&*payload) }))
     };
     // A stop caused by the deadline reads as such, not as a cancellation.

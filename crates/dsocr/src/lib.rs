@@ -40,7 +40,7 @@ pub use dsocr_render as render;
 pub use document::{DocumentResult, Event, Ocr, OtherRun, PageResult, Source};
 pub use dsocr_input::{Mode, RgbImage, Task};
 pub use dsocr_model::{Backend, ExpertDispatch, FinishReason, LoadOptions, Precision, Quant};
-pub use engine::{Engine, EngineOptions, Job, SubmitError, Ticket};
+pub use engine::{Engine, EngineOptions, EngineStats, Job, SubmitError, Ticket};
 pub use error::OcrError;
 pub use hub::{DownloadEvent, ModelSource};
 pub use options::{NgramRule, OcrOptions, PageSelection, PromptChoice, RepeatGuardPolicy};

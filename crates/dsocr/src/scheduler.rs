@@ -1,12 +1,18 @@
 //! The engine's worker loop with continuous batching ([`EngineOptions::batch`] > 1).
 //!
-//! Requests are documents. Each active document has at most one page in the batch at a time,
-//! so its events keep the order of the document loop (`DocumentStarted`, per page
-//! `PageStarted`, `Text`…, `PageDone`); pages of *different* requests decode together. Between
-//! decode steps the loop takes new requests from the channel and admits the next page of every
-//! active document that has none in flight, while slots are free (its vision and prefill run
-//! then, alone). A document whose page fails, that is cancelled, or whose deadline passes ends
-//! alone; the others go on.
+//! Requests are documents, and every page of every active document may decode in the batch
+//! at the same time: a PDF of 20 pages fills 20 slots. Each request still sees its events in
+//! the order of the document loop (`DocumentStarted`, per page `PageStarted`, `Text`…,
+//! `PageDone`): the events of a page wait, held, until every page before it has been
+//! delivered, and a page's result enters the document in page order.
+//!
+//! Between decode steps the loop takes new requests from the channel and fills the free slots
+//! round-robin over the active documents (one page of each per round, so one long PDF does not
+//! keep a one-page request waiting for a whole round of slots). The pages chosen are admitted in
+//! groups of [`ADMIT_GROUP`]: their views go through the encoder together and their prompts of
+//! equal length are prefilled together ([`PageBatch::admit_many`]). A document whose page fails
+//! (an image), that is cancelled, or whose deadline passes ends alone; a PDF page that fails is
+//! reported and the document goes on.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -15,32 +21,49 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use dsocr_input::{Mode, RgbImage};
-use dsocr_model::{OcrResult, PageBatch, PageEvent};
+use dsocr_model::{ModelError, OcrRequest, OcrResult, PageBatch, PageEvent, ADMIT_GROUP};
 
 use crate::document::{after_retry, page_request, page_result, wants_retry, OpenDocument};
 use crate::engine::{call_sink, count_page, finish_job, panic_message, Queued, Shared};
-use crate::{Event, FinishReason, Ocr, OcrError};
+use crate::{Event, FinishReason, Ocr, OcrError, PageResult};
 
-/// A page in the batch.
-struct InFlight {
+/// Where a page of an active document stands.
+enum Stage {
+    /// In the batch under `key`; `first` holds the first run while its base-mode retry runs.
+    Running { key: usize, image: RgbImage, mode: Mode, first: Option<OcrResult> },
+    /// Finished; delivered once the pages before it are.
+    Done(Box<PageResult>),
+    /// Failed (a PDF page); delivered once the pages before it are.
+    Failed(OcrError),
+    /// Passing from one stage to the next inside [`dispatch`] (never left there).
+    Moving,
+}
+
+/// A page of an active document that has started.
+struct Flight {
     page: usize,
-    image: RgbImage,
-    mode: Mode,
-    /// The first run, while its base-mode retry is in flight.
-    first: Option<OcrResult>,
+    stage: Stage,
+    /// Its events while an earlier page of the document is not delivered yet.
+    held: Vec<Event>,
 }
 
 /// A request being worked on.
 struct Active {
     queued: Queued,
     doc: OpenDocument,
-    /// Pages still to admit (1-based).
+    /// Pages still to start (1-based, in order).
     pending: VecDeque<usize>,
-    in_flight: Option<InFlight>,
+    /// Pages started and not delivered yet, in page order; the first one's events go straight
+    /// to the request's sink.
+    flights: VecDeque<Flight>,
     started: Instant,
 }
 
 impl Active {
+    fn id(&self) -> u64 {
+        self.queued.ticket.id()
+    }
+
     fn stopped(&self, shared: &Shared) -> bool {
         self.queued.ticket.is_cancelled() || shared.cancel_all.load(Ordering::SeqCst)
     }
@@ -49,10 +72,72 @@ impl Active {
         self.queued.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
-    /// Hands `event` to the request's sink; `false` when it asked to stop.
-    fn emit(&mut self, event: Event) -> bool {
-        call_sink(&mut self.queued.on_event, event).is_continue()
+    /// Every page started has been delivered and none is left to start.
+    fn is_complete(&self) -> bool {
+        self.pending.is_empty() && self.flights.is_empty()
     }
+
+    /// Whether a page of this document is in the batch.
+    fn in_batch(&self) -> bool {
+        self.flights.iter().any(|f| matches!(f.stage, Stage::Running { .. }))
+    }
+
+    /// The flight in the batch under `key`.
+    fn flight_of(&self, key: usize) -> Option<usize> {
+        self.flights.iter().position(|f| matches!(f.stage, Stage::Running { key: k, .. } if k == key))
+    }
+
+    /// Hands `event` to the request's sink; a sink that asks to stop cancels the request.
+    fn emit(&mut self, event: Event) {
+        if call_sink(&mut self.queued.on_event, event).is_break() {
+            self.queued.ticket.cancel();
+        }
+    }
+
+    /// An event of flight `i`: delivered now for the first page not delivered, held otherwise.
+    fn send(&mut self, i: usize, event: Event) {
+        if i == 0 {
+            self.emit(event);
+        } else if let Some(flight) = self.flights.get_mut(i) {
+            flight.held.push(event);
+        }
+    }
+
+    /// Delivers the finished pages at the front, in page order: each one's result enters the
+    /// document and its `PageDone` / `PageFailed` goes out, then the held events of the page
+    /// after it.
+    fn deliver(&mut self, shared: &Shared) {
+        while !self.queued.ticket.is_cancelled()
+            && self.flights.front().is_some_and(|f| !matches!(f.stage, Stage::Running { .. } | Stage::Moving))
+        {
+            let Some(flight) = self.flights.pop_front() else { break };
+            match flight.stage {
+                Stage::Done(done) => {
+                    count_page(shared, &done);
+                    self.doc.result.add(&done);
+                    self.emit(Event::PageDone(done));
+                }
+                Stage::Failed(error) => {
+                    self.doc.result.add_failed(&error);
+                    self.emit(Event::PageFailed { page: flight.page, error });
+                }
+                Stage::Running { .. } | Stage::Moving => {}
+            }
+            if let Some(next) = self.flights.front_mut() {
+                let held = std::mem::take(&mut next.held);
+                for event in held {
+                    self.emit(event);
+                }
+            }
+        }
+    }
+}
+
+/// A page chosen for admission.
+struct Candidate {
+    ticket: u64,
+    page: usize,
+    request: OcrRequest,
 }
 
 /// Runs requests from `receiver` until the channel closes, up to `slots` pages at once.
@@ -93,7 +178,7 @@ pub(crate) fn run(ocr: &Ocr, shared: &Shared, receiver: mpsc::Receiver<Queued>, 
             let (stopped, timed_out) = (active[k].stopped(shared), active[k].timed_out());
             if stopped || timed_out {
                 let a = active.remove(k);
-                drop_pages(&mut batch, &mut keys, a.queued.ticket.id());
+                drop_pages(&mut batch, &mut keys, a.id());
                 let path = a.doc.path.clone();
                 let error = if timed_out && !stopped {
                     OcrError::TimedOut { path, after: a.queued.job.timeout.unwrap_or_default() }
@@ -106,31 +191,12 @@ pub(crate) fn run(ocr: &Ocr, shared: &Shared, receiver: mpsc::Receiver<Queued>, 
             }
         }
 
-        // Admission: the next page of every request without one in flight, while slots are free.
-        let mut k = 0;
-        while k < active.len() && batch.has_room() {
-            if active[k].in_flight.is_some() {
-                k += 1;
-                continue;
-            }
-            match admit_next(ocr, &mut batch, &mut active[k], &mut next_key, &mut events) {
-                Ok(Some(key)) => {
-                    keys.insert(key, active[k].queued.ticket.id());
-                    k += 1;
-                }
-                // Nothing left to run: the document is complete.
-                Ok(None) => {
-                    let a = active.remove(k);
-                    shared.running.fetch_sub(1, Ordering::SeqCst);
-                    finish_job(shared, a.queued.on_done, a.started, Ok(a.doc.result));
-                }
-                Err(error) => {
-                    let a = active.remove(k);
-                    finish(shared, a, Err(error));
-                }
-            }
-            dispatch(ocr, shared, &mut batch, &mut active, &mut keys, &mut next_key, &mut events);
+        // Admission: free slots filled round-robin, the pages admitted in groups.
+        let chosen = choose(ocr, &mut active, batch.slots().saturating_sub(batch.live()));
+        for group in chosen.chunks(ADMIT_GROUP) {
+            admit_group(&mut batch, group, &mut active, &mut keys, &mut next_key, &mut events, shared);
         }
+        settle(ocr, shared, &mut batch, &mut active, &mut keys, &mut next_key, &mut events);
 
         if batch.live() > 0 {
             let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| batch.step(&mut events)));
@@ -143,7 +209,7 @@ pub(crate) fn run(ocr: &Ocr, shared: &Shared, receiver: mpsc::Receiver<Queued>, 
                 batch = PageBatch::new(model, slots);
                 let mut k = 0;
                 while k < active.len() {
-                    if active[k].in_flight.is_some() {
+                    if active[k].in_batch() {
                         let a = active.remove(k);
                         let error = OcrError::Panicked { path: a.doc.path.clone(), message: message.clone() };
                         finish(shared, a, Err(error));
@@ -151,9 +217,39 @@ pub(crate) fn run(ocr: &Ocr, shared: &Shared, receiver: mpsc::Receiver<Queued>, 
                         k += 1;
                     }
                 }
+                shared.set_live_pages(0);
                 continue;
             }
-            dispatch(ocr, shared, &mut batch, &mut active, &mut keys, &mut next_key, &mut events);
+            settle(ocr, shared, &mut batch, &mut active, &mut keys, &mut next_key, &mut events);
+        }
+        shared.set_live_pages(batch.live());
+    }
+}
+
+/// Hands the batch's events to their requests, delivers what is ready in page order, and ends
+/// the documents that are complete.
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    ocr: &Ocr,
+    shared: &Shared,
+    batch: &mut PageBatch<'_>,
+    active: &mut Vec<Active>,
+    keys: &mut HashMap<usize, u64>,
+    next_key: &mut usize,
+    events: &mut Vec<PageEvent>,
+) {
+    dispatch(ocr, shared, batch, active, keys, next_key, events);
+    shared.set_live_pages(batch.live());
+    let mut k = 0;
+    while k < active.len() {
+        active[k].deliver(shared);
+        // A cancelled request is ended by the loop's stop check, not completed here.
+        if active[k].is_complete() && !active[k].queued.ticket.is_cancelled() {
+            let a = active.remove(k);
+            shared.running.fetch_sub(1, Ordering::SeqCst);
+            finish_job(shared, a.queued.on_done, a.started, Ok(a.doc.result));
+        } else {
+            k += 1;
         }
     }
 }
@@ -174,96 +270,131 @@ fn start(ocr: &Ocr, shared: &Shared, queued: Queued, active: &mut Vec<Active>) {
         Err(e) => return finish_job(shared, queued.on_done, Instant::now(), Err(e)),
     };
     let pending = doc.pages.iter().copied().collect();
-    let mut a = Active { queued, doc, pending, in_flight: None, started: Instant::now() };
+    let mut a = Active { queued, doc, pending, flights: VecDeque::new(), started: Instant::now() };
     shared.running.fetch_add(1, Ordering::SeqCst);
     let started = a.doc.content.started(&a.doc.path, a.doc.pages.len());
-    if !a.emit(started) {
-        a.queued.ticket.cancel();
-    }
+    a.emit(started);
     active.push(a);
 }
 
-/// Admits the next page of `a`: `Ok(Some(key))` when a page went into the batch, `Ok(None)`
-/// when the document has no pages left. PDF pages that fail are reported and skipped.
-fn admit_next(
-    ocr: &Ocr,
-    batch: &mut PageBatch<'_>,
-    a: &mut Active,
-    next_key: &mut usize,
-    events: &mut Vec<PageEvent>,
-) -> Result<Option<usize>, OcrError> {
-    let options = a.queued.job.options.clone();
-    let pdf = a.doc.is_pdf();
-    while let Some(page) = a.pending.pop_front() {
-        let rendered = a.doc.content.images(&a.doc.path, &[page], options.pdf_dpi).next();
-        let (image, warnings) = match rendered {
-            Some(Ok(r)) => r,
-            Some(Err(error)) => {
-                if !pdf {
-                    return Err(error);
-                }
-                a.doc.result.add_failed(&error);
-                if !a.emit(Event::PageFailed { page, error }) {
-                    return Err(OcrError::Cancelled { path: a.doc.path.clone() });
-                }
+/// Chooses up to `room` pages to admit, one page of each active document per round. A PDF
+/// page that cannot be rendered becomes a failed page in its place (and takes no slot).
+fn choose(ocr: &Ocr, active: &mut [Active], mut room: usize) -> Vec<Candidate> {
+    let mut chosen = Vec::new();
+    while room > 0 {
+        let mut progressed = false;
+        for a in active.iter_mut() {
+            if room == 0 {
+                break;
+            }
+            if a.queued.ticket.is_cancelled() {
                 continue;
             }
-            None => continue,
-        };
-        for warning in warnings {
-            if !a.emit(Event::Note { page, message: format!("renderer: {warning}") }) {
-                return Err(OcrError::Cancelled { path: a.doc.path.clone() });
+            if let Some(candidate) = next_page(ocr, a) {
+                chosen.push(candidate);
+                room -= 1;
+                progressed = true;
+            } else if !a.pending.is_empty() {
+                progressed = true;
             }
         }
-        if !a.emit(Event::PageStarted { page, pages: a.doc.total }) {
-            return Err(OcrError::Cancelled { path: a.doc.path.clone() });
+        if !progressed {
+            break;
         }
-        let mode = options.mode;
-        let key = *next_key;
+    }
+    chosen
+}
+
+/// Starts the next pending page of `a`: its image rendered, its `Note`s and `PageStarted` sent
+/// (held if an earlier page is not delivered yet). `None` when nothing is pending or the page
+/// could not be rendered (then it is a failed flight).
+fn next_page(ocr: &Ocr, a: &mut Active) -> Option<Candidate> {
+    let page = a.pending.pop_front()?;
+    let options = &a.queued.job.options;
+    let rendered = a.doc.content.images(&a.doc.path, &[page], options.pdf_dpi).next()?;
+    let i = a.flights.len();
+    match rendered {
+        Ok((image, warnings)) => {
+            let (mode, pdf) = (options.mode, a.doc.is_pdf());
+            // The key is given at admission; until then the flight is marked with an unused one.
+            a.flights.push_back(Flight {
+                page,
+                stage: Stage::Running { key: usize::MAX, image: image.clone(), mode, first: None },
+                held: Vec::new(),
+            });
+            for warning in warnings {
+                a.send(i, Event::Note { page, message: format!("renderer: {warning}") });
+            }
+            a.send(i, Event::PageStarted { page, pages: a.doc.total });
+            let options = &a.queued.job.options;
+            let request = page_request(&image, mode, &ocr.generation_config(options, pdf), options);
+            Some(Candidate { ticket: a.id(), page, request })
+        }
+        Err(error) => {
+            a.flights.push_back(Flight { page, stage: Stage::Failed(error), held: Vec::new() });
+            None
+        }
+    }
+}
+
+/// Admits `group` together. A page that cannot start fails: a PDF page alone, an image with
+/// its document.
+#[allow(clippy::too_many_arguments)]
+fn admit_group(
+    batch: &mut PageBatch<'_>,
+    group: &[Candidate],
+    active: &mut Vec<Active>,
+    keys: &mut HashMap<usize, u64>,
+    next_key: &mut usize,
+    events: &mut Vec<PageEvent>,
+    shared: &Shared,
+) {
+    let mut requests = Vec::with_capacity(group.len());
+    for candidate in group {
+        requests.push((*next_key, &candidate.request));
         *next_key += 1;
-        match admit(ocr, batch, key, &image, mode, pdf, &options, events) {
+    }
+    // A panic while admitting (vision, prefill) fails these pages only; the batch is untouched
+    // until the new sequences are inserted at the very end.
+    let results = std::panic::catch_unwind(AssertUnwindSafe(|| batch.admit_many(&requests, events)))
+        .unwrap_or_else(|payload| {
+            let message = panic_message(&*payload);
+            requests.iter().map(|_| Err(ModelError::Input(format!("internal error: {message}")))).collect()
+        });
+    for ((candidate, (key, _)), result) in group.iter().zip(&requests).zip(results) {
+        let Some(k) = active.iter().position(|a| a.id() == candidate.ticket) else { continue };
+        let a = &mut active[k];
+        let Some(i) = a.flights.iter().position(|f| f.page == candidate.page) else { continue };
+        match result {
             Ok(()) => {
-                a.in_flight = Some(InFlight { page, image, mode, first: None });
-                return Ok(Some(key));
+                if let Stage::Running { key: slot, .. } = &mut a.flights[i].stage {
+                    *slot = *key;
+                }
+                keys.insert(*key, candidate.ticket);
             }
             Err(source) => {
-                let what = a.doc.content.what(&a.doc.name, page, a.doc.total);
-                let error = OcrError::Model { path: a.doc.path.clone(), page, what, source: Box::new(source) };
-                if !pdf {
-                    return Err(error);
-                }
-                a.doc.result.add_failed(&error);
-                if !a.emit(Event::PageFailed { page, error }) {
-                    return Err(OcrError::Cancelled { path: a.doc.path.clone() });
+                let what = a.doc.content.what(&a.doc.name, candidate.page, a.doc.total);
+                let error =
+                    OcrError::Model { path: a.doc.path.clone(), page: candidate.page, what, source: Box::new(source) };
+                if a.doc.is_pdf() {
+                    a.flights[i].stage = Stage::Failed(error);
+                } else {
+                    let a = active.remove(k);
+                    drop_pages(batch, keys, a.id());
+                    finish(shared, a, Err(error));
                 }
             }
         }
     }
-    Ok(None)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn admit(
-    ocr: &Ocr,
-    batch: &mut PageBatch<'_>,
-    key: usize,
-    image: &RgbImage,
-    mode: Mode,
-    pdf: bool,
-    options: &crate::OcrOptions,
-    events: &mut Vec<PageEvent>,
-) -> Result<(), dsocr_model::ModelError> {
-    let generation = ocr.generation_config(options, pdf);
-    let request = page_request(image, mode, &generation, options);
-    // A panic while admitting (vision, prefill) fails this page only; the batch is untouched
-    // until the new sequence is inserted at the very end.
-    std::panic::catch_unwind(AssertUnwindSafe(|| batch.admit(key, &request, events))).unwrap_or_else(|payload| {
-        Err(dsocr_model::ModelError::Input(format!("internal error: {}", panic_message(&*payload))))
-    })
+/// Admits one page alone (a base-mode retry).
+fn admit_one(batch: &mut PageBatch<'_>, key: usize, request: &OcrRequest, events: &mut Vec<PageEvent>) -> bool {
+    std::panic::catch_unwind(AssertUnwindSafe(|| batch.admit(key, request, events))).is_ok_and(|r| r.is_ok())
 }
 
-/// Hands the batch's events to their requests: text pieces, finished pages (with the base-mode
-/// retry), failures.
+/// Hands the batch's events to their pages: text pieces, finished pages (with the base-mode
+/// retry), failures. Events of a page after the first undelivered one are held.
 #[allow(clippy::too_many_arguments)]
 fn dispatch(
     ocr: &Ocr,
@@ -281,94 +412,77 @@ fn dispatch(
                 PageEvent::Text { key, .. } | PageEvent::Done { key, .. } => *key,
             };
             let Some(&ticket) = keys.get(&key) else { continue };
-            let Some(k) = active.iter().position(|a| a.queued.ticket.id() == ticket) else {
+            let found = active
+                .iter()
+                .position(|a| a.id() == ticket)
+                .and_then(|k| active[k].flight_of(key).map(|i| (k, i)));
+            let Some((k, i)) = found else {
                 keys.remove(&key);
                 continue;
             };
+            let a = &mut active[k];
+            let page = a.flights[i].page;
             match event {
                 PageEvent::Text { piece, .. } => {
-                    let page = active[k].in_flight.as_ref().map_or(0, |f| f.page);
-                    if !active[k].emit(Event::Text { page, piece }) {
-                        active[k].queued.ticket.cancel();
+                    a.send(i, Event::Text { page, piece });
+                    if a.queued.ticket.is_cancelled() {
                         batch.cancel(key, events);
                     }
                 }
                 PageEvent::Done { result, .. } => {
                     keys.remove(&key);
-                    let a = &mut active[k];
-                    let Some(mut flight) = a.in_flight.take() else { continue };
-                    let outcome = match result {
+                    let Stage::Running { image, mode, first, .. } =
+                        std::mem::replace(&mut a.flights[i].stage, Stage::Moving)
+                    else {
+                        continue;
+                    };
+                    let run = match result {
                         Ok(run) if run.finish == FinishReason::Cancelled => {
-                            Err(OcrError::Cancelled { path: a.doc.path.clone() })
+                            // Ended by the loop's stop check (the stage no longer matters).
+                            a.queued.ticket.cancel();
+                            continue;
                         }
-                        Ok(run) => Ok(run),
+                        Ok(run) => run,
                         Err(source) => {
-                            let what = a.doc.content.what(&a.doc.name, flight.page, a.doc.total);
-                            Err(OcrError::Model {
-                                path: a.doc.path.clone(),
-                                page: flight.page,
-                                what,
-                                source: Box::new(source),
-                            })
+                            let what = a.doc.content.what(&a.doc.name, page, a.doc.total);
+                            let error =
+                                OcrError::Model { path: a.doc.path.clone(), page, what, source: Box::new(source) };
+                            if a.doc.is_pdf() {
+                                a.flights[i].stage = Stage::Failed(error);
+                            } else {
+                                // An image has one page: its failure is the document's.
+                                let a = active.remove(k);
+                                drop_pages(batch, keys, a.id());
+                                finish(shared, a, Err(error));
+                            }
+                            continue;
                         }
                     };
                     let options = a.queued.job.options.clone();
-                    match outcome {
-                        Ok(run) => {
-                            if flight.first.is_none() && wants_retry(&options, flight.mode, &run) {
-                                let (finish, tokens, mode) = (run.finish, run.generated_tokens(), flight.mode);
-                                let page = flight.page;
-                                if !a.emit(Event::Retrying { page, finish, tokens, mode }) {
-                                    a.queued.ticket.cancel();
-                                    continue;
-                                }
-                                let new_key = *next_key;
-                                *next_key += 1;
-                                let pdf = a.doc.is_pdf();
-                                match admit(ocr, batch, new_key, &flight.image, Mode::Base, pdf, &options, events) {
-                                    Ok(()) => {
-                                        flight.first = Some(run);
-                                        a.in_flight = Some(flight);
-                                        keys.insert(new_key, ticket);
-                                    }
-                                    Err(_) => {
-                                        // The retry could not start: keep the first run.
-                                        let done = page_result(flight.page, flight.image, run, flight.mode, None);
-                                        complete_page(shared, a, done);
-                                    }
-                                }
-                                continue;
-                            }
-                            let done = match flight.first.take() {
-                                Some(first) => after_retry(flight.page, flight.image, flight.mode, first, run),
-                                None => page_result(flight.page, flight.image, run, flight.mode, None),
-                            };
-                            complete_page(shared, a, done);
+                    if first.is_none() && wants_retry(&options, mode, &run) {
+                        let (finish, tokens) = (run.finish, run.generated_tokens());
+                        a.send(i, Event::Retrying { page, finish, tokens, mode });
+                        let new_key = *next_key;
+                        *next_key += 1;
+                        let generation = ocr.generation_config(&options, a.doc.is_pdf());
+                        let request = page_request(&image, Mode::Base, &generation, &options);
+                        if admit_one(batch, new_key, &request, events) {
+                            a.flights[i].stage = Stage::Running { key: new_key, image, mode, first: Some(run) };
+                            keys.insert(new_key, ticket);
+                        } else {
+                            // The retry could not start: keep the first run.
+                            a.flights[i].stage = Stage::Done(Box::new(page_result(page, image, run, mode, None)));
                         }
-                        Err(OcrError::Cancelled { .. }) => a.queued.ticket.cancel(),
-                        Err(error) if !a.doc.is_pdf() => {
-                            let a = active.remove(k);
-                            finish(shared, a, Err(error));
-                        }
-                        Err(error) => {
-                            a.doc.result.add_failed(&error);
-                            if !a.emit(Event::PageFailed { page: flight.page, error }) {
-                                a.queued.ticket.cancel();
-                            }
-                        }
+                        continue;
                     }
+                    let done = match first {
+                        Some(first) => after_retry(page, image, mode, first, run),
+                        None => page_result(page, image, run, mode, None),
+                    };
+                    a.flights[i].stage = Stage::Done(Box::new(done));
                 }
             }
         }
-    }
-}
-
-/// Records a finished page and reports it.
-fn complete_page(shared: &Shared, a: &mut Active, done: crate::PageResult) {
-    count_page(shared, &done);
-    a.doc.result.add(&done);
-    if !a.emit(Event::PageDone(Box::new(done))) {
-        a.queued.ticket.cancel();
     }
 }
 

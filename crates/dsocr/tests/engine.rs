@@ -151,6 +151,11 @@ fn a_model_that_does_not_load_is_an_error() {
 type Seen = (Vec<String>, Result<(String, Vec<usize>), String>);
 
 fn run_all(batch: usize, jobs: Vec<Job>, cancel_third: bool) -> Vec<Seen> {
+    run_all_stats(batch, jobs, cancel_third).0
+}
+
+/// [`run_all`] and the engine's counters at the end.
+fn run_all_stats(batch: usize, jobs: Vec<Job>, cancel_third: bool) -> (Vec<Seen>, dsocr::EngineStats) {
     let dir = reference_tiny();
     let engine = Engine::start(
         move || Ocr::load_dir(&dir, &LoadOptions::new(Backend::Cpu, Precision::F32)),
@@ -201,8 +206,8 @@ fn run_all(batch: usize, jobs: Vec<Job>, cancel_third: bool) -> Vec<Seen> {
         out[k] = Some((events.lock().unwrap().clone(), r));
     }
     let stats = engine.stats();
-    assert_eq!((stats.queued, stats.running), (0, 0), "{stats:?}");
-    out.into_iter().map(|o| o.unwrap()).collect()
+    assert_eq!((stats.queued, stats.running, stats.live_pages), (0, 0, 0), "{stats:?}");
+    (out.into_iter().map(|o| o.unwrap()).collect(), stats)
 }
 
 fn mixed_jobs() -> Vec<Job> {
@@ -229,6 +234,27 @@ fn batched_requests_give_what_each_gives_alone_in_the_same_event_order() {
     assert!(alone[3].1.as_ref().is_err_and(|e| e.contains("bad.png")), "{:?}", alone[3]);
     assert!(alone[4].0.contains(&"retry 1".to_string()), "{:?}", alone[4]);
     assert_eq!(alone[0].1.as_ref().unwrap().1, [9]);
+}
+
+/// A PDF's pages share the batch (three of its four decode at once, the fourth page fails to
+/// render), yet its events and its document are those of the page-by-page loop.
+#[test]
+fn the_pages_of_one_pdf_decode_together_and_arrive_in_order() {
+    let pdf = dsocr_testkit::fixtures::make_pdf_ext(&[Some("One"), Some("Two"), None, Some("Four")], 300, 200, false);
+    let jobs = || {
+        vec![
+            Job { source: Source::Bytes { name: "four.pdf".into(), bytes: pdf.clone() }, ..job("four", 11) },
+            job("after", 4),
+        ]
+    };
+    let (alone, alone_stats) = run_all_stats(1, jobs(), false);
+    let (together, stats) = run_all_stats(4, jobs(), false);
+    assert_eq!(together, alone);
+    assert_eq!(alone_stats.peak_live_pages, 1);
+    assert!((3..=4).contains(&stats.peak_live_pages), "{stats:?}");
+    let events = &alone[0].0;
+    let order: Vec<&str> = events.iter().map(String::as_str).filter(|e| !e.starts_with("text")).collect();
+    assert_eq!(order, ["doc 4", "start 1", "done 1", "start 2", "done 2", "failed 3", "start 4", "done 4"], "{events:?}");
 }
 
 #[test]
