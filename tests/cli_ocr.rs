@@ -627,3 +627,169 @@ fn ctrl_c_keeps_whole_pages_and_consistent_files() {
     assert!(out.join("long_layouts.pdf").is_file(), "{:?}", tree(&out));
     assert_eq!(tree(&out).iter().filter(|f| f.ends_with("_boxes.jpg")).count(), kept);
 }
+
+/// A folder with two images and a PDF (one of its pages does not render).
+fn mixed_folder(dir: &Path) -> std::path::PathBuf {
+    let input = dir.join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::copy(image("small.png"), input.join("a.png")).unwrap();
+    std::fs::copy(image("page.png"), input.join("b.png")).unwrap();
+    std::fs::write(
+        input.join("doc.pdf"),
+        make_pdf_ext(&[Some("One"), None, Some("Three"), Some("Four")], 300, 200, false),
+    )
+    .unwrap();
+    input
+}
+
+/// Every file under `dir` with its bytes.
+fn contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    tree(dir).into_iter().map(|f| (f.clone(), std::fs::read(dir.join(&f)).unwrap())).collect()
+}
+
+#[test]
+fn batch_runs_a_folder_and_its_pdf_pages_together_with_the_same_outputs() {
+    let dir = temp_dir("ocr-batch");
+    let input = mixed_folder(&dir);
+    let common = ["--model", s(model()), "--mode", "tiny", "--max-new-tokens", "6", "--no-repeat-guard"];
+    let run_with = |batch: &str, out: Option<&Path>| {
+        let mut args = vec!["ocr", s(&input), "--batch", batch];
+        args.extend(common);
+        if let Some(out) = out {
+            args.extend(["--out", s(out)]);
+        }
+        dsocr_run(&dir, &args)
+    };
+    let (one, four) = (dir.join("one"), dir.join("four"));
+    let r1 = run_with("1", Some(&one));
+    assert_eq!(r1.code, 2, "the PDF's page 2 fails: {r1}");
+    let r4 = run_with("4", Some(&four));
+    assert_eq!(r4.code, 2, "{r4}");
+    assert!(r4.stderr.contains("up to 4 pages at once"), "{r4}");
+    assert!(!r1.stderr.contains("pages at once"), "{r1}");
+    // Same files, byte for byte: text, JSON, overlays, the layouts PDF.
+    assert_eq!(tree(&four), tree(&one));
+    for ((name, a), (_, b)) in contents(&one).iter().zip(contents(&four)) {
+        assert!(*a == b, "{name} differs between --batch 1 and --batch 4");
+    }
+    let json = read_json(&four.join("doc.json"));
+    assert_eq!(json["finished"], true);
+    assert_eq!(json["pages"].as_array().map(Vec::len), Some(4));
+    for line in ["ok    ", "error: "] {
+        assert!(r4.stderr.contains(line), "{line}: {r4}");
+    }
+    let ok = r4.stderr.lines().find(|l| l.starts_with("ok ")).expect("an ok line");
+    assert!(ok.contains("pages/s") && ok.contains("tokens/s so far"), "{ok}");
+    let done = r4.stderr.lines().find(|l| l.starts_with("done: ")).expect("the summary");
+    assert!(done.contains("pages/s") && done.contains("tokens/s") && done.contains("(1 failed)"), "{done}");
+
+    // Without --out the documents reach stdout in input order, as one by one.
+    let (s1, s4) = (run_with("1", None), run_with("4", None));
+    assert_eq!(s4.code, 2, "{s4}");
+    assert!(!s1.stdout.is_empty());
+    assert_eq!(s4.stdout, s1.stdout);
+}
+
+#[test]
+fn skip_existing_resumes_only_what_is_not_complete() {
+    let dir = temp_dir("ocr-skip");
+    let input = mixed_folder(&dir);
+    let out = dir.join("out");
+    let args = [
+        "ocr",
+        s(&input),
+        "--model",
+        s(model()),
+        "--mode",
+        "tiny",
+        "--max-new-tokens",
+        "4",
+        "--batch",
+        "3",
+        "--out",
+        s(&out),
+    ];
+    let r = dsocr_run(&dir, &args);
+    assert_eq!(r.code, 2, "{r}");
+    let before = contents(&out);
+
+    // Everything complete (the PDF with its failed page too): nothing runs, nothing changes.
+    let again = [&args[..], &["--skip-existing"]].concat();
+    let r = dsocr_run(&dir, &again);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.stderr.lines().filter(|l| l.starts_with("skip ")).count(), 3, "{r}");
+    assert!(!r.stderr.contains("loading"), "no model is loaded when nothing is left: {r}");
+    assert_eq!(contents(&out), before);
+
+    // A document whose JSON is a checkpoint (as after an interrupt) runs again, alone; so does
+    // one whose outputs came from another input of the same name.
+    let doc_json = out.join("doc.json");
+    let mut doc = read_json(&doc_json);
+    doc["finished"] = serde_json::Value::Bool(false);
+    std::fs::write(&doc_json, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let a_json = out.join("a.json");
+    let mut a = read_json(&a_json);
+    a["source"] = serde_json::Value::String("elsewhere/a.png".into());
+    std::fs::write(&a_json, serde_json::to_vec_pretty(&a).unwrap()).unwrap();
+    let r = dsocr_run(&dir, &again);
+    assert_eq!(r.code, 2, "the PDF's page 2 still fails: {r}");
+    let skipped: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("skip ")).collect();
+    assert_eq!(skipped.len(), 1, "{r}");
+    assert!(skipped[0].contains("b.png"), "{r}");
+    assert!(r.stderr.contains("(1 skipped, complete)"), "{r}");
+    assert_eq!(contents(&out), before, "the re-run gives the same files back");
+
+    let r = dsocr_run(&dir, &["ocr", s(&input), "--model", s(model()), "--skip-existing"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("--out"), "{r}");
+}
+
+#[test]
+fn ctrl_c_in_a_batch_keeps_whole_pages_and_the_rerun_completes_them() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let dir = temp_dir("ocr-batch-interrupt");
+    let pdf = dir.join("long.pdf");
+    let pages: Vec<String> = (1..=10).map(|k| format!("Page {k}")).collect();
+    std::fs::write(&pdf, make_pdf(&pages.iter().map(String::as_str).collect::<Vec<_>>(), 300, 200)).unwrap();
+    let out = dir.join("out");
+    let hf = dir.join("hf-home");
+    std::fs::create_dir_all(&hf).unwrap();
+    let args = ["ocr", s(&pdf), "--model", s(model()), "--mode", "tiny", "--no-repeat-guard", "--batch", "3"];
+    let mut child = dsocr(&hf)
+        .args(args)
+        .args(["--max-new-tokens", "1200", "--out", s(&out)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dsocr");
+    let json = out.join("long.json");
+    let start = Instant::now();
+    while !json.exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no page was written in 2 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "dsocr ended before the interrupt");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("page(s) done and kept"), "{stderr}");
+    assert_no_temp_files(&out);
+    let doc = read_json(&json);
+    assert_eq!(doc["finished"], false, "an interrupted document is not complete");
+    let kept = doc["pages"].as_array().expect("pages").len();
+    assert!((1..10).contains(&kept), "{kept} pages kept: {stderr}");
+    for f in ["long.mmd", "long_det.mmd"] {
+        assert_eq!(read(&out.join(f)).matches(PAGE_SPLIT).count(), kept, "{f}");
+    }
+
+    // --skip-existing runs it again (its JSON is a checkpoint) and completes it.
+    let r = dsocr_run(&dir, &[&args[..], &["--max-new-tokens", "3", "--out", s(&out), "--skip-existing"]].concat());
+    assert_eq!(r.code, 0, "{r}");
+    let doc = read_json(&json);
+    assert_eq!(doc["finished"], true);
+    assert_eq!(doc["pages"].as_array().map(Vec::len), Some(10));
+}

@@ -7,22 +7,24 @@
 //! and the outputs already written stay as they are (every file is written atomically by
 //! `dsocr_render`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use dsocr::engine::{DoneSink, EventSink};
 use dsocr::hub::{self, DownloadEvent, ModelSource};
 use dsocr::inputs::{self, InputFile, InputKind};
 use dsocr::render::{safe_stem, DocumentKind, DocumentWriter, LiveCleaner, PageInput, WriterOptions};
 use dsocr::{
-    choose_backend, DocumentResult, Event, FinishReason, Mode, Ocr, OcrError, OcrOptions, PageResult, PageSelection,
-    PromptChoice, RepeatGuardPolicy, Task,
+    choose_backend, DocumentResult, Engine, EngineOptions, Event, FinishReason, Mode, Ocr, OcrError, OcrOptions,
+    PageResult, PageSelection, PromptChoice, RepeatGuardPolicy, Source, Task, Ticket,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget};
 
@@ -157,6 +159,17 @@ pub struct OcrArgs {
     #[arg(long)]
     retry_loops: bool,
 
+    /// Pages decoding together: the pages of all inputs, PDF pages included, go through the
+    /// model's batch (continuous batching); 1 runs the inputs one by one, page by page, as
+    /// before [default: 16 on a GPU, 1 on the CPU].
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    batch: Option<usize>,
+
+    /// With --out: skip the inputs whose outputs there are complete (their JSON says
+    /// `"finished": true` for the same input), so an interrupted run can be resumed.
+    #[arg(long, requires = "out")]
+    skip_existing: bool,
+
     /// No progress bars, no streaming, no summary (errors and warnings are still shown).
     #[arg(long, short)]
     quiet: bool,
@@ -220,7 +233,10 @@ struct Stats {
     pages_ok: usize,
     pages_failed: usize,
     pages_flagged: usize,
+    /// Tokens of the pages done (both runs of a retried page).
     tokens: usize,
+    /// Text pieces seen so far (about one per generated token), for the live rate.
+    live_tokens: usize,
 }
 
 /// Runs the command; a fatal error is printed as `error: …` (with its causes, no backtrace)
@@ -256,87 +272,92 @@ fn run_inner(args: OcrArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_PARTIAL));
     }
 
+    // Output names in input order (the same on every run over the same inputs).
+    let mut used_names = HashSet::new();
+    let mut named: Vec<(InputFile, String)> = files
+        .into_iter()
+        .map(|file| {
+            let name = unique_name(&file.path, &mut used_names);
+            (file, name)
+        })
+        .collect();
+    let mut skipped = 0;
+    if args.skip_existing {
+        let out = args.out.as_deref().context("--skip-existing needs --out")?;
+        named.retain(|(file, name)| {
+            let complete = outputs_complete(out, file, name);
+            if complete {
+                ui.info(format!("skip  {} (its outputs in {} are complete)", file.path.display(), out.display()));
+                skipped += 1;
+            }
+            !complete
+        });
+        if named.is_empty() {
+            ui.info(format!("done: all {skipped} input(s) skipped: their outputs are complete (--skip-existing)"));
+            return Ok(if input_errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) });
+        }
+    }
+    let batch = args.batch.unwrap_or(EngineOptions::default_batch(load.backend));
+    // One image has one page: nothing to batch (and its text can stream to the terminal).
+    let batched = batch > 1 && (named.len() > 1 || named[0].0.kind == InputKind::Pdf);
+
     let model_dir = resolve_with_bars(&source, !args.quiet)?;
     ui.info(format!(
-        "loading {} on {} ({}{})",
+        "loading {} on {} ({}{}){}",
         model_dir.display(),
         load.backend,
         load.precision,
-        load.quant.map(|q| format!(", {q} decoder")).unwrap_or_default()
+        load.quant.map(|q| format!(", {q} decoder")).unwrap_or_default(),
+        if batched { format!("; up to {batch} pages at once") } else { String::new() },
     ));
-    let start = Instant::now();
-    let ocr = Ocr::load_dir(&model_dir, &load)?;
-    let stored = match (load.quant, ocr.model().quant) {
-        (None, Some(q)) => format!(" ({q} decoder, as stored)"),
-        _ => String::new(),
-    };
-    ui.info(format!("model loaded in {}{stored}", seconds(start.elapsed())));
-    let (_, missing) = ocr.token_ids(&options.repeat_guard.whitelist);
-    for token in missing {
-        ui.info(format!("note: the tokenizer has no `{token}` token; the repeat guard cannot exempt it"));
-    }
 
     let stream_stdout = !args.quiet
+        && !batched
         && std::io::stdout().is_terminal()
         && format != Format::Json
-        && files.len() == 1
-        && files[0].kind == InputKind::Image;
+        && named.len() == 1
+        && named[0].0.kind == InputKind::Image;
     let job = Job {
         out: args.out.as_deref(),
-        ocr: &ocr,
         ui: &ui,
         options: &options,
         format,
         stream_stdout,
-        stdout_headers: args.out.is_none() && files.len() > 1,
+        stdout_headers: args.out.is_none() && named.len() > 1,
     };
 
     watch_interrupts();
-    let start = Instant::now();
     let mut stats = Stats::default();
-    let mut stopped = false;
-    let files_bar = ui.files_bar(files.len());
-    let mut used_names = HashSet::new();
-    for file in &files {
-        let name = unique_name(&file.path, &mut used_names);
-        if let Some(bar) = &files_bar {
-            bar.set_message(file.path.display().to_string());
-        }
-        let file_start = Instant::now();
-        match job.process(file, &name, &mut stats) {
-            FileOutcome::Done(summary) => {
-                stats.files_ok += 1;
-                ui.info(format!("ok    {} {summary} in {}", file.path.display(), seconds(file_start.elapsed())));
-            }
-            FileOutcome::Failed(reason) => {
-                stats.files_failed += 1;
-                ui.alert(format!("error: {reason}"));
-            }
-            FileOutcome::Interrupted { kept } => {
-                ui.alert(format!("interrupted: {}: {kept} page(s) done and kept", file.path.display()));
-            }
-        }
-        if let Some(bar) = &files_bar {
-            bar.inc(1);
-        }
-        if interrupted() {
-            stopped = true;
-            break;
-        }
-    }
-    if let Some(bar) = &files_bar {
-        ui.remove(bar);
-    }
+    let load_start = Instant::now();
+    let (elapsed, not_started) = if batched {
+        let (notes_tx, notes_rx) = mpsc::channel();
+        let (dir, whitelist) = (model_dir.clone(), options.repeat_guard.whitelist.clone());
+        let engine = Engine::start(
+            move || {
+                let ocr = Ocr::load_dir(&dir, &load)?;
+                let _ = notes_tx.send(load_notes(&ocr, load.quant, &whitelist));
+                Ok(ocr)
+            },
+            EngineOptions { max_queue: 2 * batch, batch },
+        )?;
+        report_load(&ui, load_start, notes_rx.try_recv().unwrap_or_default());
+        run_batched(&job, &engine, &named, batch, &mut stats)
+    } else {
+        let ocr = Ocr::load_dir(&model_dir, &load)?;
+        report_load(&ui, load_start, load_notes(&ocr, load.quant, &options.repeat_guard.whitelist));
+        run_one_by_one(&job, &ocr, &named, &mut stats)
+    };
 
-    let elapsed = start.elapsed();
     let s = &stats;
     let pages = s.pages_ok + s.pages_failed;
-    let rate = if elapsed > Duration::ZERO { s.pages_ok as f64 / elapsed.as_secs_f64() } else { 0.0 };
+    let secs = elapsed.as_secs_f64();
+    let (rate, token_rate) = if secs > 0.0 { (s.pages_ok as f64 / secs, s.tokens as f64 / secs) } else { (0.0, 0.0) };
     let files_failed = s.files_failed + input_errors.len();
     ui.info(format!(
-        "done: {} file(s){}, {pages} page(s){}{}, {} tokens, {}, {rate:.2} pages/s",
+        "done: {} file(s){}{}, {pages} page(s){}{}, {} tokens, {}, {rate:.2} pages/s, {token_rate:.0} tokens/s",
         s.files_ok + s.files_failed,
         if files_failed > 0 { format!(" ({files_failed} failed)") } else { String::new() },
+        if skipped > 0 { format!(" ({skipped} skipped, complete)") } else { String::new() },
         if s.pages_failed > 0 { format!(" ({} failed)", s.pages_failed) } else { String::new() },
         match (s.pages_flagged, args.retry_loops) {
             (0, _) => String::new(),
@@ -346,14 +367,228 @@ fn run_inner(args: OcrArgs) -> Result<ExitCode> {
         s.tokens,
         seconds(elapsed),
     ));
-    if stopped {
-        ui.alert("interrupted: the inputs after this one were not started");
+    if let Some(not_started) = not_started {
+        ui.alert(format!("interrupted: {not_started} input(s) not started"));
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
     if files_failed > 0 || s.pages_failed > 0 {
         return Ok(ExitCode::from(EXIT_PARTIAL));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What to say once the model is loaded: a quantization read from the checkpoint, and the
+/// repeat guard's exempt tokens the tokenizer lacks.
+fn load_notes(ocr: &Ocr, asked: Option<dsocr::Quant>, whitelist: &[String]) -> (String, Vec<String>) {
+    let stored = match (asked, ocr.model().quant) {
+        (None, Some(q)) => format!(" ({q} decoder, as stored)"),
+        _ => String::new(),
+    };
+    let (_, missing) = ocr.token_ids(whitelist);
+    let notes = missing
+        .into_iter()
+        .map(|token| format!("note: the tokenizer has no `{token}` token; the repeat guard cannot exempt it"))
+        .collect();
+    (stored, notes)
+}
+
+fn report_load(ui: &Ui, start: Instant, (stored, notes): (String, Vec<String>)) {
+    ui.info(format!("model loaded in {}{stored}", seconds(start.elapsed())));
+    for note in notes {
+        ui.info(note);
+    }
+}
+
+/// Whether `--skip-existing` may skip `file`: its JSON in `out` says every page is in
+/// (`"finished": true`, written only when the document completed) for this same input, and
+/// its markdown is there.
+fn outputs_complete(out: &Path, file: &InputFile, name: &str) -> bool {
+    let Ok(bytes) = std::fs::read(out.join(format!("{name}.json"))) else { return false };
+    let Ok(json) = serde_json::from_slice::<dsocr::render::DocumentJson>(&bytes) else { return false };
+    json.finished == Some(true)
+        && json.source.as_deref() == Some(file.path.display().to_string().as_str())
+        && out.join(format!("{name}.mmd")).is_file()
+}
+
+/// Says how one input ended and counts it; `rate` is appended to the `ok` line.
+fn report(ui: &Ui, file: &InputFile, outcome: FileOutcome, took: Duration, rate: &str, stats: &mut Stats) {
+    match outcome {
+        FileOutcome::Done(summary) => {
+            stats.files_ok += 1;
+            ui.info(format!("ok    {} {summary} in {}{rate}", file.path.display(), seconds(took)));
+        }
+        FileOutcome::Failed(reason) => {
+            stats.files_failed += 1;
+            ui.alert(format!("error: {reason}"));
+        }
+        FileOutcome::Interrupted { kept } => {
+            ui.alert(format!("interrupted: {}: {kept} page(s) done and kept", file.path.display()));
+        }
+    }
+}
+
+/// `--batch 1` (and a single image): each input through the document loop in turn. Returns
+/// the time spent and, after Ctrl-C, how many inputs were not started.
+fn run_one_by_one(job: &Job, ocr: &Ocr, named: &[(InputFile, String)], stats: &mut Stats) -> (Duration, Option<usize>) {
+    let start = Instant::now();
+    let files_bar = job.ui.files_bar(named.len());
+    let mut not_started = None;
+    for (k, (file, name)) in named.iter().enumerate() {
+        if let Some(bar) = &files_bar {
+            bar.set_message(file.path.display().to_string());
+        }
+        let file_start = Instant::now();
+        let outcome = job.process(ocr, file, name, stats);
+        report(job.ui, file, outcome, file_start.elapsed(), "", stats);
+        if let Some(bar) = &files_bar {
+            bar.inc(1);
+        }
+        if interrupted() {
+            not_started = Some(named.len() - k - 1);
+            break;
+        }
+    }
+    if let Some(bar) = &files_bar {
+        job.ui.remove(bar);
+    }
+    (start.elapsed(), not_started)
+}
+
+/// What the engine's callbacks send to the main thread.
+enum Message {
+    Event(usize, Event),
+    Done(usize, Result<DocumentResult, OcrError>),
+}
+
+/// `--batch N`: every input submitted to the engine (at most `2 N` documents open at once), so
+/// the pages of all of them, PDF pages included, decode together. Each document's files are
+/// written as its pages finish and completed when it is done; without `--out` the documents
+/// reach stdout in input order. Returns the time spent and, after Ctrl-C, how many inputs
+/// were not started.
+fn run_batched(
+    job: &Job,
+    engine: &Engine,
+    named: &[(InputFile, String)],
+    batch: usize,
+    stats: &mut Stats,
+) -> (Duration, Option<usize>) {
+    let start = Instant::now();
+    let ui = job.ui;
+    let files_bar = ui.files_bar(named.len());
+    let (tx, rx) = mpsc::channel::<Message>();
+    let n = named.len();
+    let mut runs: Vec<Option<FileRun>> = (0..n).map(|_| None).collect();
+    let mut tickets: Vec<Option<Ticket>> = (0..n).map(|_| None).collect();
+    // Without --out: finished documents wait here for the ones before them.
+    let mut finished: BTreeMap<usize, (FileRun, Result<DocumentResult, OcrError>)> = BTreeMap::new();
+    let mut next_out = 0;
+    // Inputs the engine did not take (reported at once).
+    let mut refused = vec![false; n];
+    let (mut next, mut open, mut cancelling) = (0, 0, false);
+    let rate = |stats: &Stats| {
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        format!(
+            " ({:.2} pages/s, {:.0} tokens/s so far)",
+            stats.pages_ok as f64 / secs,
+            stats.live_tokens as f64 / secs
+        )
+    };
+    loop {
+        while !cancelling && next < n && open < 2 * batch {
+            let (file, name) = &named[next];
+            let i = next;
+            next += 1;
+            let events = tx.clone();
+            let done = tx.clone();
+            let request = dsocr::Job {
+                source: Source::File(file.path.clone()),
+                name: name.clone(),
+                options: job.options.clone(),
+                timeout: None,
+            };
+            let on_event: EventSink = Box::new(move |event| {
+                let _ = events.send(Message::Event(i, event));
+                ControlFlow::Continue(())
+            });
+            let on_done: DoneSink = Box::new(move |result| {
+                let _ = done.send(Message::Done(i, result));
+            });
+            runs[i] = Some(FileRun::new(job, file, name, false));
+            match engine.submit(request, on_event, on_done) {
+                Ok(ticket) => {
+                    tickets[i] = Some(ticket);
+                    open += 1;
+                }
+                Err(e) => {
+                    runs[i] = None;
+                    report(
+                        ui,
+                        file,
+                        FileOutcome::Failed(format!("{}: {e}", file.path.display())),
+                        Duration::ZERO,
+                        "",
+                        stats,
+                    );
+                    refused[i] = true;
+                }
+            }
+        }
+        if open == 0 {
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(250)) {
+            Ok(Message::Event(i, event)) => {
+                if let Some(run) = runs[i].as_mut() {
+                    if run.on_event(event, stats).is_break() {
+                        if let Some(ticket) = &tickets[i] {
+                            ticket.cancel();
+                        }
+                    }
+                }
+            }
+            Ok(Message::Done(i, result)) => {
+                open -= 1;
+                if let Some(run) = runs[i].take() {
+                    finished.insert(i, (run, result));
+                }
+                // With --out every document completes at once; stdout takes them in order.
+                let ready: Vec<usize> = if job.out.is_some() {
+                    finished.keys().copied().collect()
+                } else {
+                    let mut ready = Vec::new();
+                    while next_out < next && (refused[next_out] || finished.contains_key(&next_out)) {
+                        if !refused[next_out] {
+                            ready.push(next_out);
+                        }
+                        next_out += 1;
+                    }
+                    ready
+                };
+                for k in ready {
+                    if let Some((run, result)) = finished.remove(&k) {
+                        let took = run.started.elapsed();
+                        let outcome = run.finish(result, stats);
+                        report(ui, &named[k].0, outcome, took, &rate(stats), stats);
+                        if let Some(bar) = &files_bar {
+                            bar.inc(1);
+                        }
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+        if interrupted() && !cancelling {
+            cancelling = true;
+            engine.cancel_all();
+        }
+        if let Some(bar) = &files_bar {
+            bar.set_message(format!("{} pages being generated{}", engine.stats().live_pages, rate(stats)));
+        }
+    }
+    if let Some(bar) = &files_bar {
+        ui.remove(bar);
+    }
+    (start.elapsed(), cancelling.then_some(n - next))
 }
 
 /// Resolves `--model`, drawing a progress bar on stderr for each file downloaded.
@@ -403,7 +638,6 @@ fn unique_name(path: &Path, used: &mut HashSet<String>) -> String {
 /// Everything fixed for the run.
 struct Job<'a> {
     out: Option<&'a Path>,
-    ocr: &'a Ocr,
     ui: &'a Ui,
     options: &'a OcrOptions,
     format: Format,
@@ -421,124 +655,163 @@ struct PageView {
     first_piece: Option<Instant>,
 }
 
-impl Job<'_> {
-    /// Processes one input file; `Ok` carries a short summary, `Err` the reason it failed as a
-    /// whole (pages that fail inside a PDF are counted and reported, not returned).
-    fn process(&self, file: &InputFile, name: &str, stats: &mut Stats) -> FileOutcome {
-        match self.process_inner(file, name, stats) {
+/// One input file being processed: its writer, what the terminal shows of it, and how its
+/// events turn into output. Fed by the document loop ([`Job::process`]) or by the engine's
+/// batch ([`run_batched`]).
+struct FileRun<'j, 'a> {
+    job: &'j Job<'a>,
+    file: &'j InputFile,
+    name: String,
+    pdf: bool,
+    /// Per-page spinners and the PDF's page bar (off when many pages run at once).
+    bars: bool,
+    /// Made once the input could be opened, so a broken input leaves nothing behind.
+    writer: Option<DocumentWriter>,
+    write_error: Option<String>,
+    view: Option<PageView>,
+    pages_bar: Option<ProgressBar>,
+    page_count: usize,
+    kept_tokens: usize,
+    started: Instant,
+}
+
+impl<'j, 'a> FileRun<'j, 'a> {
+    fn new(job: &'j Job<'a>, file: &'j InputFile, name: &str, bars: bool) -> Self {
+        Self {
+            job,
+            file,
+            name: name.to_string(),
+            pdf: file.kind == InputKind::Pdf,
+            bars,
+            writer: None,
+            write_error: None,
+            view: None,
+            pages_bar: None,
+            page_count: 1,
+            kept_tokens: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Handles one event of the file's document; `Break` stops it (a write failed, or Ctrl-C
+    /// after a page was written).
+    fn on_event(&mut self, event: Event, stats: &mut Stats) -> ControlFlow<()> {
+        let job = self.job;
+        let mut stdout = std::io::stdout();
+        match event {
+            Event::DocumentStarted { pages, .. } => {
+                self.page_count = pages;
+                match job.writer(self.file, &self.name, self.pdf) {
+                    Ok(w) => self.writer = w,
+                    Err(e) => {
+                        self.write_error = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+                if self.pdf && self.bars {
+                    self.pages_bar = Some(job.ui.pages_bar(pages, &self.file.path.display().to_string()));
+                }
+            }
+            Event::Note { page, message } => {
+                job.ui.info(format!("note: {}: page {page}: {message}", self.file.path.display()));
+            }
+            Event::PageStarted { page, pages } => {
+                self.page_count = pages;
+                let what = job.what(&self.name, page, self.page_count, self.pdf);
+                let spinner = (self.bars && !job.stream_stdout).then(|| job.ui.page_spinner(&what));
+                self.view = Some(PageView { spinner, cleaner: job.cleaner(&self.name), pieces: 0, first_piece: None });
+            }
+            Event::Text { piece, .. } => {
+                stats.live_tokens += 1;
+                if let Some(v) = self.view.as_mut() {
+                    job.show_piece(v, &piece, &mut stdout);
+                }
+            }
+            Event::Retrying { page, finish, tokens, mode } => {
+                job.end_stream(self.view.as_mut(), &mut stdout);
+                job.ui.alert(format!(
+                    "warn: {}: {} after {tokens} tokens in {mode} mode; retrying in base mode",
+                    job.what(&self.name, page, self.page_count, self.pdf),
+                    finish.describe()
+                ));
+                if let Some(v) = self.view.as_mut() {
+                    (v.pieces, v.first_piece, v.cleaner) = (0, None, job.cleaner(&self.name));
+                }
+            }
+            Event::PageDone(result) => {
+                job.end_page(self.view.take(), &mut stdout);
+                stats.tokens += result.tokens_spent();
+                self.kept_tokens += result.generated_tokens;
+                job.note_page(&self.file.path, self.pdf, &self.name, self.page_count, &result, stats);
+                if let Some(w) = self.writer.as_mut() {
+                    w.set_next_page(result.page);
+                    if let Err(e) = w.add_page(PageInput::Generated(result.generated())) {
+                        self.write_error = Some(e.to_string());
+                        return ControlFlow::Break(());
+                    }
+                }
+                if let Err(e) = job.checkpoint(self.writer.as_mut(), self.pdf, self.pages_bar.as_ref()) {
+                    self.write_error = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            Event::PageFailed { page, error } => {
+                job.end_page(self.view.take(), &mut stdout);
+                stats.pages_failed += 1;
+                job.ui.alert(format!("error: {error}"));
+                if let Some(w) = self.writer.as_mut() {
+                    w.set_next_page(page);
+                    if let Err(e) = w.add_page(PageInput::Failed { error: error.page_reason() }) {
+                        self.write_error = Some(e.to_string());
+                        return ControlFlow::Break(());
+                    }
+                }
+                if let Err(e) = job.checkpoint(self.writer.as_mut(), self.pdf, self.pages_bar.as_ref()) {
+                    self.write_error = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        // Checked after the event is handled: a page that is done is written first.
+        if interrupted() {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The document is over: its files completed (or, interrupted, those of the pages done),
+    /// its result printed to stdout without `--out`.
+    fn finish(mut self, outcome: Result<DocumentResult, OcrError>, stats: &mut Stats) -> FileOutcome {
+        match self.finish_inner(outcome, stats) {
             Ok(outcome) => outcome,
             Err(reason) => FileOutcome::Failed(reason),
         }
     }
 
-    /// [`process`](Self::process); `Err` carries the reason the file failed.
-    fn process_inner(&self, file: &InputFile, name: &str, stats: &mut Stats) -> Result<FileOutcome, String> {
-        let pdf = file.kind == InputKind::Pdf;
-        let at_path = |reason: String| format!("{}: {reason}", file.path.display());
-        // Made once the input could be opened, so a broken input leaves nothing behind.
-        let mut writer: Option<DocumentWriter> = None;
-        let mut write_error: Option<String> = None;
-        let mut view: Option<PageView> = None;
-        let mut pages_bar: Option<ProgressBar> = None;
-        let mut page_count = 1;
-        let (mut kept_tokens, mut stdout) = (0, std::io::stdout());
-
-        let outcome = self.ocr.run_file_named(&file.path, name, self.options, |event| {
-            match event {
-                Event::DocumentStarted { pages, .. } => {
-                    page_count = pages;
-                    match self.writer(file, name, pdf) {
-                        Ok(w) => writer = w,
-                        Err(e) => {
-                            write_error = Some(e);
-                            return ControlFlow::Break(());
-                        }
-                    }
-                    if pdf {
-                        pages_bar = Some(self.ui.pages_bar(pages, &file.path.display().to_string()));
-                    }
-                }
-                Event::Note { page, message } => {
-                    self.ui.info(format!("note: {}: page {page}: {message}", file.path.display()));
-                }
-                Event::PageStarted { page, pages } => {
-                    page_count = pages;
-                    let what = self.what(name, page, page_count, pdf);
-                    let spinner = (!self.stream_stdout).then(|| self.ui.page_spinner(&what));
-                    view = Some(PageView { spinner, cleaner: self.cleaner(name), pieces: 0, first_piece: None });
-                }
-                Event::Text { piece, .. } => {
-                    if let Some(v) = view.as_mut() {
-                        self.show_piece(v, &piece, &mut stdout);
-                    }
-                }
-                Event::Retrying { page, finish, tokens, mode } => {
-                    self.end_stream(view.as_mut(), &mut stdout);
-                    self.ui.alert(format!(
-                        "warn: {}: {} after {tokens} tokens in {mode} mode; retrying in base mode",
-                        self.what(name, page, page_count, pdf),
-                        finish.describe()
-                    ));
-                    if let Some(v) = view.as_mut() {
-                        (v.pieces, v.first_piece, v.cleaner) = (0, None, self.cleaner(name));
-                    }
-                }
-                Event::PageDone(result) => {
-                    self.end_page(view.take(), &mut stdout);
-                    stats.tokens += result.tokens_spent();
-                    kept_tokens += result.generated_tokens;
-                    self.note_page(&file.path, pdf, name, page_count, &result, stats);
-                    if let Some(w) = writer.as_mut() {
-                        w.set_next_page(result.page);
-                        if let Err(e) = w.add_page(PageInput::Generated(result.generated())) {
-                            write_error = Some(e.to_string());
-                            return ControlFlow::Break(());
-                        }
-                    }
-                    if let Err(e) = self.checkpoint(writer.as_mut(), pdf, pages_bar.as_ref()) {
-                        write_error = Some(e);
-                        return ControlFlow::Break(());
-                    }
-                }
-                Event::PageFailed { page, error } => {
-                    self.end_page(view.take(), &mut stdout);
-                    stats.pages_failed += 1;
-                    self.ui.alert(format!("error: {error}"));
-                    if let Some(w) = writer.as_mut() {
-                        w.set_next_page(page);
-                        if let Err(e) = w.add_page(PageInput::Failed { error: error.page_reason() }) {
-                            write_error = Some(e.to_string());
-                            return ControlFlow::Break(());
-                        }
-                    }
-                    if let Err(e) = self.checkpoint(writer.as_mut(), pdf, pages_bar.as_ref()) {
-                        write_error = Some(e);
-                        return ControlFlow::Break(());
-                    }
-                }
-            }
-            // Checked after the event is handled: a page that is done is written first.
-            if interrupted() {
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        });
-        self.end_page(view.take(), &mut stdout);
-        if let Some(bar) = &pages_bar {
-            self.ui.remove(bar);
+    fn finish_inner(
+        &mut self,
+        outcome: Result<DocumentResult, OcrError>,
+        stats: &mut Stats,
+    ) -> Result<FileOutcome, String> {
+        let job = self.job;
+        let path = self.file.path.display().to_string();
+        let at_path = |reason: String| format!("{path}: {reason}");
+        job.end_page(self.view.take(), &mut std::io::stdout());
+        if let Some(bar) = &self.pages_bar {
+            job.ui.remove(bar);
         }
         let doc = match outcome {
             Ok(doc) => doc,
-            Err(OcrError::Cancelled { .. }) if write_error.is_none() && interrupted() => {
+            Err(OcrError::Cancelled { .. }) if self.write_error.is_none() && interrupted() => {
                 // The pages done were written and checkpointed; complete their files.
-                let kept = writer.as_ref().map_or(0, |w| w.document().pages().len());
-                if let Some(w) = writer.filter(|w| !w.document().pages().is_empty()) {
-                    w.finish().map_err(|e| at_path(e.to_string()))?;
+                let kept = self.writer.as_ref().map_or(0, |w| w.document().pages().len());
+                if let Some(w) = self.writer.take().filter(|w| !w.document().pages().is_empty()) {
+                    w.finish_incomplete().map_err(|e| at_path(e.to_string()))?;
                 }
                 return Ok(FileOutcome::Interrupted { kept });
             }
             Err(OcrError::Cancelled { .. }) => {
-                return Err(at_path(write_error.unwrap_or_else(|| "cancelled".to_string())));
+                return Err(at_path(self.write_error.take().unwrap_or_else(|| "cancelled".to_string())));
             }
             Err(e) => {
                 if e.page().is_some() {
@@ -548,7 +821,8 @@ impl Job<'_> {
             }
         };
 
-        let summary = if pdf {
+        let kept_tokens = self.kept_tokens;
+        let summary = if self.pdf {
             let failed_note =
                 if doc.pages_failed > 0 { format!(", {} failed", doc.pages_failed) } else { String::new() };
             format!("({}/{} pages{failed_note}, {kept_tokens} tokens)", doc.pages_done, doc.pages)
@@ -556,14 +830,22 @@ impl Job<'_> {
             let finish = doc.document.pages().first().and_then(|p| p.finish_reason).unwrap_or(FinishReason::Stop);
             format!("({kept_tokens} tokens, {finish})")
         };
-        if let Some(w) = writer {
+        if let Some(w) = self.writer.take() {
             let files = w.finish().map_err(|e| at_path(e.to_string()))?;
             return Ok(FileOutcome::Done(format!("→ {} {summary}", files.markdown.display())));
         }
-        self.print_stdout(&doc).map_err(at_path)?;
+        job.print_stdout(&doc).map_err(at_path)?;
         Ok(FileOutcome::Done(summary))
     }
+}
 
+impl Job<'_> {
+    /// Processes one input file through the document loop, page by page.
+    fn process(&self, ocr: &Ocr, file: &InputFile, name: &str, stats: &mut Stats) -> FileOutcome {
+        let mut run = FileRun::new(self, file, name, true);
+        let outcome = ocr.run_file_named(&file.path, name, self.options, |event| run.on_event(event, stats));
+        run.finish(outcome, stats)
+    }
     /// The output writer of one input (`None` without `--out`).
     fn writer(&self, file: &InputFile, name: &str, pdf: bool) -> Result<Option<DocumentWriter>, String> {
         let Some(out) = self.out else { return Ok(None) };

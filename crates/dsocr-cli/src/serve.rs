@@ -116,7 +116,7 @@ fn run_inner(args: ServeArgs) -> Result<()> {
     );
     let start = Instant::now();
     let dir = model_dir.clone();
-    let batch = args.batch.unwrap_or(if load.backend.is_gpu() { 16 } else { 1 });
+    let batch = args.batch.unwrap_or(EngineOptions::default_batch(load.backend));
     eprintln!("batch: up to {batch} pages at once");
     let engine = Engine::start(move || Ocr::load_dir(&dir, &load), EngineOptions { max_queue: args.max_queue, batch })
         .with_context(|| format!("cannot start the engine with {}", model_dir.display()))?;

@@ -2,7 +2,7 @@
 //!
 //! ```json
 //! {
-//!   "name": "scan", "source": "in/scan.pdf", "kind": "pdf", "dpi": 144.0,
+//!   "name": "scan", "source": "in/scan.pdf", "kind": "pdf", "dpi": 144.0, "finished": true,
 //!   "pages": [{
 //!     "page": 1, "width": 1224, "height": 1584,
 //!     "finish_reason": "stop", "complete": true,
@@ -50,6 +50,11 @@ pub struct DocumentJson {
     /// Rasterisation resolution of PDF pages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpi: Option<f32>,
+    /// In files written by [`crate::DocumentWriter`]: `true` once every page of the input is
+    /// in, `false` in the checkpoints of a document still running (or interrupted). What
+    /// `dsocr ocr --skip-existing` reads. Absent elsewhere (stdout, the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<bool>,
     pub pages: Vec<PageJson>,
 }
 

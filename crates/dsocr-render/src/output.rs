@@ -358,7 +358,14 @@ impl Document {
             DocumentKind::Image => (DocumentKindJson::Image, None),
             DocumentKind::Pdf { dpi } => (DocumentKindJson::Pdf, Some(dpi)),
         };
-        DocumentJson { name: self.name.clone(), source: self.source.clone(), kind, dpi, pages: self.pages.clone() }
+        DocumentJson {
+            name: self.name.clone(),
+            source: self.source.clone(),
+            kind,
+            dpi,
+            finished: None,
+            pages: self.pages.clone(),
+        }
     }
 }
 
@@ -496,8 +503,13 @@ impl DocumentWriter {
         self.doc.to_json()
     }
 
-    /// Writes `.mmd`, `_det.mmd`, `.txt` (if enabled) and `.json` with the pages so far.
+    /// Writes `.mmd`, `_det.mmd`, `.txt` (if enabled) and `.json` with the pages so far (a
+    /// checkpoint: the JSON says `"finished": false`).
     pub fn flush(&mut self) -> Result<(), OutputError> {
+        self.write_text_and_json(false)
+    }
+
+    fn write_text_and_json(&mut self, finished: bool) -> Result<(), OutputError> {
         write_atomic(&self.files.raw, self.doc.raw().as_bytes())?;
         write_atomic(&self.files.markdown, self.doc.markdown().as_bytes())?;
         if self.options.plain_text {
@@ -505,14 +517,26 @@ impl DocumentWriter {
             write_atomic(&path, self.doc.text().as_bytes())?;
             self.files.text = Some(path);
         }
-        let json = serde_json::to_vec_pretty(&self.document_json())
+        let json = DocumentJson { finished: Some(finished), ..self.document_json() };
+        let json = serde_json::to_vec_pretty(&json)
             .map_err(|source| OutputError::Json { path: self.files.json.clone(), source })?;
         write_atomic(&self.files.json, &json)
     }
 
-    /// Writes the text files, the JSON and (PDFs, if enabled) the layouts PDF.
-    pub fn finish(mut self) -> Result<WrittenFiles, OutputError> {
-        self.flush()?;
+    /// Writes the text files, the JSON (`"finished": true`: every page of the input is in) and
+    /// (PDFs, if enabled) the layouts PDF.
+    pub fn finish(self) -> Result<WrittenFiles, OutputError> {
+        self.complete(true)
+    }
+
+    /// [`finish`](Self::finish) for a document that stopped early (interrupted): the same
+    /// files, with `"finished": false` in the JSON.
+    pub fn finish_incomplete(self) -> Result<WrittenFiles, OutputError> {
+        self.complete(false)
+    }
+
+    fn complete(mut self, finished: bool) -> Result<WrittenFiles, OutputError> {
+        self.write_text_and_json(finished)?;
         if let DocumentKind::Pdf { dpi } = self.doc.kind() {
             if self.options.layouts_pdf && self.options.overlays && !self.layout_pages.is_empty() {
                 let path = self.out_dir.join(format!("{}_layouts.pdf", self.doc.name()));

@@ -131,12 +131,19 @@ fn json_content_is_exact_for_a_small_example() {
     let mut w = DocumentWriter::new(dir.path(), "small", DocumentKind::Image, WriterOptions::default()).unwrap();
     w.set_source("in/small.png");
     w.add_page(PageInput::Generated(page(&image, raw, FinishReason::Length))).unwrap();
+    // A checkpoint says the document is not finished; `finish` says it is.
+    w.flush().unwrap();
+    let read = |path: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    assert_eq!(read(&dir.path().join("small.json"))["finished"], false);
     let files = w.finish().unwrap();
-    let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&files.json).unwrap()).unwrap();
+    let got = read(&files.json);
     let want = serde_json::json!({
         "name": "small",
         "source": "in/small.png",
         "kind": "image",
+        "finished": true,
         "pages": [{
             "page": 1, "width": 100, "height": 50,
             "finish_reason": "length", "complete": false,
@@ -151,6 +158,13 @@ fn json_content_is_exact_for_a_small_example() {
     });
     assert_eq!(got, want);
     assert_eq!(std::fs::read_to_string(&files.markdown).unwrap(), "\nHi");
+
+    // An interrupted document is completed as such.
+    let mut w = DocumentWriter::new(dir.path(), "cut", DocumentKind::Image, WriterOptions::default()).unwrap();
+    w.add_page(PageInput::Generated(page(&image, raw, FinishReason::Length))).unwrap();
+    let files = w.finish_incomplete().unwrap();
+    assert_eq!(read(&files.json)["finished"], false);
+    assert_eq!(read(&files.json)["pages"].as_array().map(Vec::len), Some(1));
 }
 
 #[test]

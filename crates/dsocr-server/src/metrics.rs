@@ -91,7 +91,11 @@ impl Metrics {
             ("dsocr_queue_depth", "Requests waiting for the engine.", engine.queued as u64),
             ("dsocr_running_requests", "Requests started and not finished.", engine.running as u64),
             ("dsocr_live_sequences", "Pages being generated now.", engine.live_pages as u64),
-            ("dsocr_peak_live_sequences", "The most pages generated at once since the start.", engine.peak_live_pages as u64),
+            (
+                "dsocr_peak_live_sequences",
+                "The most pages generated at once since the start.",
+                engine.peak_live_pages as u64,
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -128,7 +132,14 @@ mod tests {
         m.record("/v1/ocr", 200, Duration::from_secs(3));
         m.record("/v1/ocr", 429, Duration::from_millis(1));
         m.record_disconnect();
-        let text = m.render(&EngineStats { queued: 2, running: 1, live_pages: 3, peak_live_pages: 5, pages: 7, ..EngineStats::default() });
+        let text = m.render(&EngineStats {
+            queued: 2,
+            running: 1,
+            live_pages: 3,
+            peak_live_pages: 5,
+            pages: 7,
+            ..EngineStats::default()
+        });
         for line in [
             "dsocr_http_requests_total{route=\"/v1/ocr\",status=\"200\"} 2",
             "dsocr_http_requests_total{route=\"/v1/ocr\",status=\"429\"} 1",

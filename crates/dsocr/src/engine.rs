@@ -38,6 +38,19 @@ pub struct EngineOptions {
     pub batch: usize,
 }
 
+impl EngineOptions {
+    /// Pages decoding together unless asked otherwise: 16 on a GPU (one decode step costs
+    /// about the same for 1 row as for 16: docs/performance.md, "Continuous batching"), 1 on
+    /// the CPU backends, where a step's cost grows with its rows.
+    pub fn default_batch(backend: crate::Backend) -> usize {
+        if backend.is_gpu() {
+            16
+        } else {
+            1
+        }
+    }
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         Self { max_queue: 64, batch: 1 }

@@ -356,8 +356,8 @@ fn admit_group(
     }
     // A panic while admitting (vision, prefill) fails these pages only; the batch is untouched
     // until the new sequences are inserted at the very end.
-    let results = std::panic::catch_unwind(AssertUnwindSafe(|| batch.admit_many(&requests, events)))
-        .unwrap_or_else(|payload| {
+    let results =
+        std::panic::catch_unwind(AssertUnwindSafe(|| batch.admit_many(&requests, events))).unwrap_or_else(|payload| {
             let message = panic_message(&*payload);
             requests.iter().map(|_| Err(ModelError::Input(format!("internal error: {message}")))).collect()
         });
@@ -412,10 +412,8 @@ fn dispatch(
                 PageEvent::Text { key, .. } | PageEvent::Done { key, .. } => *key,
             };
             let Some(&ticket) = keys.get(&key) else { continue };
-            let found = active
-                .iter()
-                .position(|a| a.id() == ticket)
-                .and_then(|k| active[k].flight_of(key).map(|i| (k, i)));
+            let found =
+                active.iter().position(|a| a.id() == ticket).and_then(|k| active[k].flight_of(key).map(|i| (k, i)));
             let Some((k, i)) = found else {
                 keys.remove(&key);
                 continue;

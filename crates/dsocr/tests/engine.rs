@@ -254,7 +254,11 @@ fn the_pages_of_one_pdf_decode_together_and_arrive_in_order() {
     assert!((3..=4).contains(&stats.peak_live_pages), "{stats:?}");
     let events = &alone[0].0;
     let order: Vec<&str> = events.iter().map(String::as_str).filter(|e| !e.starts_with("text")).collect();
-    assert_eq!(order, ["doc 4", "start 1", "done 1", "start 2", "done 2", "failed 3", "start 4", "done 4"], "{events:?}");
+    assert_eq!(
+        order,
+        ["doc 4", "start 1", "done 1", "start 2", "done 2", "failed 3", "start 4", "done 4"],
+        "{events:?}"
+    );
 }
 
 #[test]
