@@ -372,18 +372,7 @@ fn admit_group(
                 }
                 keys.insert(*key, candidate.ticket);
             }
-            Err(source) => {
-                let what = a.doc.content.what(&a.doc.name, candidate.page, a.doc.total);
-                let error =
-                    OcrError::Model { path: a.doc.path.clone(), page: candidate.page, what, source: Box::new(source) };
-                if a.doc.is_pdf() {
-                    a.flights[i].stage = Stage::Failed(error);
-                } else {
-                    let a = active.remove(k);
-                    drop_pages(batch, keys, a.id());
-                    finish(shared, a, Err(error));
-                }
-            }
+            Err(source) => page_failed(shared, batch, active, keys, (k, i), source),
         }
     }
 }
@@ -442,17 +431,7 @@ fn dispatch(
                         }
                         Ok(run) => run,
                         Err(source) => {
-                            let what = a.doc.content.what(&a.doc.name, page, a.doc.total);
-                            let error =
-                                OcrError::Model { path: a.doc.path.clone(), page, what, source: Box::new(source) };
-                            if a.doc.is_pdf() {
-                                a.flights[i].stage = Stage::Failed(error);
-                            } else {
-                                // An image has one page: its failure is the document's.
-                                let a = active.remove(k);
-                                drop_pages(batch, keys, a.id());
-                                finish(shared, a, Err(error));
-                            }
+                            page_failed(shared, batch, active, keys, (k, i), source);
                             continue;
                         }
                     };
@@ -481,6 +460,29 @@ fn dispatch(
                 }
             }
         }
+    }
+}
+
+/// Flight `i` of request `k` failed in the model: a PDF page fails alone (delivered in page
+/// order); an image has one page, so its failure ends the document.
+fn page_failed(
+    shared: &Shared,
+    batch: &mut PageBatch<'_>,
+    active: &mut Vec<Active>,
+    keys: &mut HashMap<usize, u64>,
+    (k, i): (usize, usize),
+    source: ModelError,
+) {
+    let a = &mut active[k];
+    let page = a.flights[i].page;
+    let what = a.doc.content.what(&a.doc.name, page, a.doc.total);
+    let error = OcrError::Model { path: a.doc.path.clone(), page, what, source: Box::new(source) };
+    if a.doc.is_pdf() {
+        a.flights[i].stage = Stage::Failed(error);
+    } else {
+        let a = active.remove(k);
+        drop_pages(batch, keys, a.id());
+        finish(shared, a, Err(error));
     }
 }
 
