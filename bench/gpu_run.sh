@@ -22,6 +22,9 @@
 # final: those checks and parity runs, CUDA f32 parity, and the bench (vision, prefill, 200 decode tokens)
 #        beside PyTorch.
 # batchprofile: CubeCL kernel profiles of eager batched steps of B rows (two lengths: their difference is the steps).
+# grouped: batched steps with the grouped expert kernel against the dense all-experts MoE (DSOCR_KERNELS
+#          without `grouped`), one process each per BATCHES="B:PAGES ...", alternating; the kernel checks at
+#          the real shapes and `bench kernels` with and without the grouped kernel first.
 # batch: pages/s with continuous batching, BATCHES="B:PAGES ..." at MEAN forced tokens per page, ADMIT pages
 #        admitted together, the first CHECK pages then run alone and their ids compared.
 set -uo pipefail
@@ -180,6 +183,23 @@ batch)
     B=${spec%%:*}; P=${spec##*:}
     step batch-$B $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --batch "$B" --batch-pages "$P" --mean-tokens "${MEAN:-256}" --admit-group "${ADMIT:-4}" --batch-check "${CHECK:-0}" --json "$OUT/batch-$B.json"
     grep -A3 "^| batch" "$OUT/batch-$B.log" | tail -1 | tee -a "$OUT/summary.txt"
+  done
+  ;;
+grouped)
+  mkdir -p /tmp/full
+  [ -f /tmp/full/model.safetensors ] || $BIN bench --model /tmp/full --device cpu --load-only > "$OUT/checkpoint.log" 2>&1
+  NOGROUP=matvec,gathered,rms_norm_decode,attention,rope,gemm
+  step kernels-check-bf16 $BIN debug kernels --device cuda --precision bf16 --real
+  grep -i "grouped" "$OUT/kernels-check-bf16.log" | tee -a "$OUT/summary.txt"
+  step kernels-grouped $BIN bench kernels --device cuda --precision bf16 --iters 100 --json "$OUT/kernels-grouped.json"
+  DSOCR_KERNELS=$NOGROUP step kernels-per-slot $BIN bench kernels --device cuda --precision bf16 --iters 100 --json "$OUT/kernels-per-slot.json"
+  for spec in ${BATCHES:-128:256}; do
+    B=${spec%%:*}; P=${spec##*:}
+    for V in ${VARIANTS:-grouped dense}; do
+      K=1; [ "$V" = dense ] && K=$NOGROUP
+      DSOCR_KERNELS=$K step batch-$V-$B $BIN bench --model /tmp/full --image $FIX/images/page.png --device cuda --precision bf16 --batch "$B" --batch-pages "$P" --mean-tokens "${MEAN:-1000}" --admit-group "${ADMIT:-4}" --batch-check "${CHECK:-0}" --json "$OUT/batch-$V-$B.json"
+      echo "$V $B: $(grep -A3 "^| batch" "$OUT/batch-$V-$B.log" | tail -1)" | tee -a "$OUT/summary.txt"
+    done
   done
   ;;
 serve)

@@ -18,10 +18,14 @@
 //!   memory (4.5 GiB in bf16) on top of the mapped file.
 //!
 //! Two ways of running the experts, with the same math:
-//! - [`Moe::forward_gathered`] (decode, few tokens): one matrix-vector product per projection
+//! - [`Moe::forward_gathered`] (decode steps): one matrix-vector product per projection
 //!   over the chosen experts, read by id from the packed stack on the device
 //!   ([`dsocr_nn::gathered_matvec`]: a CubeCL kernel on GPUs, `select` + multiply-sum
-//!   otherwise); no host round trip. Needs packed experts.
+//!   otherwise); no host round trip. Needs packed experts. For a batched step of many rows the
+//!   grouped kernel reads each expert once for all the rows that chose it, so every step up to
+//!   [`GROUPED_MAX_TOKENS`] rows takes this path; without it, only steps of up to
+//!   [`GATHER_FACTOR`] slots per expert do, and larger ones the dense product
+//!   ([`Moe::forward_dense`], also the prompts' path on GPUs).
 //! - [`Moe::forward_grouped`] (prefill): the top-k indices are read to the host ONCE per layer,
 //!   tokens are grouped per active expert, and each active expert runs on its rows. Either store.
 //!
@@ -42,6 +46,10 @@ use crate::{DecoderConfig, DecoderError};
 /// expert slots (`tokens · top_k`): 21 rows of a batched decode step for DeepSeek-OCR's 64
 /// experts, top 6.
 pub const GATHER_FACTOR: usize = 2;
+
+/// The most tokens the grouped expert kernel takes (the batched decode steps' rows); a prompt
+/// beyond it takes [`Moe::forward_dense`], whose tensor-core products win at that size.
+pub const GROUPED_MAX_TOKENS: usize = 256;
 
 /// Tokens per call of [`Moe::forward_dense`]: bounds its `[tokens, E·2I]` intermediate (1 GiB
 /// in bf16 for DeepSeek-OCR's 64 experts of 2 × 896) when many prompts prefill together.
@@ -213,11 +221,7 @@ impl Moe {
             }
         }
         let (indices, weights) = self.route(x.clone());
-        // The gathered path reads each chosen expert once per slot (the kernel reads in place;
-        // the reference, used without kernels, copies them with `select`). GATHER_FACTOR was
-        // measured with the copies (docs/performance.md); with the kernel the crossover is to be
-        // re-measured.
-        let routed = if self.gather_on_device && b * t * self.top_k <= GATHER_FACTOR * self.num_experts {
+        let routed = if self.gathers(&x, b * t) {
             // `gather_on_device` implies packed experts (load / set_dispatch).
             self.forward_gathered(x.clone(), indices, weights)
         } else if self.gather_on_device && self.dense_prompts {
@@ -230,6 +234,25 @@ impl Moe {
             None => routed,
         };
         y.reshape([b, t, d])
+    }
+
+    /// Whether `tokens` tokens take [`forward_gathered`](Self::forward_gathered): with on-device
+    /// gathering, up to [`GATHER_FACTOR`] slots per expert, where the per-slot kernel (or the
+    /// reference, which copies the chosen experts with `select`) reads each chosen expert once
+    /// per slot; with the grouped kernel ([`dsocr_nn::grouped_available`]: every expert read
+    /// once per pass), up to [`GROUPED_MAX_TOKENS`] tokens, every batched decode step. More
+    /// tokens (a prompt) take the dense product.
+    fn gathers(&self, x: &Tensor<2>, tokens: usize) -> bool {
+        if !self.gather_on_device {
+            return false;
+        }
+        if tokens * self.top_k <= GATHER_FACTOR * self.num_experts {
+            return true;
+        }
+        match &self.experts {
+            Experts::Packed { gate_up, .. } => tokens <= GROUPED_MAX_TOKENS && dsocr_nn::grouped_available(x, gate_up),
+            _ => false,
+        }
     }
 
     /// Router: top-k expert indices `[n, k]` and their f32 weights `[n, k]`.

@@ -46,7 +46,7 @@ pub use embedding::Embedding;
 pub use gemm::gemm;
 pub use layer_norm::LayerNorm;
 pub use linear::{Linear, WeightFormat};
-pub use matvec::{gathered_matvec, matvec};
+pub use matvec::{gathered_matvec, grouped_available, matvec};
 pub use overwrite::{overwrite, overwrite_blocks, overwrite_blocks_reference, overwrites_in_place, Blocks};
 pub use quant::Quant;
 pub use quantized::{gathered_quant_matvec, quant_matvec, QuantMatrix};

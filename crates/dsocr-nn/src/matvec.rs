@@ -47,14 +47,37 @@ pub fn matvec_reference(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 /// `[S, out]`: row `s` is `x[s / (S / n)] · w[ids[s]]ᵀ`. The MoE experts of a decode step:
 /// token `j`'s `k` chosen experts are slots `j·k .. j·k + k`.
 ///
-/// The kernel reads each chosen matrix in place; the reference copies them out first
-/// (`select`).
+/// The kernels read each chosen matrix in place; the reference copies them out first
+/// (`select`). For more slots than matrices (a batched decode step's experts) the grouped
+/// kernel runs where [`grouped_available`] says so: each matrix is read once for all the slots
+/// that chose it, with the same values as the per-slot kernel.
 pub fn gathered_matvec(x: Tensor<2>, w: Tensor<3>, ids: Tensor<1, Int>) -> Tensor<2> {
     #[cfg(feature = "kernels")]
-    if crate::kernels::available(crate::kernels::Kernel::GatheredMatvec, &x, &w) {
-        return crate::kernels::gathered_matvec(x, w, ids);
+    {
+        if ids.dims()[0] > w.dims()[0] && grouped_available(&x, &w) {
+            return crate::kernels::grouped_matvec(x, w, ids);
+        }
+        if crate::kernels::available(crate::kernels::Kernel::GatheredMatvec, &x, &w) {
+            return crate::kernels::gathered_matvec(x, w, ids);
+        }
     }
     gathered_matvec_reference(x, w, ids)
+}
+
+/// Whether [`gathered_matvec`] of `x` over the stack `w` runs the grouped kernel for many slots
+/// (switched on, a CubeCL device with plane operations, one float dtype), where reading every
+/// matrix once makes the gathered product cheaper than an all-experts dense product for a
+/// batch of up to a few hundred tokens. Always false without the `kernels` feature.
+pub fn grouped_available(x: &Tensor<2>, w: &Tensor<3>) -> bool {
+    #[cfg(feature = "kernels")]
+    {
+        crate::kernels::available(crate::kernels::Kernel::GroupedMatvec, x, w)
+    }
+    #[cfg(not(feature = "kernels"))]
+    {
+        let _ = (x, w);
+        false
+    }
 }
 
 /// [`gathered_matvec`] in plain Burn: the chosen matrices selected, then a batch of

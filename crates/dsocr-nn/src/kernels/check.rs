@@ -60,6 +60,20 @@ const GATHERED_SMALL: [(usize, usize, usize, usize, usize); 5] =
     [(1, 6, 8, 20, 48), (3, 6, 8, 20, 48), (18, 1, 8, 33, 17), (5, 3, 8, 48, 64), (15, 1, 8, 64, 24)];
 const GATHERED_REAL: [(usize, usize, usize, usize, usize); 3] =
     [(1, 6, 64, 1792, 1280), (6, 1, 64, 1280, 896), (16, 6, 64, 1792, 1280)];
+/// `(tokens, slots per token, experts, out, in)` of the grouped kernel: fewer slots than one
+/// pass, several passes (300 and 600 slots over 256-id windows), more slots of one matrix than
+/// a window holds (one expert), an output not a multiple of its block, the fixture's sizes.
+const GROUPED_SMALL: [(usize, usize, usize, usize, usize); 6] = [
+    (3, 6, 8, 20, 48),
+    (50, 6, 8, 33, 64),
+    (100, 6, 8, 40, 17),
+    (300, 1, 1, 24, 40),
+    (18, 1, 8, 70, 24),
+    (40, 2, 4, 64, 64),
+];
+/// A batched decode step's experts: 32, 64 and 128 tokens, top 6 of 64.
+const GROUPED_REAL: [(usize, usize, usize, usize, usize); 4] =
+    [(32, 6, 64, 1792, 1280), (128, 6, 64, 1792, 1280), (64, 1, 64, 1280, 896), (768, 1, 64, 1280, 896)];
 /// `(rows, out, in)` of the quantized products (`in` whole blocks of 32).
 const QUANT_SMALL: [(usize, usize, usize); 6] =
     [(1, 24, 32), (3, 40, 96), (1, 512, 64), (5, 64, 1280), (2, 1280, 896), (1, 70_000, 32)];
@@ -167,6 +181,26 @@ pub fn run(device: &Device, dtype: DType, sizes: Sizes) -> Vec<Check> {
         let want = gathered_matvec_reference(f32(&x), w.clone().cast(DType::F32), ids.clone());
         let got = super::gathered_matvec(x, w, ids);
         push(format!("gathered {tokens} tokens × {per} of {experts} experts {out}×{k}"), relative_error(got, want));
+    }
+
+    // The grouped kernel (grid over the matrices): against the reference, and bit for bit
+    // against the per-slot kernel (the same dot products in the same order).
+    let grouped_shapes = GROUPED_SMALL.iter().chain(GROUPED_REAL.iter().filter(|_| real));
+    for &(tokens, per, experts, out, k) in grouped_shapes {
+        let slots = tokens * per;
+        // Distinct ids within a token, as top-k gives; with one expert, every slot on it.
+        let ids: Vec<i64> = (0..slots).map(|s| ((s * 5 + s / per.max(1) * 3) % experts) as i64).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [slots]), device);
+        let x = random([tokens, k], device, dtype);
+        let w = random([experts, out, k], device, dtype);
+        let want = gathered_matvec_reference(f32(&x), w.clone().cast(DType::F32), ids.clone());
+        let got = super::grouped_matvec(x.clone(), w.clone(), ids.clone());
+        let name = format!("grouped {tokens} tokens × {per} of {experts} experts {out}×{k}");
+        push(name.clone(), relative_error(got.clone(), want));
+        let per_slot = super::gathered_matvec(x, w, ids);
+        let diff: f32 = (f32(&got) - f32(&per_slot)).abs().max().into_scalar();
+        // Exact: any difference is an infinite relative error.
+        push(format!("{name} = gathered, bit for bit"), if diff == 0.0 { 0.0 } else { f32::INFINITY });
     }
 
     for quant in [Quant::Q8, Quant::Q4] {

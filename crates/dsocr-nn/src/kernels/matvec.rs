@@ -3,6 +3,7 @@
 //! ```text
 //! matvec:          out[r, o] = Σ_k x[r, k]          · w[o, k]          w: [out, in]
 //! gathered_matvec: out[s, o] = Σ_k x[s / per_row, k] · w[ids[s], o, k]  w: [E, out, in]
+//! grouped_matvec:  the same values, one cube column per matrix of the stack
 //! ```
 //!
 //! A cube of 256 units is `256 / PLANE_DIM` planes and owns `rows_per_cube` consecutive output
@@ -11,6 +12,14 @@
 //! read consecutive vectors of the same weight row), accumulate in f32, and `plane_sum` gives
 //! the dot product. The row is the fastest grid axis, so the cubes that read the same weight
 //! rows for different `x` rows run side by side and share them through L2.
+//!
+//! `grouped_matvec` is `gathered_matvec` for many slots (a batched decode step's experts): the
+//! grid's x axis is the matrix `e`, not the slot. Each pass of a cube scans one window of
+//! `CUBE_DIM` ids (one per unit), each plane compacting its lanes' hits into shared memory
+//! (`plane_exclusive_sum`), then every plane takes its output elements for all the slots found
+//! routed to `e`. A weight row is read from memory once per matrix and pass, not once per slot;
+//! the dot products are the gathered kernel's (same lanes, same order), so both give the same
+//! bits.
 //!
 //! The plane size is read at run time (`PLANE_DIM`), so the kernel is right for any subgroup
 //! size (32 on NVIDIA, 8 on lavapipe, 16–64 elsewhere).
@@ -32,6 +41,13 @@ use cubecl::prelude::*;
 pub(super) const CUBE_UNITS: u32 = 256;
 /// Output elements per cube: one per plane of 32 lanes.
 const ROWS_PER_CUBE: usize = 8;
+/// Output elements per cube of the grouped kernel: four per plane of 32 lanes, so that one scan
+/// of the ids serves several weight rows.
+const GROUPED_ROWS_PER_CUBE: usize = 32;
+/// Ids scanned per pass of the grouped kernel: one per unit of its cube (`CUBE_UNITS`).
+const GROUP_WINDOW: usize = 256;
+/// Planes per cube the grouped kernel's shared counts hold: planes of at least 4 lanes.
+const MAX_PLANES: usize = GROUP_WINDOW / 4;
 /// The largest cube count on one grid axis that every runtime accepts.
 const MAX_GRID: usize = 65_535;
 
@@ -42,6 +58,9 @@ pub trait MatvecOps: Backend {
 
     #[fusion(shape = gathered_shape(x, w, ids), dtype = x)]
     fn gathered_matvec(x: FloatTensor<Self>, w: FloatTensor<Self>, ids: IntTensor<Self>) -> FloatTensor<Self>;
+
+    #[fusion(shape = gathered_shape(x, w, ids), dtype = x)]
+    fn grouped_matvec(x: FloatTensor<Self>, w: FloatTensor<Self>, ids: IntTensor<Self>) -> FloatTensor<Self>;
 }
 
 fn matvec_shape(x: &Shape, w: &Shape) -> Shape {
@@ -105,6 +124,41 @@ impl MatvecOps for CubeBackend {
             k / vector,
             per_row,
             rows_per_cube,
+            dtypes,
+        );
+        out
+    }
+
+    fn grouped_matvec(x: CubeTensor, w: CubeTensor, ids: CubeTensor) -> CubeTensor {
+        let (x, w, ids) = (into_contiguous(x), into_contiguous(w), into_contiguous(ids));
+        let (n, k) = (x.shape()[0], x.shape()[1]);
+        let (matrices, out_dim, slots) = (w.shape()[0], w.shape()[1], ids.shape()[0]);
+        let out =
+            empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([slots, out_dim]), x.dtype);
+        if slots == 0 || out_dim == 0 || n == 0 || matrices == 0 {
+            return out;
+        }
+        let per_row = (slots / n).max(1);
+        let vector =
+            x.client.io_optimized_vector_sizes(x.dtype.size()).filter(|v| k.is_multiple_of(*v)).max().unwrap_or(1);
+        let rows_per_cube = GROUPED_ROWS_PER_CUBE.max(out_dim.div_ceil(MAX_GRID));
+        let count = CubeCount::Static(matrices as u32, out_dim.div_ceil(rows_per_cube) as u32, 1);
+        let dtypes = [dtype_to_storage_type(x.dtype), dtype_to_storage_type(ids.dtype)];
+        grouped_matvec_kernel::launch(
+            &out.client.clone(),
+            count,
+            CubeDim::new_1d(GROUP_WINDOW as u32),
+            vector,
+            x.into_tensor_arg(),
+            w.into_tensor_arg(),
+            ids.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            out_dim,
+            k / vector,
+            per_row,
+            rows_per_cube,
+            slots,
+            slots.div_ceil(GROUP_WINDOW),
             dtypes,
         );
         out
@@ -211,4 +265,71 @@ fn gathered_matvec_kernel<F: Float, I: Int, N: Size>(
         first,
         last,
     );
+}
+
+#[cube(launch)]
+// The nested `if` keeps the id read behind the bounds test (an `&&` in a cube is not a
+// short-circuit: both sides are evaluated).
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
+fn grouped_matvec_kernel<F: Float, I: Int, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    w: &Tensor<Vector<F, N>>,
+    ids: &Tensor<I>,
+    out: &mut Tensor<F>,
+    out_dim: usize,
+    k_vectors: usize,
+    per_row: usize,
+    rows_per_cube: usize,
+    slots: usize,
+    passes: usize,
+    #[define(F, I)] _dtypes: [ElemType; 2],
+) {
+    let matrix = CUBE_POS_X as usize;
+    let (first, last) = block(rows_per_cube, out_dim);
+    let planes = (CUBE_DIM / PLANE_DIM) as usize;
+    let plane = (UNIT_POS / PLANE_DIM) as usize;
+    let lane = UNIT_POS_PLANE as usize;
+    let plane_dim = PLANE_DIM as usize;
+    // Per plane: its lanes' hits of this pass (slot numbers, in lane order), and how many.
+    let mut members = Shared::<[u32]>::new_slice(GROUP_WINDOW);
+    let mut counts = Shared::<[u32]>::new_slice(MAX_PLANES);
+    for pass in 0..passes {
+        let id = pass * GROUP_WINDOW + UNIT_POS as usize;
+        let mut hit = 0u32;
+        if id < slots {
+            if usize::cast_from(ids[id]) == matrix {
+                hit = 1u32;
+            }
+        }
+        let rank = plane_exclusive_sum(hit) as usize;
+        let found = plane_sum(hit);
+        if hit == 1u32 {
+            members[plane * plane_dim + rank] = id as u32;
+        }
+        if lane == 0 {
+            counts[plane] = found;
+        }
+        sync_cube();
+
+        for o in range_stepped(first + plane, last, planes) {
+            let row = (matrix * out_dim + o) * k_vectors;
+            for chunk in 0..planes {
+                let hits = counts[chunk] as usize;
+                for t in 0..hits {
+                    let slot = members[chunk * plane_dim + t] as usize;
+                    let x_base = (slot / per_row) * k_vectors;
+                    let mut acc = Vector::<f32, N>::zero();
+                    for j in range_stepped(lane, k_vectors, plane_dim) {
+                        acc += Vector::cast_from(x[x_base + j]) * Vector::cast_from(w[row + j]);
+                    }
+                    let sum = plane_sum(Vector::vector_sum(acc));
+                    if lane == 0 {
+                        out[slot * out_dim + o] = F::cast_from(sum);
+                    }
+                }
+            }
+        }
+        // The next pass overwrites the members.
+        sync_cube();
+    }
 }

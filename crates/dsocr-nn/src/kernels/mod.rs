@@ -8,6 +8,8 @@
 //!
 //! - [`matvec`](mod@matvec): `x Wᵀ` for a few rows, one plane (warp) per output element;
 //!   [`gathered_matvec`]: the same with each row's matrix picked by id from a stack;
+//!   [`grouped_matvec`]: the same values for many slots, the grid over the matrices (each
+//!   weight read once per matrix, not once per slot);
 //! - [`quant_matvec`](mod@quant_matvec) / [`gathered_quant_matvec`]: both over q8 / q4 weights
 //!   ([`crate::quantized`]), dequantized in registers (the `matvec` and `gathered` switches);
 //! - [`rms_norm`](mod@rms_norm) / [`add_rms_norm`]: RMSNorm, alone or after the residual add,
@@ -57,6 +59,8 @@ use crate::Blocks;
 pub enum Kernel {
     Matvec,
     GatheredMatvec,
+    /// [`gathered_matvec`] with one cube column per matrix, for more slots than matrices.
+    GroupedMatvec,
     RmsNorm,
     /// The RMSNorm kernel for at most `MATVEC_MAX_ROWS` rows (a decode step's), where
     /// [`RmsNorm`](Kernel::RmsNorm) switches it on for every row count.
@@ -70,9 +74,10 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 9] = [
         Kernel::Matvec,
         Kernel::GatheredMatvec,
+        Kernel::GroupedMatvec,
         Kernel::RmsNorm,
         Kernel::RmsNormDecode,
         Kernel::DecodeAttention,
@@ -87,9 +92,10 @@ impl Kernel {
     /// `rms_norm_decode` runs it for decode steps only. `flash` is off: on the H200 the vision
     /// half of a Gundam page took 181 ms with it and 169 ms without (docs/performance.md).
     /// `DSOCR_KERNELS=all` turns them on.
-    pub const DEFAULT: [Kernel; 6] = [
+    pub const DEFAULT: [Kernel; 7] = [
         Kernel::Matvec,
         Kernel::GatheredMatvec,
+        Kernel::GroupedMatvec,
         Kernel::RmsNormDecode,
         Kernel::DecodeAttention,
         Kernel::Rope,
@@ -100,6 +106,7 @@ impl Kernel {
         match self {
             Kernel::Matvec => "matvec",
             Kernel::GatheredMatvec => "gathered",
+            Kernel::GroupedMatvec => "grouped",
             Kernel::RmsNorm => "rms_norm",
             Kernel::RmsNormDecode => "rms_norm_decode",
             Kernel::DecodeAttention => "attention",
@@ -252,6 +259,12 @@ pub fn matvec(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 /// [`crate::matvec::gathered_matvec`]).
 pub fn gathered_matvec(x: Tensor<2>, w: Tensor<3>, ids: Tensor<1, Int>) -> Tensor<2> {
     Tensor::from_dispatch(Dispatch::gathered_matvec(x.into_dispatch(), w.into_dispatch(), ids.into_dispatch()))
+}
+
+/// `x: [n, in]`, `w: [E, out, in]`, `ids: [S]` → `[S, out]`, the grid over the `E` matrices
+/// (see [`crate::matvec::gathered_matvec`]).
+pub fn grouped_matvec(x: Tensor<2>, w: Tensor<3>, ids: Tensor<1, Int>) -> Tensor<2> {
+    Tensor::from_dispatch(Dispatch::grouped_matvec(x.into_dispatch(), w.into_dispatch(), ids.into_dispatch()))
 }
 
 /// `x: [m, in]`, `w`: `[out, in]` quantized → `[m, out]` (see [`crate::quantized::quant_matvec`]).
