@@ -116,8 +116,9 @@ fn batched_ids_equal_the_ids_of_each_sequence_alone() {
 /// On WGPU (lavapipe in CI) the batched steps are recorded as graphs, one per row bucket and
 /// capacity, and replayed while sequences enter and leave the slots (inserts and moves written
 /// into the recorded buffers): every sequence gets the ids it gets alone, eager, on the same
-/// device and on the CPU. Seven slots for twelve sequences take the tiny model's MoE both ways:
-/// gathered up to 5 rows (5 · top-3 ≤ 2 · 8 experts), dense beyond.
+/// device and on the CPU. Seven slots for twelve sequences take the tiny model's MoE two ways:
+/// gathered per slot up to 5 rows (5 · top-3 ≤ 2 · 8 experts); beyond, the grouped kernel with
+/// the kernels on (`DSOCR_KERNELS=force`, as CI runs it), the dense product without.
 #[cfg(feature = "wgpu")]
 #[test]
 fn graph_batched_ids_equal_the_ids_alone_on_wgpu() {
