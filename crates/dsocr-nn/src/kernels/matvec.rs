@@ -139,8 +139,7 @@ impl MatvecOps for CubeBackend {
             return out;
         }
         let per_row = (slots / n).max(1);
-        let vector =
-            x.client.io_optimized_vector_sizes(x.dtype.size()).filter(|v| k.is_multiple_of(*v)).max().unwrap_or(1);
+        let vector = vector_size(&x, k);
         let rows_per_cube = GROUPED_ROWS_PER_CUBE.max(out_dim.div_ceil(MAX_GRID));
         let count = CubeCount::Static(matrices as u32, out_dim.div_ceil(rows_per_cube) as u32, 1);
         let dtypes = [dtype_to_storage_type(x.dtype), dtype_to_storage_type(ids.dtype)];
@@ -168,9 +167,13 @@ impl MatvecOps for CubeBackend {
 /// The vector width (the widest the runtime reads fast that divides `k`), the output elements
 /// per cube and the grid: `rows` on x, output blocks on y (under the grid limit).
 fn launch_shape(x: &CubeTensor, k: usize, rows: usize, out_dim: usize) -> (usize, usize, CubeCount) {
-    let vector = x.client.io_optimized_vector_sizes(x.dtype.size()).filter(|v| k.is_multiple_of(*v)).max().unwrap_or(1);
     let (rows_per_cube, count) = grid(rows, out_dim);
-    (vector, rows_per_cube, count)
+    (vector_size(x, k), rows_per_cube, count)
+}
+
+/// The widest vector the runtime reads fast that divides `k`.
+fn vector_size(x: &CubeTensor, k: usize) -> usize {
+    x.client.io_optimized_vector_sizes(x.dtype.size()).filter(|v| k.is_multiple_of(*v)).max().unwrap_or(1)
 }
 
 /// The output elements per cube and the grid: `rows` on x, output blocks on y (under the grid
